@@ -1,0 +1,291 @@
+"""Compiled CPU kernels: top-k selection and the sparse linear backward.
+
+Every function here trusts its arguments (C-contiguous arrays of one float
+dtype, valid k and indices); the public wrappers in :mod:`meprop_numba.topk`
+and :mod:`meprop_numba.backward` check them first.  Each kernel comes as a
+serial version and, where large inputs pay for the thread pool, a
+``_parallel`` twin with the same arithmetic.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._config import JIT_OPTIONS
+
+# --------------------------------------------------------------------------- top-k
+#: Candidate counts up to this are placed by counting ranks (O(c^2) but
+#: branch-free and vectorised); above it a stable sort is cheaper.
+RANK_MAX_CANDIDATES = 256
+#: Entries per block in the candidate scan: a block whose maximum is below
+#: the bound is skipped after one vectorised max.
+_BLOCK = 16
+
+
+def magnitude_bits(a):
+    """View a finite float array as integers that order like its magnitudes.
+
+    For IEEE floats, clearing the sign bit of the bit pattern gives an
+    integer that increases with |x|, so selection can run on integer
+    compares (vectorisable, no NaN semantics).  Returns ``(bits, mask)``:
+    the integer view and the mask that clears the sign bit.
+    """
+    if a.dtype == np.float32:
+        return a.view(np.int32), np.int32(0x7FFFFFFF)
+    return a.view(np.int64), np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+@njit(**JIT_OPTIONS)
+def _min_chunk_max(vals, mask, count, k, maxima):
+    """Smallest of the maxima of k disjoint sets of entries of ``vals[:count] & mask``.
+
+    Set c holds entries c, c + k, c + 2k, ... of the first ``k * (count // k)``
+    (strided so that the maxima update as one vector of k lanes).  Each
+    set's maximum is a distinct entry, so the result is a lower bound on the
+    k-th largest entry.  Requires ``count >= k``; `maxima` is scratch of k.
+    """
+    for c in range(k):
+        maxima[c] = vals[c] & mask
+    for r in range(1, count // k):
+        base = r * k
+        for c in range(k):
+            maxima[c] = max(maxima[c], vals[base + c] & mask)
+    thr = maxima[0]
+    for c in range(1, k):
+        thr = min(thr, maxima[c])
+    return thr
+
+
+@njit(**JIT_OPTIONS)
+def _block_max(row, mask, start, end):
+    m = row[start] & mask
+    for t in range(start + 1, end):
+        m = max(m, row[t] & mask)
+    return m
+
+
+@njit(**JIT_OPTIONS)
+def topk_row(row, k, mask, out, vals, idx, ranks, maxima):
+    """Write the indices of the k largest ``row & mask`` into `out`, descending.
+
+    Ties go to the lower index.  `row` holds magnitude bits (see
+    :func:`magnitude_bits`); `vals` and `idx` are scratch arrays of the
+    row's length (the row's dtype, int64); `ranks` (int64) and `maxima`
+    (the row's dtype) are scratch of at least the row's length and k.
+
+    A lower bound on the k-th largest entry (:func:`_min_chunk_max`) lets
+    one pass keep only the entries at or above it, in index order, skipping
+    blocks whose maximum is below the bound; the bound is tightened once
+    more on those candidates, and each survivor is placed by its rank
+    (greater values first, equal values by position).
+    """
+    n = row.shape[0]
+    thr = _min_chunk_max(row, mask, n, k, maxima)
+    count = 0
+    for start in range(0, n, _BLOCK):
+        end = min(start + _BLOCK, n)
+        if _block_max(row, mask, start, end) >= thr:
+            for j in range(start, end):
+                v = row[j] & mask
+                vals[count] = v
+                idx[count] = j
+                count += v >= thr
+    if count >= 2 * k:
+        thr = _min_chunk_max(vals, mask, count, k, maxima)
+        kept = 0
+        for j in range(count):
+            v = vals[j]
+            vals[kept] = v
+            idx[kept] = idx[j]
+            kept += v >= thr
+        count = kept
+    if count > RANK_MAX_CANDIDATES:
+        order = np.argsort(-vals[:count], kind="mergesort")
+        for j in range(k):
+            out[j] = idx[order[j]]
+        return
+    for i in range(count):
+        ranks[i] = 0
+    for j in range(count):
+        vj = vals[j]
+        for i in range(count):
+            vi = vals[i]
+            ranks[i] += (vj > vi) | ((vj == vi) & (j < i))
+    for i in range(count):
+        if ranks[i] < k:
+            out[ranks[i]] = idx[i]
+
+
+@njit(**JIT_OPTIONS)
+def topk_rows(bits, k, mask, out):
+    """Row-wise top-k of (B, n) magnitude bits into the int64 (B, k) array `out`."""
+    n = bits.shape[1]
+    vals = np.empty(n, dtype=bits.dtype)
+    idx = np.empty(n, dtype=np.int64)
+    ranks = np.empty(n, dtype=np.int64)
+    maxima = np.empty(k, dtype=bits.dtype)
+    for b in range(bits.shape[0]):
+        topk_row(bits[b], k, mask, out[b], vals, idx, ranks, maxima)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def topk_rows_parallel(bits, k, mask, out):
+    """Parallel twin of :func:`topk_rows` (rows spread over threads)."""
+    n = bits.shape[1]
+    for b in prange(bits.shape[0]):
+        vals = np.empty(n, dtype=bits.dtype)
+        idx = np.empty(n, dtype=np.int64)
+        ranks = np.empty(n, dtype=np.int64)
+        maxima = np.empty(k, dtype=bits.dtype)
+        topk_row(bits[b], k, mask, out[b], vals, idx, ranks, maxima)
+
+
+@njit(**JIT_OPTIONS)
+def column_abs_sums(g):
+    """sum_b |g[b, i]| for each column i, accumulated in float64."""
+    B, n = g.shape
+    s = np.zeros(n, dtype=np.float64)
+    for b in range(B):
+        for i in range(n):
+            s[i] += abs(g[b, i])
+    return s
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def column_abs_sums_parallel(g):
+    """Parallel twin of :func:`column_abs_sums` (column blocks spread over threads)."""
+    B, n = g.shape
+    s = np.zeros(n, dtype=np.float64)
+    width = 512
+    for c in prange((n + width - 1) // width):
+        lo = c * width
+        hi = min(lo + width, n)
+        for b in range(B):
+            for i in range(lo, hi):
+                s[i] += abs(g[b, i])
+    return s
+
+
+# ------------------------------------------------------------------- backward
+@njit(**JIT_OPTIONS)
+def _column_sums(g):
+    B, n = g.shape
+    db = np.zeros(n, dtype=g.dtype)
+    for b in range(B):
+        for i in range(n):
+            db[i] += g[b, i]
+    return db
+
+
+@njit(**JIT_OPTIONS)
+def _transpose_selection(idx, n):
+    """Group the (example, slot) pairs of a per-example selection by weight row.
+
+    Returns the sorted distinct rows, CSR offsets into `examples`, and for
+    each row the examples that selected it (in increasing order).
+    """
+    B, k = idx.shape
+    count = np.zeros(n, dtype=np.int64)
+    for b in range(B):
+        for j in range(k):
+            count[idx[b, j]] += 1
+    nnz = 0
+    for i in range(n):
+        if count[i] > 0:
+            nnz += 1
+    rows = np.empty(nnz, dtype=np.int64)
+    offsets = np.empty(nnz + 1, dtype=np.int64)
+    slot = np.empty(n, dtype=np.int64)  # next free position per row
+    p = 0
+    total = 0
+    for i in range(n):
+        if count[i] > 0:
+            rows[p] = i
+            offsets[p] = total
+            slot[i] = total
+            total += count[i]
+            p += 1
+    offsets[nnz] = total
+    examples = np.empty(total, dtype=np.int64)
+    for b in range(B):
+        for j in range(k):
+            i = idx[b, j]
+            examples[slot[i]] = b
+            slot[i] += 1
+    return rows, offsets, examples
+
+
+@njit(**JIT_OPTIONS)
+def _dx_row(dx, b, W, g, idx):
+    m = W.shape[1]
+    for j in range(idx.shape[1]):
+        i = idx[b, j]
+        c = g[b, i]
+        for t in range(m):
+            dx[b, t] += c * W[i, t]
+
+
+@njit(**JIT_OPTIONS)
+def _dw_row(values, p, row, offsets, examples, x, g):
+    m = x.shape[1]
+    b = examples[offsets[p]]
+    c = g[b, row]
+    for t in range(m):
+        values[p, t] = c * x[b, t]
+    for e in range(offsets[p] + 1, offsets[p + 1]):
+        b = examples[e]
+        c = g[b, row]
+        for t in range(m):
+            values[p, t] += c * x[b, t]
+
+
+@njit(**JIT_OPTIONS)
+def per_example_backward(x, W, g, idx):
+    """Sparse backward with one selection per example.
+
+    Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i];
+    values[p] = sum_{b: rows[p] in S_b} g[b, rows[p]] x[b]; db = sum_b g[b].
+    """
+    B, m = x.shape
+    dx = np.zeros((B, m), dtype=x.dtype)
+    for b in range(B):
+        _dx_row(dx, b, W, g, idx)
+    rows, offsets, examples = _transpose_selection(idx, W.shape[0])
+    values = np.empty((rows.shape[0], m), dtype=x.dtype)
+    for p in range(rows.shape[0]):
+        _dw_row(values, p, rows[p], offsets, examples, x, g)
+    return dx, rows, values, _column_sums(g)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def per_example_backward_parallel(x, W, g, idx):
+    """Parallel twin of :func:`per_example_backward`."""
+    B, m = x.shape
+    dx = np.zeros((B, m), dtype=x.dtype)
+    for b in prange(B):
+        _dx_row(dx, b, W, g, idx)
+    rows, offsets, examples = _transpose_selection(idx, W.shape[0])
+    values = np.empty((rows.shape[0], m), dtype=x.dtype)
+    for p in prange(rows.shape[0]):
+        _dw_row(values, p, rows[p], offsets, examples, x, g)
+    return dx, rows, values, _column_sums(g)
+
+
+@njit(**JIT_OPTIONS)
+def shared_backward(x, W, g, cols):
+    """Sparse backward with one sorted selection `cols` shared by the minibatch.
+
+    Returns ``(dx, values, db)`` with dx = g[:, cols] W[cols] and
+    values = g[:, cols]^T x.  Used for small layers, where the two dense
+    products of the gathered blocks cost less in one loop than in BLAS calls.
+    """
+    B, m = x.shape
+    k = cols.shape[0]
+    dx = np.zeros((B, m), dtype=x.dtype)
+    values = np.zeros((k, m), dtype=x.dtype)
+    for b in range(B):
+        for j in range(k):
+            i = cols[j]
+            c = g[b, i]
+            for t in range(m):
+                dx[b, t] += c * W[i, t]
+                values[j, t] += c * x[b, t]
+    return dx, values, _column_sums(g)

@@ -1,0 +1,80 @@
+"""Compiled in-place optimizer updates.
+
+``*_flat`` kernels update every element of a contiguous parameter from a
+dense gradient of the same size (both passed as 1-D views); ``*_rows``
+kernels update only the rows of a 2-D parameter listed in a row-sparse
+gradient.  Scalars arrive already cast to the parameter's dtype, so float32
+parameters are updated in float32 arithmetic.
+"""
+import numpy as np
+from numba import njit
+
+from ._config import JIT_OPTIONS
+
+
+@njit(**JIT_OPTIONS)
+def sgd_flat(p, g, lr):
+    for t in range(p.shape[0]):
+        p[t] -= lr * g[t]
+
+
+@njit(**JIT_OPTIONS)
+def sgd_rows(P, rows, values, lr):
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        for t in range(P.shape[1]):
+            P[r, t] -= lr * values[j, t]
+
+
+@njit(**JIT_OPTIONS)
+def momentum_flat(p, vel, g, lr, mu):
+    for t in range(p.shape[0]):
+        vel[t] = mu * vel[t] + g[t]
+        p[t] -= lr * vel[t]
+
+
+@njit(**JIT_OPTIONS)
+def momentum_rows(P, V, rows, values, lr, mu):
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        for t in range(P.shape[1]):
+            V[r, t] = mu * V[r, t] + values[j, t]
+            P[r, t] -= lr * V[r, t]
+
+
+@njit(**JIT_OPTIONS)
+def adam_flat(p, m, v, g, step_size, b1, b2, eps_hat):
+    one = p.dtype.type(1)
+    for t in range(p.shape[0]):
+        m[t] = b1 * m[t] + (one - b1) * g[t]
+        v[t] = b2 * v[t] + (one - b2) * g[t] * g[t]
+        p[t] -= step_size * m[t] / (np.sqrt(v[t]) + eps_hat)
+
+
+@njit(**JIT_OPTIONS)
+def adam_rows(P, M, V, rows, values, step_size, b1, b2, eps_hat):
+    one = P.dtype.type(1)
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        for t in range(P.shape[1]):
+            gt = values[j, t]
+            M[r, t] = b1 * M[r, t] + (one - b1) * gt
+            V[r, t] = b2 * V[r, t] + (one - b2) * gt * gt
+            P[r, t] -= step_size * M[r, t] / (np.sqrt(V[r, t]) + eps_hat)
+
+
+@njit(**JIT_OPTIONS)
+def adagrad_flat(p, acc, g, lr, eps):
+    for t in range(p.shape[0]):
+        acc[t] += g[t] * g[t]
+        p[t] -= lr * g[t] / (np.sqrt(acc[t]) + eps)
+
+
+@njit(**JIT_OPTIONS)
+def adagrad_rows(P, A, rows, values, lr, eps):
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        for t in range(P.shape[1]):
+            gt = values[j, t]
+            A[r, t] += gt * gt
+            P[r, t] -= lr * gt / (np.sqrt(A[r, t]) + eps)

@@ -1,0 +1,128 @@
+"""The sparse backward pass of a linear layer."""
+import numpy as np
+
+from . import _kernels
+from ._config import PARALLEL_MIN_WORK, get_num_threads
+from ._validation import finite, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
+from .sparse import RowSparse
+from .topk import _topk_host
+
+#: Above this many multiply-adds per product a shared selection goes through BLAS.
+_BLAS_MIN_WORK = 1 << 18
+
+
+def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
+    """meProp backward pass of ``y = x @ W.T + b``.
+
+    Only the k largest-magnitude entries of each row of the output
+    gradient (or the k columns shared by the minibatch, or the given
+    `indices`) take part, so only those rows of `W` are read and only those
+    rows of the weight gradient are non-zero.
+
+    Parameters
+    ----------
+    x : array_like, shape (B, m)
+        Layer input, float32 or float64.
+    W : array_like, shape (n, m)
+        Weight matrix, stored (out, in) like ``torch.nn.Linear``.
+    g : array_like, shape (B, n)
+        Gradient of the loss with respect to the output y.
+    k : int or None, optional
+        Entries kept per example (or shared columns if `unified`). None, or
+        ``k == n``, gives exact dense back propagation.
+    indices : array_like of int, shape (B, k) or (k,), optional
+        Explicit selection instead of top-k: one set per example, or one set
+        shared by the minibatch (e.g. from :func:`random_indices`). Entries
+        must be distinct within a set.
+    unified : bool, optional
+        Select the k columns with the largest ``sum_b |g[b, i]|`` for the
+        whole minibatch instead of k entries per example.
+
+    Returns
+    -------
+    dx : ndarray, shape (B, m)
+        Gradient with respect to x.
+    dW : RowSparse, shape (n, m)
+        Gradient with respect to W, stored by its non-zero rows.
+    db : ndarray, shape (n,)
+        Gradient with respect to b, from the full `g` (as in the paper).
+
+    Raises
+    ------
+    TypeError
+        Non-float or mixed dtypes, non-integer `k` or `indices`.
+    ValueError
+        Wrong dimensions or mismatched shapes, `k` outside ``[1, n]``,
+        `k` disagreeing with `indices`, `indices` of the wrong shape or with
+        repeats, NaN/Inf in `x` or `g`.
+    IndexError
+        An entry of `indices` outside ``[0, n)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import meprop_numba as mp
+    >>> rng = np.random.default_rng(0)
+    >>> x, W, g = rng.normal(size=(4, 3)), rng.normal(size=(5, 3)), rng.normal(size=(4, 5))
+    >>> dx, dW, db = mp.linear_backward(x, W, g, k=2)
+    >>> dx.shape, dW.shape, db.shape
+    ((4, 3), (5, 3), (5,))
+    >>> dx, dW, db = mp.linear_backward(x, W, g)  # k=None: dense
+    >>> bool(np.allclose(dW.to_dense(), g.T @ x))
+    True
+    """
+    x = float_array(x, "x", 2)
+    W = float_array(W, "W", 2)
+    g = float_array(g, "g", 2)
+    same_dtype((x, W, g), ("x", "W", "g"))
+    (B, m), (n, mw), (Bg, ng) = shape_dtype(x)[0], shape_dtype(W)[0], shape_dtype(g)[0]
+    if mw != m:
+        raise ValueError(f"W must have shape (n, {m}) to match x of shape {(B, m)}, got {(n, mw)}")
+    if (Bg, ng) != (B, n):
+        raise ValueError(f"g must have shape ({B}, {n}) (batch of x, rows of W), got {(Bg, ng)}")
+    if k is not None:
+        k = integer_k(k, n)
+    if indices is not None:
+        if is_cuda_array(g):
+            raise TypeError("indices on the GPU path are not supported: select with k instead")
+        indices = index_array(indices, B, n)
+        if unified and indices.ndim == 2:
+            raise ValueError("indices of shape (B, k) are per-example; pass shape (k,) with unified=True")
+        if k is not None and k != indices.shape[-1]:
+            raise ValueError(f"k={k} disagrees with indices selecting {indices.shape[-1]} entries per row")
+    if is_cuda_array(g):
+        from . import _cuda
+
+        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, None, unified)
+        return dx, RowSparse._trusted(rows, values, (n, m)), db
+    finite(g, "g")
+    finite(x, "x")
+
+    if indices is None:
+        if k is None or k == n:
+            return _dense_backward(x, W, g)
+        indices = _topk_host(g, k, unified)
+    if indices.ndim == 1:
+        return _shared_backward(x, W, g, np.sort(indices))
+    parallel = B * indices.shape[1] * m >= PARALLEL_MIN_WORK and get_num_threads() > 1
+    kernel = _kernels.per_example_backward_parallel if parallel else _kernels.per_example_backward
+    dx, rows, values, db = kernel(x, W, g, indices)
+    return dx, RowSparse._trusted(rows, values, (n, m)), db
+
+
+def _dense_backward(x, W, g):
+    n = W.shape[0]
+    return g @ W, RowSparse._trusted(np.arange(n, dtype=np.int64), g.T @ x, W.shape), g.sum(axis=0)
+
+
+def _shared_backward(x, W, g, cols):
+    """Backward for one sorted column set shared by every example."""
+    B, m = x.shape
+    if B * cols.shape[0] * m < _BLAS_MIN_WORK:
+        dx, values, db = _kernels.shared_backward(x, W, g, cols)
+    else:
+        g_sel = np.take(g, cols, axis=1)
+        dx = g_sel @ np.take(W, cols, axis=0)
+        values = g_sel.T @ x
+        db = g.sum(axis=0)
+    return dx, RowSparse._trusted(cols, values, W.shape), db
