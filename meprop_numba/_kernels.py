@@ -214,27 +214,25 @@ def _transpose_selection(idx, n):
 
 
 @njit(**JIT_OPTIONS)
-def _dx_row(dx, b, W, g, idx):
-    m = W.shape[1]
-    for j in range(idx.shape[1]):
-        i = idx[b, j]
+def _rows_backward(x, W, g, rows, offsets, examples, lo, hi, dx, values):
+    """Accumulate dx and write values[lo:hi] from distinct rows lo..hi-1.
+
+    `values` may be uninitialised: each row's first example assigns it.
+    """
+    m = x.shape[1]
+    for p in range(lo, hi):
+        i = rows[p]
+        b = examples[offsets[p]]
         c = g[b, i]
         for t in range(m):
             dx[b, t] += c * W[i, t]
-
-
-@njit(**JIT_OPTIONS)
-def _dw_row(values, p, row, offsets, examples, x, g):
-    m = x.shape[1]
-    b = examples[offsets[p]]
-    c = g[b, row]
-    for t in range(m):
-        values[p, t] = c * x[b, t]
-    for e in range(offsets[p] + 1, offsets[p + 1]):
-        b = examples[e]
-        c = g[b, row]
-        for t in range(m):
-            values[p, t] += c * x[b, t]
+            values[p, t] = c * x[b, t]
+        for e in range(offsets[p] + 1, offsets[p + 1]):
+            b = examples[e]
+            c = g[b, i]
+            for t in range(m):
+                dx[b, t] += c * W[i, t]
+                values[p, t] += c * x[b, t]
 
 
 @njit(**JIT_OPTIONS)
@@ -243,29 +241,36 @@ def per_example_backward(x, W, g, idx):
 
     Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i];
     values[p] = sum_{b: rows[p] in S_b} g[b, rows[p]] x[b]; db = sum_b g[b].
+    Walks the distinct selected rows once, so each row of W is read once
+    however many examples selected it.
     """
     B, m = x.shape
-    dx = np.zeros((B, m), dtype=x.dtype)
-    for b in range(B):
-        _dx_row(dx, b, W, g, idx)
     rows, offsets, examples = _transpose_selection(idx, W.shape[0])
+    dx = np.zeros((B, m), dtype=x.dtype)
     values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    for p in range(rows.shape[0]):
-        _dw_row(values, p, rows[p], offsets, examples, x, g)
+    _rows_backward(x, W, g, rows, offsets, examples, 0, rows.shape[0], dx, values)
     return dx, rows, values, _column_sums(g)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def per_example_backward_parallel(x, W, g, idx):
-    """Parallel twin of :func:`per_example_backward`."""
+def per_example_backward_parallel(x, W, g, idx, T):
+    """Parallel twin of :func:`per_example_backward` for `T` threads.
+
+    The distinct rows are split into T ranges; each accumulates its own
+    copy of dx, summed at the end.
+    """
     B, m = x.shape
-    dx = np.zeros((B, m), dtype=x.dtype)
-    for b in prange(B):
-        _dx_row(dx, b, W, g, idx)
     rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    for p in prange(rows.shape[0]):
-        _dw_row(values, p, rows[p], offsets, examples, x, g)
+    r = rows.shape[0]
+    partial = np.zeros((T, B, m), dtype=x.dtype)
+    values = np.empty((r, m), dtype=x.dtype)
+    for t in prange(T):
+        _rows_backward(x, W, g, rows, offsets, examples, r * t // T, r * (t + 1) // T, partial[t], values)
+    dx = partial[0].copy()
+    for t in range(1, T):
+        for b in range(B):
+            for j in range(m):
+                dx[b, j] += partial[t, b, j]
     return dx, rows, values, _column_sums(g)
 
 

@@ -104,9 +104,11 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
         indices = _topk_host(g, k, unified)
     if indices.ndim == 1:
         return _shared_backward(x, W, g, np.sort(indices))
-    parallel = B * indices.shape[1] * m >= PARALLEL_MIN_WORK and get_num_threads() > 1
-    kernel = _kernels.per_example_backward_parallel if parallel else _kernels.per_example_backward
-    dx, rows, values, db = kernel(x, W, g, indices)
+    threads = get_num_threads()
+    if threads > 1 and B * indices.shape[1] * m >= PARALLEL_MIN_WORK:
+        dx, rows, values, db = _kernels.per_example_backward_parallel(x, W, g, indices, threads)
+    else:
+        dx, rows, values, db = _kernels.per_example_backward(x, W, g, indices)
     return dx, RowSparse._trusted(rows, values, (n, m)), db
 
 
