@@ -15,16 +15,23 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def is_cuda_array(a):
-    """Return True if `a` exposes ``__cuda_array_interface__``."""
-    return hasattr(a, "__cuda_array_interface__")
+    """Return True if `a` is a CUDA array.
+
+    That is an object exposing ``__cuda_array_interface__``, or a device
+    array of Numba's CUDA simulator (which exposes no interface).
+    """
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    cls = type(a)
+    return cls.__name__ == "FakeCUDAArray" and ".simulator." in cls.__module__
 
 
 def shape_dtype(a):
     """Return ``(shape, dtype)`` of a NumPy or CUDA array without copying it."""
-    if is_cuda_array(a):
+    if hasattr(a, "__cuda_array_interface__"):
         iface = a.__cuda_array_interface__
         return tuple(iface["shape"]), np.dtype(iface["typestr"])
-    return a.shape, a.dtype
+    return tuple(a.shape), np.dtype(a.dtype)
 
 
 def _describe_dtype(dtype):

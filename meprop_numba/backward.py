@@ -83,8 +83,6 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
     if k is not None:
         k = integer_k(k, n)
     if indices is not None:
-        if is_cuda_array(g):
-            raise TypeError("indices on the GPU path are not supported: select with k instead")
         indices = index_array(indices, B, n)
         if unified and indices.ndim == 2:
             raise ValueError("indices of shape (B, k) are per-example; pass shape (k,) with unified=True")
@@ -93,7 +91,7 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
     if is_cuda_array(g):
         from . import _cuda
 
-        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, None, unified)
+        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified)
         return dx, RowSparse._trusted(rows, values, (n, m)), db
     finite(g, "g")
     finite(x, "x")

@@ -83,7 +83,9 @@ class Optimizer:
                     raise TypeError(f"{name} has dtype {gr.dtype}, expected {pdtype} like params[{j}]")
                 if is_cuda_array(gr.values) != is_cuda_array(p):
                     raise TypeError(f"{name} and params[{j}] must both be on the host or both on the GPU")
-                if not is_cuda_array(gr.values):
+                if is_cuda_array(gr.values):
+                    _gpu().check_finite(gr.values, name)
+                else:
                     finite(gr.values, name)
                 checked.append(gr)
                 continue
@@ -95,7 +97,9 @@ class Optimizer:
                 raise TypeError(f"{name} has dtype {gdtype}, expected {pdtype} like params[{j}]")
             if is_cuda_array(gr) != is_cuda_array(p):
                 raise TypeError(f"{name} and params[{j}] must both be on the host or both on the GPU")
-            if not is_cuda_array(gr):
+            if is_cuda_array(gr):
+                _gpu().check_finite(gr, name)
+            else:
                 finite(gr, name)
             checked.append(gr)
         return checked
@@ -248,7 +252,7 @@ class SGD(Optimizer):
 
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
-        _gpu().sgd_step(p, grad, st.get("velocity"), h["lr"], h["mu"], self.lazy)
+        _gpu().sgd_step(p, grad, st.get("velocity"), h["lr"], h["mu"], self.lazy, check=False)
 
 
 class Adam(Optimizer):
@@ -313,7 +317,7 @@ class Adam(Optimizer):
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
         b1, b2 = self.betas
-        _gpu().adam_step(p, grad, st["m"], st["v"], self.step_count, self.lr, b1, b2, self.eps, self.lazy)
+        _gpu().adam_step(p, grad, st["m"], st["v"], self.step_count, self.lr, b1, b2, self.eps, self.lazy, check=False)
 
 
 class AdaGrad(Optimizer):
@@ -365,4 +369,4 @@ class AdaGrad(Optimizer):
 
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
-        _gpu().adagrad_step(p, grad, st["sum_sq"], self.lr, self.eps, self.lazy)
+        _gpu().adagrad_step(p, grad, st["sum_sq"], self.lr, self.eps, self.lazy, check=False)

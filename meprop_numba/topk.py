@@ -5,7 +5,7 @@ import numpy as np
 
 from . import _kernels
 from ._config import PARALLEL_MIN_WORK, get_num_threads
-from ._validation import finite, float_array, integer_k, is_cuda_array
+from ._validation import finite, float_array, integer_k, is_cuda_array, shape_dtype
 
 
 def _gpu():
@@ -62,9 +62,7 @@ def topk_indices(g, k, *, unified=False):
 
 
 def _shape(a):
-    if is_cuda_array(a):
-        return tuple(a.__cuda_array_interface__["shape"])
-    return a.shape
+    return shape_dtype(a)[0]
 
 
 def _topk_host(g, k, unified):

@@ -1,0 +1,232 @@
+"""Print the GPU speed table: meProp CUDA kernels against dense cuBLAS.
+
+Every row is measured in this one process on device-resident float32 data,
+the dense baseline and the meProp call alternating, best of ``--repeat``
+samples each, every sample closed by a device synchronisation.  The
+baseline is what a dense network pays on the same GPU:
+
+* backward of ``y = x W^T + b``: ``g @ W``, ``g.T @ x``, ``g.sum(0)`` with
+  cuBLAS through PyTorch (or CuPy with ``--baseline cupy``), TF32 off so
+  both sides do float32 arithmetic;
+* row-wise top-k by magnitude: ``torch.topk(g.abs(), k, dim=1)`` (or
+  ``cupy.argpartition`` + sort with CuPy).
+
+The meProp column times the public call (:func:`meprop_numba.linear_backward`
+or :func:`meprop_numba.topk_indices`) on the baseline's own arrays, passed
+zero-copy through ``__cuda_array_interface__``: validation, the on-device
+NaN/Inf check, top-k, the sparse products and the dense bias gradient.
+Before timing, each meProp result is checked against the baseline library
+(``--no-check`` skips that).
+
+Usage::
+
+    pip install "meprop_numba[cuda12]" torch        # or [cuda13]
+    python scripts/gpu_speed.py
+    python scripts/gpu_speed.py --baseline cupy --repeat 10
+"""
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import time
+
+# (label, kind, shape, k, paper figure on a GTX 1080 or None)
+CASES = [
+    ("unified B=1024, n=m=8192, k=8", "unified", (1024, 8192, 8192), 8, "8.37 ms, 36.8x"),
+    ("unified B=1024, n=m=8192, k=64", "unified", (1024, 8192, 8192), 64, "14.38 ms, 21.4x"),
+    ("unified B=1024, n=m=8192, k=512", "unified", (1024, 8192, 8192), 512, "69.95 ms, 4.4x"),
+    ("per-example B=1024, n=m=4096, k=32", "per_example", (1024, 4096, 4096), 32, None),
+    ("row top-k 1024x8192, k=32", "topk", (1024, 8192), 32, None),
+]
+PAPER_DENSE = "dense 308 ms (GTX 1080)"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", choices=("torch", "cupy"), default="torch",
+                        help="library for the dense cuBLAS baseline (default torch)")
+    parser.add_argument("--repeat", type=int, default=7,
+                        help="samples per measurement; the best is kept (default 7)")
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    return args
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("PyTorch sees no CUDA GPU")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        self.torch = torch
+        self.version = f"torch {torch.__version__} (CUDA {torch.version.cuda})"
+
+    def normal(self, shape, seed):
+        gen = self.torch.Generator(device="cuda").manual_seed(seed)
+        return self.torch.randn(shape, generator=gen, device="cuda", dtype=self.torch.float32)
+
+    def synchronize(self):
+        self.torch.cuda.synchronize()
+
+    def dense_backward(self, x, W, g):
+        return g @ W, g.T @ x, g.sum(0)
+
+    def topk(self, g, k):
+        return self.torch.topk(g.abs(), k, dim=1).indices
+
+    def to_numpy(self, a):
+        return self.torch.as_tensor(a, device="cuda").cpu().numpy()
+
+
+class CupyBackend:
+    name = "cupy"
+
+    def __init__(self):
+        import cupy
+
+        self.cupy = cupy
+        self.version = f"cupy {cupy.__version__}"
+        # CuPy's matmul uses plain float32 cuBLAS unless CUPY_TF32=1.
+        if os.environ.get("CUPY_TF32", "0") != "0":
+            raise SystemExit("unset CUPY_TF32: the baseline must not use TF32")
+
+    def normal(self, shape, seed):
+        return self.cupy.random.default_rng(seed).standard_normal(shape, dtype=self.cupy.float32)
+
+    def synchronize(self):
+        self.cupy.cuda.Device().synchronize()
+
+    def dense_backward(self, x, W, g):
+        return g @ W, g.T @ x, g.sum(axis=0)
+
+    def topk(self, g, k):
+        n = g.shape[1]
+        mag = self.cupy.abs(g)
+        part = self.cupy.argpartition(mag, n - k, axis=1)[:, n - k:]
+        order = self.cupy.argsort(-self.cupy.take_along_axis(mag, part, axis=1), axis=1)
+        return self.cupy.take_along_axis(part, order, axis=1)
+
+    def to_numpy(self, a):
+        return self.cupy.asnumpy(self.cupy.asarray(a))
+
+
+def best_of_alternating(dense, sparse, synchronize, repeat):
+    """Best synchronised seconds of each function, the two sampled in turn."""
+    for func in (dense, sparse):  # warm-up: compilation, cuBLAS handles, allocator
+        func()
+        synchronize()
+    best_dense = best_sparse = float("inf")
+    for _ in range(repeat):
+        for func, which in ((dense, 0), (sparse, 1)):
+            synchronize()
+            start = time.perf_counter()
+            func()
+            synchronize()
+            elapsed = time.perf_counter() - start
+            if which == 0:
+                best_dense = min(best_dense, elapsed)
+            else:
+                best_sparse = min(best_sparse, elapsed)
+    return best_dense, best_sparse
+
+
+def check_case(backend, kind, arrays, k, result):
+    """Compare a meProp result with the same computation done densely by the baseline library."""
+    import numpy as np
+
+    from meprop_numba import gpu
+
+    if kind == "topk":
+        (g,) = arrays
+        got = gpu.to_host(result)
+        mag = np.abs(backend.to_numpy(g))
+        chosen = np.take_along_axis(mag, got, axis=1)
+        kth = -np.sort(-mag, axis=1)[:, k - 1:k]
+        assert (chosen >= kth).all() and (np.diff(chosen, axis=1) <= 0).all(), "top-k mismatch"
+        return
+    x, W, g = (backend.to_numpy(a) for a in arrays)
+    dx, dW, db = result
+    rows, values = gpu.to_host(dW.rows), gpu.to_host(dW.values)
+    mask = np.zeros(g.shape, dtype=bool)
+    if kind == "unified":
+        expected = np.sort(np.argsort(-np.abs(g.astype(np.float64)).sum(0), kind="stable")[:k])
+        assert np.array_equal(rows, expected), "unified selection differs from the float64 column scores"
+        mask[:, rows] = True
+    else:
+        np.put_along_axis(mask, backend.to_numpy(backend.topk(arrays[2], k)), True, axis=1)
+        assert np.array_equal(rows, np.flatnonzero(mask.any(0))), "dW rows differ from the baseline's top-k"
+    kept = np.where(mask, g, 0).astype(np.float64)
+    ref_dx = kept @ W.astype(np.float64)
+    ref_dW = (kept.T @ x.astype(np.float64))[rows]
+    for name, got, ref in (("dx", gpu.to_host(dx), ref_dx), ("dW", values, ref_dW),
+                           ("db", gpu.to_host(db), g.astype(np.float64).sum(0))):
+        err = np.abs(got - ref).max() / max(1.0, np.abs(ref).max())
+        assert err < 1e-4, f"{name} differs from the float64 reference by {err:.2e} (relative)"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if importlib.util.find_spec("meprop_numba") is None:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import numba
+
+    import meprop_numba as mp
+    from meprop_numba import gpu
+
+    if not gpu.is_available():
+        raise SystemExit('no usable CUDA GPU: needs an NVIDIA driver and pip install "meprop_numba[cuda12]" (or [cuda13])')
+    from meprop_numba import _cuda
+
+    if _cuda.is_simulator():
+        raise SystemExit("NUMBA_ENABLE_CUDASIM=1 is set: unset it, simulator timings are meaningless")
+    backend = TorchBackend() if args.baseline == "torch" else CupyBackend()
+
+    rows = []
+    for label, kind, shape, k, paper in CASES:
+        if kind == "topk":
+            g = backend.normal(shape, 3)
+            arrays = (g,)
+
+            def dense(g=g, k=k):
+                return backend.topk(g, k)
+
+            def sparse(g=g, k=k):
+                return mp.topk_indices(g, k)
+        else:
+            batch, n, m = shape
+            x, W, g = backend.normal((batch, m), 1), backend.normal((n, m), 2), backend.normal((batch, n), 3)
+            arrays = (x, W, g)
+            unified = kind == "unified"
+
+            def dense(x=x, W=W, g=g):
+                return backend.dense_backward(x, W, g)
+
+            def sparse(x=x, W=W, g=g, k=k, unified=unified):
+                return mp.linear_backward(x, W, g, k, unified=unified)
+        if not args.no_check:
+            check_case(backend, kind, arrays, k, sparse())
+        dense_s, sparse_s = best_of_alternating(dense, sparse, backend.synchronize, args.repeat)
+        rows.append((label, dense_s * 1e3, sparse_s * 1e3, dense_s / sparse_s, paper))
+        print(f"measured {label}", file=sys.stderr, flush=True)
+
+    print(f"device: {gpu.device_name()}; {platform.platform()}")
+    print(f"python {platform.python_version()}, numba {numba.__version__}, {backend.version}, "
+          f"meprop_numba {getattr(mp, '__version__', 'unknown')}")
+    print(f"float32, TF32 off, best of {args.repeat} alternating synchronised samples per row")
+    print()
+    print(f"| case | dense {backend.name} ms | meProp ms | speed-up | paper ({PAPER_DENSE}) |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for label, dense_ms, sparse_ms, ratio, paper in rows:
+        print(f"| {label} | {dense_ms:.3f} | {sparse_ms:.3f} | {ratio:.1f}x | {paper or '-'} |")
+
+
+if __name__ == "__main__":
+    main()

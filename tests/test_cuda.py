@@ -1,0 +1,505 @@
+"""GPU kernels (``meprop_numba._cuda``) against NumPy references and the CPU path.
+
+Runs on a real GPU when one is present and under the CUDA simulator
+otherwise (``tests/conftest.py`` turns it on).  Blocks are made tiny (a few
+threads, 2x2-thread product blocks, at most 3 blocks along a grid's row dimension)
+so that small inputs span several blocks and the grid-stride loops run; column
+reductions over the batch are split into chunks of 2 rows.
+"""
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import meprop_numba as mp
+from meprop_numba import _cuda, gpu
+
+if not _cuda.cuda_available():  # pragma: no cover - the simulator is always there
+    pytest.skip("no CUDA GPU and the CUDA simulator is off", allow_module_level=True)
+
+from cuda_helpers import (  # noqa: E402
+    InterfaceArray,
+    adagrad_reference,
+    adam_reference,
+    backward_reference,
+    dev,
+    host,
+    selection_mask,
+    sgd_reference,
+    topk_reference,
+    unified_reference,
+)
+
+SIMULATOR = _cuda.is_simulator()
+SETTINGS = settings(deadline=None, max_examples=12 if SIMULATOR else 60)
+DTYPES = (np.float32, np.float64)
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_launches():
+    """Tiny blocks so small inputs span several of them; a short GIL switch interval
+    (the simulator runs each CUDA thread as a Python thread and spends most of its
+    time handing the GIL over at barriers)."""
+    names = ("THREADS_PER_BLOCK", "GEMM_TILE", "MAX_GRID_ROWS", "COLUMN_CHUNK")
+    saved = {name: getattr(_cuda, name) for name in names}
+    switch_interval = sys.getswitchinterval()
+    for name, value in zip(names, (8, 2, 3, 2)):
+        setattr(_cuda, name, value)
+    if SIMULATOR:
+        sys.setswitchinterval(1e-4)
+    yield
+    for name, value in saved.items():
+        setattr(_cuda, name, value)
+    sys.setswitchinterval(switch_interval)
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    def set_threads(n):
+        monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", n)
+
+    return set_threads
+
+
+@st.composite
+def gradients(draw, max_batch=5, max_n=40, ties=None):
+    """(g, k): small-integer data (many ties, exact column sums) or continuous data."""
+    dtype = draw(st.sampled_from(DTYPES))
+    batch = draw(st.integers(1, max_batch))
+    n = draw(st.integers(1, max_n))
+    if ties is None:
+        ties = draw(st.booleans())
+    if ties:
+        elements = st.integers(-3, 3).map(float)
+    else:
+        elements = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
+    g = draw(hnp.arrays(dtype, (batch, n), elements=elements))
+    k = draw(st.one_of(st.just(1), st.just(n), st.integers(1, n)))
+    return g, k
+
+
+# ------------------------------------------------------------------ top-k
+@SETTINGS
+@given(gradients(), st.sampled_from([1, 3, 8]))
+def test_topk_rows_match_stable_sort(problem, tpb):
+    g, k = problem
+    _cuda.THREADS_PER_BLOCK = tpb  # the module fixture restores it
+    try:
+        d = dev(g)
+        got = _cuda.topk_indices(d, k, False)
+    finally:
+        _cuda.THREADS_PER_BLOCK = 8
+    got = host(got)
+    assert got.dtype == np.int64 and got.shape == (g.shape[0], k)
+    np.testing.assert_array_equal(got, topk_reference(g, k))
+    np.testing.assert_array_equal(host(d), g)  # input untouched
+
+
+@SETTINGS
+@given(gradients(ties=True))
+def test_unified_topk_matches_reference(problem):
+    g, k = problem
+    got = host(_cuda.topk_indices(dev(g), k, True))
+    assert got.dtype == np.int64 and got.shape == (k,)
+    np.testing.assert_array_equal(got, unified_reference(g, k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_agrees_with_cpu_path(dtype):
+    g = np.random.default_rng(1).normal(size=(5, 33)).astype(dtype)
+    for unified in (False, True):
+        cpu = mp.topk_indices(g, 7, unified=unified)
+        np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), 7, unified)), cpu)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_orders_special_magnitudes(dtype):
+    info = np.finfo(dtype)
+    row = np.array([0.0, -0.0, info.smallest_subnormal, -info.smallest_normal, info.max, -info.max,
+                    1.0, -1.0, 2 * info.smallest_subnormal, -info.tiny, 0.5, 3.0], dtype=dtype)
+    g = np.stack([row, -row[::-1]])
+    n = row.size
+    np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), n, False)), topk_reference(g, n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_large_k_sorts_in_global_scratch(monkeypatch, dtype):
+    # k above SORT_CAPACITY takes the global-memory sort.
+    monkeypatch.setattr(_cuda, "SORT_CAPACITY", 4)
+    monkeypatch.setattr(_cuda, "_GLOBAL_SORT_MAX_BLOCKS", 2)  # two scratch rows reused by four rows
+    g = np.random.default_rng(2).integers(-4, 5, size=(4, 23)).astype(dtype)
+    for k in (5, 23):
+        np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), k, False)), topk_reference(g, k))
+
+
+def test_topk_rows_longer_than_many_tiles(threads):
+    threads(4)
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(2, 150)).astype(np.float32)
+    g[0, 100:] = g[0, 7]  # one tied value far beyond the first tile, and in it
+    np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), 9, False)), topk_reference(g, 9))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("unified", [False, True])
+def test_topk_refuses_non_finite(bad, unified):
+    g = np.ones((3, 6), dtype=np.float32)
+    g[2, 4] = bad
+    with pytest.raises(ValueError, match="g contains NaN or Inf"):
+        _cuda.topk_indices(dev(g), 2, unified)
+
+
+# ------------------------------------------------------------------ backward
+@st.composite
+def layers(draw):
+    dtype = draw(st.sampled_from(DTYPES))
+    batch, n, m = draw(st.integers(1, 5)), draw(st.integers(1, 12)), draw(st.integers(1, 10))
+    elements = st.floats(-2, 2, allow_nan=False, width=32)
+    x = draw(hnp.arrays(dtype, (batch, m), elements=elements))
+    W = draw(hnp.arrays(dtype, (n, m), elements=elements))
+    g = draw(hnp.arrays(dtype, (batch, n), elements=st.integers(-3, 3).map(float)))
+    k = draw(st.one_of(st.none(), st.integers(1, n)))
+    return x, W, g, k
+
+
+def _check_backward(x, W, g, mask, got, dtype):
+    dx, rows, values, db = (host(a) for a in got)
+    rdx, rrows, rvalues, rdb = backward_reference(x, W, g, mask)
+    for a in (dx, values, db):
+        assert a.dtype == dtype
+    assert rows.dtype == np.int64
+    np.testing.assert_array_equal(rows, rrows)
+    scale = 1 + np.abs(x).max() * np.abs(g).max() * g.shape[0] + np.abs(W).max() * np.abs(g).max() * g.shape[1]
+    for a, r in ((dx, rdx), (values, rvalues), (db, rdb)):
+        np.testing.assert_allclose(a, r, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+
+
+@SETTINGS
+@given(layers(), st.booleans())
+def test_linear_backward_matches_masked_dense_reference(layer, unified):
+    x, W, g, k = layer
+    n = W.shape[0]
+    got = _cuda.linear_backward(dev(x), dev(W), dev(g), k, None, unified)
+    if k is None or (k == n and not unified):
+        mask = np.ones(g.shape, dtype=bool)
+    elif unified:
+        mask = selection_mask(g.shape, unified_reference(g, k))
+    else:
+        mask = selection_mask(g.shape, topk_reference(g, k))
+    _check_backward(x, W, g, mask, got, x.dtype.type)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("on_device", [False, True])
+def test_linear_backward_explicit_indices(dtype, shared, on_device):
+    rng = np.random.default_rng(4)
+    B, n, m, k = 5, 13, 6, 3
+    x, W, g = (rng.normal(size=s).astype(dtype) for s in ((B, m), (n, m), (B, n)))
+    if shared:
+        indices = rng.permutation(n)[:k]
+    else:
+        indices = np.stack([rng.permutation(n)[:k] for _ in range(B)])
+    indices = indices.astype(np.int64)
+    got = _cuda.linear_backward(dev(x), dev(W), dev(g), k, dev(indices) if on_device else indices, False)
+    _check_backward(x, W, g, selection_mask(g.shape, indices), got, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("unified", [False, True])
+def test_linear_backward_agrees_with_cpu_path(dtype, unified):
+    rng = np.random.default_rng(5)
+    x, W, g = (rng.normal(size=s).astype(dtype) for s in ((6, 7), (10, 7), (6, 10)))
+    cdx, cdW, cdb = mp.linear_backward(x, W, g, k=3, unified=unified)
+    dx, rows, values, db = (host(a) for a in _cuda.linear_backward(dev(x), dev(W), dev(g), 3, None, unified))
+    np.testing.assert_array_equal(rows, cdW.rows)
+    for a, r in ((dx, cdx), (values, cdW.values), (db, cdb)):
+        np.testing.assert_allclose(a, r, rtol=TOL[dtype], atol=TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("tile", [1, 3])
+def test_tiled_products_with_other_block_shapes(monkeypatch, tile):
+    monkeypatch.setattr(_cuda, "GEMM_TILE", tile)
+    rng = np.random.default_rng(15)
+    x, W, g = (rng.normal(size=s) for s in ((7, 13), (11, 13), (7, 11)))
+    for k in (None, 5):
+        got = _cuda.linear_backward(dev(x), dev(W), dev(g), k, None, True)
+        mask = np.ones(g.shape, bool) if k is None else selection_mask(g.shape, unified_reference(g, k))
+        _check_backward(x, W, g, mask, got, np.float64)
+
+
+def test_linear_backward_refuses_non_finite_g_before_writing():
+    x, W = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)
+    g = np.ones((2, 4), np.float32)
+    g[1, 1] = np.nan
+    dx, dW, dg = dev(x), dev(W), dev(g)
+    with pytest.raises(ValueError, match="g contains NaN or Inf"):
+        _cuda.linear_backward(dx, dW, dg, 2, None, False)
+    for d, a in ((dx, x), (dW, W), (dg, g)):
+        np.testing.assert_array_equal(host(d), a)
+
+
+def test_per_example_backward_with_every_row_hit_many_times(threads):
+    # B*k far above n: each dW row sums many examples, in example order.
+    threads(4)
+    rng = np.random.default_rng(6)
+    B, n, m, k = 9, 6, 5, 4
+    x, W, g = (rng.normal(size=s) for s in ((B, m), (n, m), (B, n)))
+    got = _cuda.linear_backward(dev(x), dev(W), dev(g), k, None, False)
+    _check_backward(x, W, g, selection_mask(g.shape, topk_reference(g, k)), got, np.float64)
+
+
+# ------------------------------------------------------------------ optimizers
+def _sparse_problem(rng, dtype, shape=(7, 5), nrows=3):
+    p = rng.normal(size=shape).astype(dtype)
+    rows = np.sort(rng.choice(shape[0], size=nrows, replace=False)).astype(np.int64)
+    values = rng.normal(size=(nrows, shape[1])).astype(dtype)
+    return p, rows, values
+
+
+def _grad_variants(rng, dtype, shape):
+    _, rows, values = _sparse_problem(rng, dtype, shape)
+    dense = rng.normal(size=shape).astype(dtype)
+    return [("sparse", (rows, values)), ("dense", dense)]
+
+
+def _device_grad(grad):
+    return (dev(grad[0]), dev(grad[1])) if isinstance(grad, tuple) else dev(grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_step_matches_reference(dtype, lazy, momentum):
+    rng = np.random.default_rng(7)
+    for kind, grad in _grad_variants(rng, dtype, (7, 5)):
+        p = rng.normal(size=(7, 5)).astype(dtype)
+        vel = rng.normal(size=p.shape).astype(dtype) if momentum else np.zeros_like(p)
+        dp, dvel = dev(p), dev(vel)
+        _cuda.sgd_step(dp, _device_grad(grad), dvel if momentum else None, 0.1, momentum, lazy)
+        rp, rvel = sgd_reference(p, grad, vel, 0.1, momentum, lazy)
+        np.testing.assert_allclose(host(dp), rp, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+        np.testing.assert_allclose(host(dvel), rvel, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lazy", [True, False])
+def test_adam_steps_match_reference(dtype, lazy):
+    rng = np.random.default_rng(8)
+    p = rng.normal(size=(7, 5)).astype(dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    dp, dm, dv = dev(p), _cuda.zeros_like(dev(p)), _cuda.zeros_like(dev(p))
+    for step in (1, 2, 3):
+        for kind, grad in _grad_variants(rng, dtype, p.shape):
+            _cuda.adam_step(dp, _device_grad(grad), dm, dv, step, 0.01, 0.9, 0.999, 1e-8, lazy)
+            p, m, v = adam_reference(p, grad, m, v, step, 0.01, 0.9, 0.999, 1e-8, lazy)
+            for d, r in ((dp, p), (dm, m), (dv, v)):
+                np.testing.assert_allclose(host(d), r, rtol=10 * TOL[dtype], atol=10 * TOL[dtype], err_msg=kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lazy", [True, False])
+def test_adagrad_steps_match_reference(dtype, lazy):
+    rng = np.random.default_rng(9)
+    p = rng.normal(size=(7, 5)).astype(dtype)
+    acc = np.zeros_like(p)
+    dp, dacc = dev(p), _cuda.zeros_like(dev(p))
+    for kind, grad in _grad_variants(rng, dtype, p.shape) * 2:
+        _cuda.adagrad_step(dp, _device_grad(grad), dacc, 0.1, 1e-10, lazy)
+        p, acc = adagrad_reference(p, grad, acc, 0.1, 1e-10, lazy)
+        np.testing.assert_allclose(host(dp), p, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+        np.testing.assert_allclose(host(dacc), acc, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+
+
+def test_updates_of_1d_parameters():
+    rng = np.random.default_rng(10)
+    b, g = rng.normal(size=11), rng.normal(size=11)
+    db, dm, dv = dev(b), _cuda.zeros_like(dev(b)), _cuda.zeros_like(dev(b))
+    _cuda.adam_step(db, dev(g), dm, dv, 1, 0.01, 0.9, 0.999, 1e-8, True)
+    rp, rm, rv = adam_reference(b, g, np.zeros(11), np.zeros(11), 1, 0.01, 0.9, 0.999, 1e-8, True)
+    np.testing.assert_allclose(host(db), rp, rtol=1e-12)
+    np.testing.assert_allclose(host(dm), rm, rtol=1e-12)
+
+
+@pytest.mark.parametrize("step", ["sgd", "adam", "adagrad"])
+def test_non_finite_gradient_leaves_everything_unchanged(step):
+    p = np.ones((4, 3), np.float32)
+    values = np.ones((2, 3), np.float32)
+    values[1, 2] = np.inf
+    grad = (dev(np.array([0, 2])), dev(values))
+    dp, s1, s2 = dev(p), _cuda.zeros_like(dev(p)), _cuda.zeros_like(dev(p))
+    with pytest.raises(ValueError, match="grad contains NaN or Inf"):
+        if step == "sgd":
+            _cuda.sgd_step(dp, grad, s1, 0.1, 0.9, True)
+        elif step == "adam":
+            _cuda.adam_step(dp, grad, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, True)
+        else:
+            _cuda.adagrad_step(dp, grad, s1, 0.1, 1e-10, True)
+    np.testing.assert_array_equal(host(dp), p)
+    np.testing.assert_array_equal(host(s1), 0)
+    np.testing.assert_array_equal(host(s2), 0)
+
+
+# ------------------------------------------------------------------ interop and errors
+def test_interface_arrays_are_used_in_place():
+    rng = np.random.default_rng(11)
+    p, rows, values = _sparse_problem(rng, np.float32)
+    dp = dev(p)
+    _cuda.sgd_step(InterfaceArray(dp), (InterfaceArray(dev(rows)), InterfaceArray(dev(values))), None, 0.5, 0.0, True)
+    expected = p.copy()
+    expected[rows] -= 0.5 * values
+    np.testing.assert_allclose(host(dp), expected, rtol=1e-6)
+
+
+def test_public_api_dispatches_interface_arrays():
+    rng = np.random.default_rng(12)
+    x, W, g = (rng.normal(size=s).astype(np.float32) for s in ((4, 6), (9, 6), (4, 9)))
+    idx = mp.topk_indices(InterfaceArray(dev(g)), 3)
+    np.testing.assert_array_equal(host(idx), topk_reference(g, 3))
+    dx, dW, db = mp.linear_backward(InterfaceArray(dev(x)), InterfaceArray(dev(W)), InterfaceArray(dev(g)), k=3)
+    rdx, rrows, rvalues, rdb = backward_reference(x, W, g, selection_mask(g.shape, topk_reference(g, 3)))
+    np.testing.assert_allclose(host(dx), rdx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(host(dW.rows), rrows)
+    np.testing.assert_allclose(host(dW.values), rvalues, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(db), rdb, rtol=1e-5, atol=1e-5)
+
+
+def test_public_optimizer_dispatches_interface_arrays():
+    rng = np.random.default_rng(13)
+    p, rows, values = _sparse_problem(rng, np.float32)
+    dp = dev(p)
+    gpu_opt = mp.Adam([InterfaceArray(dp)], lr=0.01)
+    cpu_p = p.copy()
+    cpu_opt = mp.Adam([cpu_p], lr=0.01)
+    for _ in range(2):
+        gpu_opt.step([mp.RowSparse(InterfaceArray(dev(rows)), InterfaceArray(dev(values)), p.shape)])
+        cpu_opt.step([mp.RowSparse(rows, values, p.shape)])
+    np.testing.assert_allclose(host(dp), cpu_p, rtol=1e-5, atol=1e-6)
+
+
+def test_host_arrays_are_refused_with_a_clear_error():
+    with pytest.raises(TypeError, match="g must be a CUDA array"):
+        _cuda.topk_indices(np.ones((2, 3), np.float32), 1, False)
+
+
+def test_missing_cuda_names_what_to_install(monkeypatch):
+    monkeypatch.setattr(_cuda, "cuda_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"numba-cuda\[cu12\]"):
+        _cuda.topk_indices(object(), 1, False)
+    with pytest.raises(RuntimeError, match="cuda13"):
+        gpu.to_device(np.zeros(3))
+
+
+def test_is_cuda_array_detection():
+    assert gpu.is_cuda_array(dev(np.zeros(3)))
+    assert gpu.is_cuda_array(InterfaceArray(dev(np.zeros(3))))
+    assert not gpu.is_cuda_array(np.zeros(3))
+
+
+def test_zeros_like_and_launch_settings_are_checked(monkeypatch):
+    z = _cuda.zeros_like(dev(np.ones((3, 4), np.float32)))
+    assert z.dtype == np.float32
+    np.testing.assert_array_equal(host(z), np.zeros((3, 4), np.float32))
+    monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4096)
+    with pytest.raises(ValueError, match="THREADS_PER_BLOCK"):
+        _cuda.zeros_like(dev(np.ones(3)))
+
+
+def test_kernels_compile_for_a_real_gpu_without_float64_in_float32_work(tmp_path):
+    """Compile every kernel to sm_90 PTX in a fresh process (no simulator, no GPU needed)."""
+    import os
+    import subprocess
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(mp.__file__)))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=path)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, os.path.join(here, "cuda_helpers.py"), "--ptx"],
+                          env=env, cwd=here, capture_output=True, text=True, timeout=300)
+    if proc.returncode == 3:
+        pytest.skip(f"NVVM not installed (numba-cuda[cu12] or [cu13] extras): {proc.stdout.strip()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.split("\n")
+    results = [line.split() for line in lines if line.startswith(("ok ", "FAIL "))]
+    assert len(results) == 2 * 21, proc.stdout
+    failures = [line for line in lines if line.startswith("FAIL")]
+    assert not failures, "\n".join(failures)
+    widened = [r for r in results if r[2] == "float32" and int(r[3]) > 0]
+    assert not widened, f"float32 kernels with float64 arithmetic: {widened}"
+
+
+def _public_api_sees_device_arrays():
+    from meprop_numba import _validation
+
+    return _validation.is_cuda_array(dev(np.zeros(1)))
+
+
+@pytest.mark.skipif(not _public_api_sees_device_arrays(),
+                    reason="meprop_numba._validation.is_cuda_array does not recognise simulator device arrays")
+@pytest.mark.parametrize("unified", [False, True])
+def test_training_step_stays_on_the_device(unified):
+    """Backward then a lazy Adam step through the public API, device arrays end to end."""
+    rng = np.random.default_rng(16)
+    x, W, g = (rng.normal(size=s).astype(np.float32) for s in ((5, 6), (9, 6), (5, 9)))
+    dW_dev = dev(W)
+    dx, dW, db = mp.linear_backward(dev(x), dW_dev, dev(g), k=2, unified=unified)
+    assert gpu.is_cuda_array(dW.values) and gpu.is_cuda_array(dW.rows)
+    gpu_opt, cpu_W = mp.Adam([dW_dev], lr=0.01), W.copy()
+    cpu_opt = mp.Adam([cpu_W], lr=0.01)
+    cdx, cdW, cdb = mp.linear_backward(x, W, g, k=2, unified=unified)
+    gpu_opt.step([dW])
+    cpu_opt.step([cdW])
+    np.testing.assert_allclose(host(dx), cdx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(dW_dev), cpu_W, rtol=1e-5, atol=1e-6)
+    state = gpu_opt.state_dict()
+    assert isinstance(state["state"][0]["m"], np.ndarray)
+
+
+def test_empty_batch():
+    x, W, g = np.zeros((0, 3)), np.ones((4, 3)), np.zeros((0, 4))
+    assert host(_cuda.topk_indices(dev(g), 2, False)).shape == (0, 2)
+    dx, rows, values, db = (host(a) for a in _cuda.linear_backward(dev(x), dev(W), dev(g), 2, None, False))
+    assert dx.shape == (0, 3) and rows.shape == (0,) and values.shape == (0, 3)
+    np.testing.assert_array_equal(db, np.zeros(4))
+    dx, rows, values, db = (host(a) for a in _cuda.linear_backward(dev(x), dev(W), dev(g), None, None, False))
+    np.testing.assert_array_equal(values, np.zeros((4, 3)))
+    np.testing.assert_array_equal(db, np.zeros(4))
+
+
+@pytest.mark.skipif(SIMULATOR, reason="n=16384 rows take ~15 s each under the simulator; runs on a GPU")
+@pytest.mark.parametrize("k", [1024, 4096])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_long_rows_and_large_k(dtype, k):  # pragma: no cover - GPU only
+    _cuda.THREADS_PER_BLOCK = 256  # the module fixture restores it
+    try:
+        g = np.random.default_rng(17).integers(-100, 100, size=(6, 16384)).astype(dtype)
+        got = host(_cuda.topk_indices(dev(g), k, False))
+        unified = host(_cuda.topk_indices(dev(g), k, True))
+    finally:
+        _cuda.THREADS_PER_BLOCK = 8
+    np.testing.assert_array_equal(got, topk_reference(g, k))
+    np.testing.assert_array_equal(unified, unified_reference(g, k))
+
+
+def _optimizer_checks_device_gradients_first():
+    import inspect
+
+    return "check_finite" in inspect.getsource(mp.optim.Optimizer._check_grads)
+
+
+@pytest.mark.skipif(not _optimizer_checks_device_gradients_first(),
+                    reason="Optimizer._check_grads does not yet check CUDA gradients on the device")
+def test_public_optimizer_checks_every_gradient_before_any_update():
+    p1, p2 = np.ones((3, 2), np.float32), np.ones((3, 2), np.float32)
+    d1, d2 = dev(p1), dev(p2)
+    bad = np.ones((3, 2), np.float32)
+    bad[0, 0] = np.nan
+    opt = mp.SGD([InterfaceArray(d1), InterfaceArray(d2)], lr=0.1)
+    with pytest.raises(ValueError, match=r"grads\[1\] contains NaN or Inf"):
+        opt.step([InterfaceArray(dev(np.ones((3, 2), np.float32))), InterfaceArray(dev(bad))])
+    np.testing.assert_array_equal(host(d1), p1)
+    np.testing.assert_array_equal(host(d2), p2)
