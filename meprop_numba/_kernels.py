@@ -15,9 +15,6 @@ from ._config import JIT_OPTIONS
 #: Candidate counts up to this are placed by counting ranks (O(c^2) but
 #: branch-free and vectorised); above it a stable sort is cheaper.
 RANK_MAX_CANDIDATES = 256
-#: Entries per block in the candidate scan: a block whose maximum is below
-#: the bound is skipped after one vectorised max.
-_BLOCK = 16
 
 
 def magnitude_bits(a):
@@ -55,40 +52,31 @@ def _min_chunk_max(vals, mask, count, k, maxima):
 
 
 @njit(**JIT_OPTIONS)
-def _block_max(row, mask, start, end):
-    m = row[start] & mask
-    for t in range(start + 1, end):
-        m = max(m, row[t] & mask)
-    return m
-
-
-@njit(**JIT_OPTIONS)
 def topk_row(row, k, mask, out, vals, idx, ranks, maxima):
     """Write the indices of the k largest ``row & mask`` into `out`, descending.
 
     Ties go to the lower index.  `row` holds magnitude bits (see
-    :func:`magnitude_bits`); `vals` and `idx` are scratch arrays of the
-    row's length (the row's dtype, int64); `ranks` (int64) and `maxima`
-    (the row's dtype) are scratch of at least the row's length and k.
+    :func:`magnitude_bits`); `vals` (the row's dtype), `idx` (int64) and
+    `ranks` (int32) are scratch of the row's length, `maxima` (the row's
+    dtype) scratch of length k.
 
     A lower bound on the k-th largest entry (:func:`_min_chunk_max`) lets
-    one pass keep only the entries at or above it, in index order, skipping
-    blocks whose maximum is below the bound; the bound is tightened once
-    more on those candidates, and each survivor is placed by its rank
-    (greater values first, equal values by position).
+    one branch-free pass keep only the entries at or above it, in index
+    order.  The bound is tightened on those candidates while they number
+    at least 2k, and each survivor is then placed by its rank (greater
+    values first, equal values by position): O(n) plus O(k^2) vectorised.
     """
     n = row.shape[0]
     thr = _min_chunk_max(row, mask, n, k, maxima)
     count = 0
-    for start in range(0, n, _BLOCK):
-        end = min(start + _BLOCK, n)
-        if _block_max(row, mask, start, end) >= thr:
-            for j in range(start, end):
-                v = row[j] & mask
-                vals[count] = v
-                idx[count] = j
-                count += v >= thr
-    if count >= 2 * k:
+    for j in range(n):
+        v = row[j] & mask
+        vals[count] = v
+        idx[count] = j
+        count += v >= thr
+    for _ in range(4):
+        if count < 2 * k:
+            break
         thr = _min_chunk_max(vals, mask, count, k, maxima)
         kept = 0
         for j in range(count):
@@ -96,6 +84,8 @@ def topk_row(row, k, mask, out, vals, idx, ranks, maxima):
             vals[kept] = v
             idx[kept] = idx[j]
             kept += v >= thr
+        if kept == count:
+            break
         count = kept
     if count > RANK_MAX_CANDIDATES:
         order = np.argsort(-vals[:count], kind="mergesort")
@@ -120,7 +110,7 @@ def topk_rows(bits, k, mask, out):
     n = bits.shape[1]
     vals = np.empty(n, dtype=bits.dtype)
     idx = np.empty(n, dtype=np.int64)
-    ranks = np.empty(n, dtype=np.int64)
+    ranks = np.empty(n, dtype=np.int32)
     maxima = np.empty(k, dtype=bits.dtype)
     for b in range(bits.shape[0]):
         topk_row(bits[b], k, mask, out[b], vals, idx, ranks, maxima)
@@ -133,7 +123,7 @@ def topk_rows_parallel(bits, k, mask, out):
     for b in prange(bits.shape[0]):
         vals = np.empty(n, dtype=bits.dtype)
         idx = np.empty(n, dtype=np.int64)
-        ranks = np.empty(n, dtype=np.int64)
+        ranks = np.empty(n, dtype=np.int32)
         maxima = np.empty(k, dtype=bits.dtype)
         topk_row(bits[b], k, mask, out[b], vals, idx, ranks, maxima)
 
