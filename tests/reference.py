@@ -1,0 +1,285 @@
+"""Slow, obviously-correct NumPy references (and test-data strategies) for the CPU core.
+
+Everything here is written for clarity, not speed, and shares no code with
+``meprop_numba``: the tests compare the library against these functions.
+Arithmetic is done in float64 (or the input's own dtype where the rounding
+of the input dtype is part of the definition, e.g. |g|).
+"""
+import os
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+
+# ---------------------------------------------------------------- selection
+def topk_reference(g, k):
+    """Per-example top-k by (descending |g|, ascending index).
+
+    A stable sort of ``-|g|`` keeps equal magnitudes in index order, which is
+    exactly the contract's tie rule.
+    """
+    g = np.asarray(g)
+    magnitude = np.abs(g).astype(np.float64)
+    order = np.argsort(-magnitude, axis=1, kind="stable")
+    return order[:, :k].astype(np.int64)
+
+
+def unified_scores(g):
+    """Column scores sum_b |g[b, i]| in float64 (exact for small-integer data)."""
+    return np.abs(np.asarray(g, dtype=np.float64)).sum(axis=0)
+
+
+def unified_topk_reference(g, k):
+    """Unified top-k: the k columns with the largest sum_b |g[b, i]|."""
+    scores = unified_scores(g)
+    order = np.argsort(-scores, kind="stable")
+    return order[:k].astype(np.int64)
+
+
+def is_valid_topk(scores, selected, k, rtol):
+    """Check ``selected`` is a valid top-k of ``scores`` up to rounding.
+
+    Used where the library may sum in a different order or precision than
+    the reference (unified scores of float32 data), so that only ties closer
+    than ``rtol`` may be broken differently.  Returns an error message, or
+    ``None`` if the selection is valid.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    selected = np.asarray(selected)
+    if selected.shape != (k,):
+        return f"shape {selected.shape} != {(k,)}"
+    if len(np.unique(selected)) != k:
+        return "indices are not distinct"
+    if selected.min() < 0 or selected.max() >= len(scores):
+        return "index out of range"
+    tol = rtol * max(float(np.max(scores)), np.finfo(np.float64).tiny)
+    chosen = scores[selected]
+    if np.any(np.diff(chosen) > tol):
+        return f"not in descending order: {chosen}"
+    rest = np.setdiff1d(np.arange(len(scores)), selected)
+    if rest.size and scores[rest].max() > chosen.min() + tol:
+        return "a larger score was left out"
+    return None
+
+
+def selection_mask(shape, indices):
+    """Boolean (B, n) mask of the selected entries.
+
+    ``indices`` is (B, k) (one set per example) or (k,) (shared by all rows).
+    """
+    batch, n = shape
+    mask = np.zeros((batch, n), dtype=bool)
+    indices = np.asarray(indices)
+    if indices.ndim == 1:
+        mask[:, indices] = True
+    else:
+        for b in range(batch):
+            mask[b, indices[b]] = True
+    return mask
+
+
+# ----------------------------------------------------------------- backward
+def masked_backward_reference(x, W, g, mask=None):
+    """Dense backward of y = x W^T + b with g zeroed outside ``mask``.
+
+    Returns float64 ``(dx, dW, db, bound_dx, bound_dW, bound_db)``; the bounds
+    are the same products on absolute values, the natural scale for the
+    rounding error of any summation order (|sum a_i b_i| <= sum |a_i||b_i|).
+    db uses the full g, as the paper does.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    W64 = np.asarray(W, dtype=np.float64)
+    g64 = np.asarray(g, dtype=np.float64)
+    gm = g64 if mask is None else np.where(mask, g64, 0.0)
+    dx = gm @ W64
+    dW = gm.T @ x64
+    db = g64.sum(axis=0)
+    bound_dx = np.abs(gm) @ np.abs(W64)
+    bound_dW = np.abs(gm).T @ np.abs(x64)
+    bound_db = np.abs(g64).sum(axis=0)
+    return dx, dW, db, bound_dx, bound_dW, bound_db
+
+
+def assert_close_scaled(actual, expected, bound, rtol, what):
+    """|actual - expected| <= rtol * bound elementwise (bound = |.| products).
+
+    An absolute floor of a few of the result dtype's smallest normal numbers
+    allows products that underflow in that dtype (bound == 0 still demands 0).
+    """
+    underflow = 16 * np.finfo(np.asarray(actual).dtype).tiny
+    actual = np.asarray(actual, dtype=np.float64)
+    err = np.abs(actual - expected)
+    limit = rtol * bound + np.where(bound > 0, underflow, 1e-300)
+    bad = err > limit
+    if np.any(bad):
+        where = tuple(int(i[0]) for i in np.nonzero(bad))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} entries out of tolerance; first at {where}: "
+            f"actual {actual[where]!r}, expected {expected[where]!r}, "
+            f"allowed error {limit[where]!r}"
+        )
+
+
+# --------------------------------------------------------------- optimizers
+# Conventions (those of torch.optim): SGD momentum buffer v = mu v + g,
+# p -= lr v; Adam with bias correction and eps added to sqrt(v_hat);
+# AdaGrad accumulator starting at 0, p -= lr g / (sqrt(sum) + eps).
+# A "lazy" step applies the same formulas to the given rows only.
+
+class SGDReference:
+    def __init__(self, shape, lr, momentum=0.0):
+        self.lr, self.momentum = lr, momentum
+        self.velocity = np.zeros(shape, dtype=np.float64)
+
+    def step(self, param, grad, rows=None):
+        """Update float64 ``param`` in place with dense ``grad`` on ``rows``."""
+        sel = slice(None) if rows is None else rows
+        if self.momentum:
+            self.velocity[sel] = self.momentum * self.velocity[sel] + grad[sel]
+            param[sel] -= self.lr * self.velocity[sel]
+        else:
+            param[sel] -= self.lr * grad[sel]
+
+
+class AdamReference:
+    def __init__(self, shape, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = np.zeros(shape, dtype=np.float64)
+        self.v = np.zeros(shape, dtype=np.float64)
+        self.t = 0
+
+    def step(self, param, grad, rows=None):
+        sel = slice(None) if rows is None else rows
+        b1, b2 = self.betas
+        self.t += 1
+        self.m[sel] = b1 * self.m[sel] + (1 - b1) * grad[sel]
+        self.v[sel] = b2 * self.v[sel] + (1 - b2) * grad[sel] ** 2
+        m_hat = self.m[sel] / (1 - b1 ** self.t)
+        v_hat = self.v[sel] / (1 - b2 ** self.t)
+        param[sel] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+class AdaGradReference:
+    def __init__(self, shape, lr=1e-2, eps=1e-10):
+        self.lr, self.eps = lr, eps
+        self.sum_sq = np.zeros(shape, dtype=np.float64)
+
+    def step(self, param, grad, rows=None):
+        sel = slice(None) if rows is None else rows
+        self.sum_sq[sel] += grad[sel] ** 2
+        param[sel] -= self.lr * grad[sel] / (np.sqrt(self.sum_sq[sel]) + self.eps)
+
+
+def densify(rows, values, shape):
+    """Dense array of ``shape`` with ``values`` placed at ``rows``."""
+    out = np.zeros(shape, dtype=np.float64)
+    out[np.asarray(rows)] = values
+    return out
+
+
+# ------------------------------------------------------------ state helpers
+def snapshot(obj):
+    """Deep copy of nested dicts/lists/tuples of arrays and scalars."""
+    if isinstance(obj, dict):
+        return {key: snapshot(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(value) for value in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    return obj
+
+
+def assert_identical(a, b, path="state"):
+    """Bit-identical nested structures (arrays: same dtype, shape and bytes)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys differ"
+        for key in a:
+            assert_identical(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: length differs"
+        for i, (ai, bi) in enumerate(zip(a, b)):
+            assert_identical(ai, bi, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray), f"{path}: not an array"
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: dtype/shape differ"
+        assert a.tobytes() == b.tobytes(), f"{path}: contents changed"
+    else:
+        both_nan = isinstance(a, float) and isinstance(b, float) and a != a and b != b
+        assert both_nan or a == b, f"{path}: {a!r} != {b!r}"
+
+
+def arrays_in(obj):
+    """All ndarrays inside a nested dict/list/tuple structure."""
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from arrays_in(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from arrays_in(value)
+    elif isinstance(obj, np.ndarray):
+        yield obj
+
+
+# ------------------------------------------------ hypothesis test data
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def examples(count):
+    """Hypothesis example budget, scaled by $MEPROP_HYPOTHESIS_SCALE (default 1).
+
+    The default keeps the suite fast; e.g. MEPROP_HYPOTHESIS_SCALE=20 runs a
+    deeper search before a release.
+    """
+    return max(1, int(count * float(os.environ.get("MEPROP_HYPOTHESIS_SCALE", "1"))))
+
+# A tiny set of magnitudes (both signs, signed zeros) so that ties are common.
+# Every value is a small dyadic rational, so sums of a few of them are exact in
+# float32 and float64 whatever the summation order.
+TIE_VALUES = (-2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0)
+
+
+def float_elements(dtype, bound=1e3):
+    """Finite floats in [-bound, bound], no subnormals."""
+    return st.floats(
+        min_value=-bound,
+        max_value=bound,
+        allow_nan=False,
+        allow_infinity=False,
+        allow_subnormal=False,
+        width=np.dtype(dtype).itemsize * 8,
+    )
+
+
+def matrices(dtype, shape, ties=False, bound=1e3):
+    """(B, n) arrays of finite floats, or of values from TIE_VALUES."""
+    if ties:
+        elements = st.sampled_from(TIE_VALUES)
+    else:
+        elements = float_elements(dtype, bound)
+    return hnp.arrays(dtype=dtype, shape=shape, elements=elements)
+
+
+@st.composite
+def layouts(draw, array):
+    """The same values as ``array`` in a random memory layout.
+
+    C order, Fortran order, a strided column view or a read-only copy: every
+    layout the contract says is accepted.
+    """
+    kind = draw(st.sampled_from(("c", "f", "strided", "readonly", "transposed")))
+    if kind == "c":
+        return np.ascontiguousarray(array)
+    if kind == "f":
+        return np.asfortranarray(array)
+    if kind == "strided":
+        wide = np.zeros((array.shape[0], 2 * array.shape[1]), dtype=array.dtype)
+        wide[:, ::2] = array
+        view = wide[:, ::2]
+        assert not view.flags.c_contiguous or array.shape[1] <= 1
+        return view
+    if kind == "transposed":
+        return np.ascontiguousarray(array.T).T
+    readonly = array.copy()
+    readonly.setflags(write=False)
+    return readonly
