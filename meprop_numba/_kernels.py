@@ -129,29 +129,58 @@ def topk_rows_parallel(bits, k, mask, out):
 
 
 @njit(**JIT_OPTIONS)
-def column_abs_sums(g):
-    """sum_b |g[b, i]| for each column i, accumulated in float64."""
+def column_sums_and_abs_sums(g):
+    """``(sum_b g[b, i], sum_b |g[b, i]|)`` in one pass; the second in float64."""
     B, n = g.shape
-    s = np.zeros(n, dtype=np.float64)
+    s = np.zeros(n, dtype=g.dtype)
+    a = np.zeros(n, dtype=np.float64)
     for b in range(B):
         for i in range(n):
-            s[i] += abs(g[b, i])
-    return s
+            v = g[b, i]
+            s[i] += v
+            a[i] += abs(v)
+    return s, a
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def column_abs_sums_parallel(g):
-    """Parallel twin of :func:`column_abs_sums` (column blocks spread over threads)."""
+def column_sums_and_abs_sums_parallel(g):
+    """Parallel twin of :func:`column_sums_and_abs_sums` (column blocks over threads)."""
     B, n = g.shape
-    s = np.zeros(n, dtype=np.float64)
+    s = np.zeros(n, dtype=g.dtype)
+    a = np.zeros(n, dtype=np.float64)
     width = 512
     for c in prange((n + width - 1) // width):
         lo = c * width
         hi = min(lo + width, n)
         for b in range(B):
             for i in range(lo, hi):
-                s[i] += abs(g[b, i])
-    return s
+                v = g[b, i]
+                s[i] += v
+                a[i] += abs(v)
+    return s, a
+
+
+@njit(**JIT_OPTIONS)
+def top_columns(abs_sums, k):
+    """Indices of the k largest non-negative float64 scores, descending (ties to the lower index)."""
+    n = abs_sums.shape[0]
+    out = np.empty(k, dtype=np.int64)
+    topk_row(abs_sums.view(np.int64), k, np.int64(0x7FFFFFFFFFFFFFFF), out,
+             np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+             np.empty(n, dtype=np.int32), np.empty(k, dtype=np.int64))
+    return out
+
+
+@njit(**JIT_OPTIONS)
+def select_and_gather_columns(g, abs_sums, k):
+    """The k top-scoring columns, sorted, and ``g[:, cols]`` as a new (B, k) array."""
+    cols = np.sort(top_columns(abs_sums, k))
+    B = g.shape[0]
+    g_sel = np.empty((B, k), dtype=g.dtype)
+    for b in range(B):
+        for j in range(k):
+            g_sel[b, j] = g[b, cols[j]]
+    return cols, g_sel
 
 
 # ------------------------------------------------------------------- backward

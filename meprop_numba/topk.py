@@ -65,20 +65,25 @@ def _shape(a):
     return shape_dtype(a)[0]
 
 
+def _column_sums(g):
+    """``(sum_b g[b], sum_b |g[b]|)`` of a validated host array, threaded when large."""
+    B, n = g.shape
+    if B * n >= PARALLEL_MIN_WORK and get_num_threads() > 1:
+        return _kernels.column_sums_and_abs_sums_parallel(g)
+    return _kernels.column_sums_and_abs_sums(g)
+
+
 def _topk_host(g, k, unified):
     """Top-k of a validated, finite, C-contiguous host array (no checks)."""
-    B, n = g.shape
-    parallel = B * n >= PARALLEL_MIN_WORK and get_num_threads() > 1
     if unified:
-        sums = (_kernels.column_abs_sums_parallel if parallel else _kernels.column_abs_sums)(g)
-        bits, mask = _kernels.magnitude_bits(sums.reshape(1, n))
-        out = np.empty((1, k), dtype=np.int64)
-        _kernels.topk_rows(bits, k, mask, out)
-        return out[0]
+        return _kernels.top_columns(_column_sums(g)[1], k)
+    B, n = g.shape
     bits, mask = _kernels.magnitude_bits(g)
     out = np.empty((B, k), dtype=np.int64)
-    kernel = _kernels.topk_rows_parallel if parallel and B > 1 else _kernels.topk_rows
-    kernel(bits, k, mask, out)
+    if B > 1 and B * n >= PARALLEL_MIN_WORK and get_num_threads() > 1:
+        _kernels.topk_rows_parallel(bits, k, mask, out)
+    else:
+        _kernels.topk_rows(bits, k, mask, out)
     return out
 
 
