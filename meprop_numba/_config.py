@@ -23,9 +23,12 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: Options common to every ``@njit`` kernel of the package.
 JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
-#: Work (multiply-adds) below which a kernel runs on one thread: starting
-#: the worker pool costs more than it saves for small layers.
-PARALLEL_MIN_WORK = 1 << 20
+#: Entries of g below which top-k runs on one thread (measured on 2 cores:
+#: 100x500 is 2.3x slower threaded, 1024x8192 is 1.4x faster).
+PARALLEL_MIN_TOPK = 1 << 20
+#: Multiply-adds below which the per-example backward runs on one thread
+#: (measured: no gain at 32x40x2000, memory-bound; 1.5x at 256x32x4096).
+PARALLEL_MIN_BACKWARD = 1 << 24
 
 
 def set_num_threads(n):

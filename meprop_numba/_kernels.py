@@ -142,24 +142,6 @@ def column_sums_and_abs_sums(g):
     return s, a
 
 
-@njit(parallel=True, **JIT_OPTIONS)
-def column_sums_and_abs_sums_parallel(g):
-    """Parallel twin of :func:`column_sums_and_abs_sums` (column blocks over threads)."""
-    B, n = g.shape
-    s = np.zeros(n, dtype=g.dtype)
-    a = np.zeros(n, dtype=np.float64)
-    width = 512
-    for c in prange((n + width - 1) // width):
-        lo = c * width
-        hi = min(lo + width, n)
-        for b in range(B):
-            for i in range(lo, hi):
-                v = g[b, i]
-                s[i] += v
-                a[i] += abs(v)
-    return s, a
-
-
 @njit(**JIT_OPTIONS)
 def top_columns(abs_sums, k):
     """Indices of the k largest non-negative float64 scores, descending (ties to the lower index)."""

@@ -2,10 +2,10 @@
 import numpy as np
 
 from . import _kernels
-from ._config import PARALLEL_MIN_WORK, get_num_threads
+from ._config import PARALLEL_MIN_BACKWARD, get_num_threads
 from ._validation import finite, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
 from .sparse import RowSparse
-from .topk import _column_sums, _topk_host
+from .topk import _topk_host
 
 #: Above this many multiply-adds per product a shared selection goes through
 #: BLAS (measured: at 50x20x500 BLAS takes 26 us, the loop kernel 90 us).
@@ -109,13 +109,13 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
         if k is None or k == n:
             return _dense_backward(x, W, g)
         if unified:
-            db, abs_sums = _column_sums(g)
+            db, abs_sums = _kernels.column_sums_and_abs_sums(g)
             cols, g_sel = _kernels.select_and_gather_columns(g, abs_sums, k)
             return _shared_products(x, W, cols, g_sel, db)
         indices = _topk_host(g, k, False)
     if indices.ndim == 1:
         return _shared_backward(x, W, g, np.sort(indices))
-    if B * indices.shape[1] * m >= PARALLEL_MIN_WORK and get_num_threads() > 1:
+    if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
         dx, rows, values, db = _kernels.per_example_backward_parallel(x, W, g, indices, get_num_threads())
     else:
         dx, rows, values, db = _kernels.per_example_backward(x, W, g, indices)

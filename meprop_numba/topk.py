@@ -4,7 +4,7 @@ import numbers
 import numpy as np
 
 from . import _kernels
-from ._config import PARALLEL_MIN_WORK, get_num_threads
+from ._config import PARALLEL_MIN_TOPK, get_num_threads
 from ._validation import finite, float_array, integer_k, is_cuda_array, shape_dtype
 
 
@@ -65,22 +65,14 @@ def _shape(a):
     return shape_dtype(a)[0]
 
 
-def _column_sums(g):
-    """``(sum_b g[b], sum_b |g[b]|)`` of a validated host array, threaded when large."""
-    B, n = g.shape
-    if B * n >= PARALLEL_MIN_WORK and get_num_threads() > 1:
-        return _kernels.column_sums_and_abs_sums_parallel(g)
-    return _kernels.column_sums_and_abs_sums(g)
-
-
 def _topk_host(g, k, unified):
     """Top-k of a validated, finite, C-contiguous host array (no checks)."""
     if unified:
-        return _kernels.top_columns(_column_sums(g)[1], k)
+        return _kernels.top_columns(_kernels.column_sums_and_abs_sums(g)[1], k)
     B, n = g.shape
     bits, mask = _kernels.magnitude_bits(g)
     out = np.empty((B, k), dtype=np.int64)
-    if B > 1 and B * n >= PARALLEL_MIN_WORK and get_num_threads() > 1:
+    if B > 1 and B * n >= PARALLEL_MIN_TOPK and get_num_threads() > 1:
         _kernels.topk_rows_parallel(bits, k, mask, out)
     else:
         _kernels.topk_rows(bits, k, mask, out)

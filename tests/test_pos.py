@@ -1,0 +1,264 @@
+"""CoNLL-U reading, vocabularies and the POS tagger end to end.
+
+Tests on the real UD English EWT treebank use ``$MEPROP_NUMBA_POS_DIR`` or
+the development copy in ``../shared/data/ud-english-ewt`` and skip when
+neither is there.
+"""
+import json
+import os
+import pathlib
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("conllu", reason="the POS task needs the 'conllu' package (extra 'pos')")
+
+from meprop_numba.data.conllu import (
+    UNK_ID,
+    FeatureVocabularies,
+    Sentence,
+    Vocabulary,
+    find_split,
+    normalize_word,
+    read_conllu,
+    word_features,
+    word_shape,
+)
+from meprop_numba.nn.loss import softmax_cross_entropy
+from meprop_numba.tasks import pos
+
+CONLLU = """\
+# sent_id = s1
+# text = I don't know.
+1\tI\tI\tPRON\tPRP\t_\t3\tnsubj\t_\t_
+2-3\tdon't\t_\t_\t_\t_\t_\t_\t_\t_
+2\tdo\tdo\tAUX\tVBP\t_\t3\taux\t_\t_
+3\tn't\tnot\tPART\tRB\t_\t4\tadvmod\t_\t_
+3.1\tgone\tgo\tVERB\tVBN\t_\t_\t_\t4:conj\t_
+4\tknow\tknow\tVERB\tVB\t_\t0\troot\t_\t_
+5\t.\t.\tPUNCT\t.\t_\t4\tpunct\t_\t_
+
+# sent_id = s2
+1\tParis\tParis\tPROPN\tNNP\t_\t0\troot\t_\t_
+2\tin\tin\tADP\tIN\t_\t3\tcase\t_\t_
+3\t2024\t2024\tNUM\tCD\t_\t1\tnmod\t_\t_
+
+# sent_id = s3
+1\tI\tI\tPRON\tPRP\t_\t2\tnsubj\t_\t_
+2\tknow\tknow\tVERB\tVBP\t_\t0\troot\t_\t_
+3\tParis\tParis\tPROPN\tNNP\t_\t2\tobj\t_\t_
+"""
+
+
+def _ewt_dir():
+    env = os.environ.get(pos.ENV_DATA_DIR)
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ud-english-ewt"
+
+
+EWT = _ewt_dir()
+needs_ewt = pytest.mark.skipif(
+    not (EWT / "en_ewt-ud-dev.conllu").exists(),
+    reason=f"UD English EWT not found at {EWT} (set ${pos.ENV_DATA_DIR} to a UD_English-EWT folder)")
+
+
+@pytest.fixture(scope="module")
+def treebank(tmp_path_factory):
+    """A tiny treebank folder with train/dev/test files written by the test."""
+    d = tmp_path_factory.mktemp("ud")
+    for split in ("train", "dev", "test"):
+        (d / f"xx_toy-ud-{split}.conllu").write_text(CONLLU, encoding="utf-8")
+    return d
+
+
+# ---------------------------------------------------------------- reader
+def test_reader_skips_multiword_tokens_and_empty_nodes(treebank):
+    sents = read_conllu(treebank / "xx_toy-ud-train.conllu")
+    assert [s.words for s in sents] == [("I", "do", "n't", "know", "."),
+                                        ("Paris", "in", "2024"), ("I", "know", "Paris")]
+    assert sents[0].upos == ("PRON", "AUX", "PART", "VERB", "PUNCT")
+    assert sents[0].xpos == ("PRP", "VBP", "RB", "VB", ".")
+    assert len(read_conllu(treebank / "xx_toy-ud-train.conllu", max_sentences=2)) == 2
+
+
+def test_reader_errors(tmp_path, treebank):
+    with pytest.raises(FileNotFoundError, match="path"):
+        read_conllu(tmp_path / "missing.conllu")
+    with pytest.raises(ValueError, match="max_sentences"):
+        read_conllu(treebank / "xx_toy-ud-train.conllu", max_sentences=0)
+    assert find_split(treebank, "dev").endswith("xx_toy-ud-dev.conllu")
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        find_split(tmp_path, "train")
+
+
+def test_word_shape_features():
+    assert word_shape("paris") == "lower"
+    assert word_shape("Paris") == "title"
+    assert word_shape("NASA") == "upper"
+    assert word_shape("iPhone") == "mixed"
+    assert word_shape("2024") == "digit"
+    assert word_shape("B-52") == "hasdigit"
+    assert word_shape("...") == "punct"
+    assert word_features("Running") == ("title", "r", "ru", "run", "g", "ng", "ing")
+    assert word_features("a") == ("lower", "a", "a", "a", "a", "a", "a")
+    assert normalize_word("Route66") == "route00"
+
+
+def test_vocabulary_threshold_and_round_trip():
+    v = Vocabulary.from_counts(Counter({"the": 5, "cat": 1, "a": 5}), min_freq=2)
+    assert v.itos == ["<pad>", "<unk>", "a", "the"]  # by count, then alphabetically
+    assert v.encode(["the", "cat", "a"]).tolist() == [3, UNK_ID, 2]
+    assert v.decode([2, 3]) == ["a", "the"]
+    w = Vocabulary.from_state_dict(json.loads(json.dumps(v.state_dict())))
+    assert w.itos == v.itos and w.counts.tolist() == v.counts.tolist()
+    tags = Vocabulary(["NN", "VB"], unk=False)
+    with pytest.raises(KeyError):
+        tags.index("JJ")
+
+
+def test_feature_vocabularies_encode(treebank):
+    sents = read_conllu(treebank / "xx_toy-ud-train.conllu")
+    v = FeatureVocabularies(sents, tag_column="xpos", min_word_freq=2)
+    # "i", "know" and "paris" occur twice; everything else is UNK.
+    assert sorted(v.words.itos[2:]) == ["i", "know", "paris"]
+    enc = v.encode(sents[1])
+    assert enc.words.tolist() == [v.words.index("paris"), UNK_ID, UNK_ID]
+    assert enc.tags.tolist() == [v.tags.index(t) for t in ("NNP", "IN", "CD")]
+    assert enc.features.shape == (3, 7)
+    assert enc.features[0, 0] == v.features[0].index("title")
+    unseen = Sentence(("Zzz",), ("X",), ("ZZ",))
+    assert v.encode(unseen).tags.tolist() == [0]
+    with pytest.raises(KeyError):
+        v.encode(unseen, strict_tags=True)
+    round_trip = FeatureVocabularies.from_state_dict(json.loads(json.dumps(v.state_dict())))
+    assert round_trip.encode(sents[0]).features.tolist() == v.encode(sents[0]).features.tolist()
+
+
+# ---------------------------------------------------------------- tagger
+def test_make_batch_pads_and_offsets(treebank):
+    data = pos.load_pos_data(treebank, min_word_freq=1)
+    offsets = np.arange(1, 8) * 100
+    batch = pos.make_batch(data.train[:2], offsets)
+    assert batch.words.shape == (2, 5) and batch.lengths.tolist() == [5, 3]
+    assert (batch.words[1, 3:] == 0).all() and (batch.features[1, 3:] == 0).all()
+    np.testing.assert_array_equal(batch.features[0, :5], data.train[0].features + offsets)
+    # Word dropout with a huge alpha turns every real word into UNK.
+    counts = data.vocab.words.counts.astype(float)
+    dropped = pos.make_batch(data.train[:2], offsets, word_dropout=1e9, word_counts=counts,
+                             rng=np.random.default_rng(0))
+    assert (dropped.words[batch.mask] == UNK_ID).all()
+
+
+def test_tagger_gradient_matches_finite_differences(treebank):
+    """The whole tagger (embeddings, LSTM, output layer) in float64, dense BPTT."""
+    data = pos.load_pos_data(treebank, min_word_freq=1)
+    v = data.vocab
+    model = pos.POSTagger(len(v.words), [len(f) for f in v.features], len(v.tags), word_dim=3,
+                          feature_dim=2, hidden=4, bidirectional=True, k=None,
+                          dtype=np.float64, rng=0)
+    batch = pos.make_batch(data.train[:2], model.feature_offsets)
+    gold = batch.tags[batch.mask]
+
+    def loss():
+        return softmax_cross_entropy(model.forward(batch), gold)[0]
+
+    _, grad = softmax_cross_entropy(model.forward(batch, train=True), gold)
+    model.backward(grad)
+    grads = [g.to_dense() if hasattr(g, "to_dense") else g for g in model.grads()]
+    rng = np.random.default_rng(1)
+    tables = (model.word_embedding.weight, model.feature_embedding.weight)
+    for p, g in zip(model.params(), grads):
+        for _ in range(4):
+            idx = tuple(rng.integers(0, n) for n in p.shape)
+            if any(p is t for t in tables) and idx[0] == 0:
+                continue  # the padding row is fixed at zero and takes no gradient
+            old = p[idx]
+            p[idx] = old + 1e-6
+            up = loss()
+            p[idx] = old - 1e-6
+            down = loss()
+            p[idx] = old
+            assert abs((up - down) / 2e-6 - g[idx]) < 1e-6 + 1e-4 * abs(g[idx])
+
+
+def test_tiny_end_to_end_training(treebank, tmp_path):
+    data = pos.load_pos_data(treebank, min_word_freq=1, test=True)
+    config = pos.POSConfig(data_dir=str(treebank), hidden=16, k=3, epochs=15, batch_size=1,
+                           lr=0.02, eval_test=True)
+    results = pos.train_pos(config, data, progress=False, out=str(tmp_path / "r.json"),
+                            checkpoint_dir=str(tmp_path / "ckpt"))
+    # Dev = train here: a tagger that learns fits the 11 training tokens.
+    assert results["best_dev_accuracy"] >= 0.9
+    assert results["epochs"][-1]["train_loss"] < results["epochs"][0]["train_loss"]
+    assert results["epochs"][0]["backward_lstm_s"] > 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert len(saved["epochs"]) == 15 and saved["data"]["tags"] == len(data.vocab.tags) - 1
+    assert 0.0 <= saved["epochs"][-1]["dev_upos_accuracy"] <= 1.0
+
+
+def test_resume_reproduces_an_uninterrupted_run(treebank, tmp_path):
+    data = pos.load_pos_data(treebank, min_word_freq=1)
+    base = pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=4, batch_size=2, lr=0.01)
+    full = pos.train_pos(base, data, progress=False)
+    pos.train_pos(pos.POSConfig(**{**base.__dict__, "epochs": 2}), data, progress=False,
+                  checkpoint_dir=str(tmp_path))
+    resumed = pos.train_pos(base, data, progress=False, checkpoint_dir=str(tmp_path), resume=True)
+    for a, b in zip(full["model"].params(), resumed["model"].params()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="different config"):
+        pos.train_pos(pos.POSConfig(**{**base.__dict__, "k": 3}), data, progress=False,
+                      checkpoint_dir=str(tmp_path), resume=True)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="k must be at most"):
+        pos.POSConfig(hidden=8, k=9).validate()
+    pos.POSConfig(hidden=8, k=9, mode="concat").validate()
+    with pytest.raises(ValueError, match="optimizer"):
+        pos.POSConfig(optimizer="rmsprop").validate()
+    with pytest.raises(ValueError, match="word_dropout"):
+        pos.POSConfig(word_dropout=-1).validate()
+
+
+def test_command_line(treebank, tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pos.add_arguments(parser)
+    from meprop_numba.cli import add_common_arguments
+
+    add_common_arguments(parser)
+    out = tmp_path / "r.json"
+    args = parser.parse_args(["--pos-dir", str(treebank), "--hidden", "8", "--k", "2",
+                              "--epochs", "1", "--no-progress", "--out", str(out)])
+    assert pos.run(args) == 0
+    assert "best dev accuracy" in capsys.readouterr().out
+    assert json.loads(out.read_text())["config"]["k"] == 2
+    args = parser.parse_args(["--hidden", "8"])
+    env = os.environ.pop(pos.ENV_DATA_DIR, None)
+    try:
+        assert pos.run(args) == 2
+    finally:
+        if env is not None:
+            os.environ[pos.ENV_DATA_DIR] = env
+    assert "--pos-dir" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- real data
+@needs_ewt
+def test_ewt_dev_reads_as_documented():
+    sents = read_conllu(EWT / "en_ewt-ud-dev.conllu")
+    assert len(sents) == 2001
+    assert all(len(s.words) == len(s.upos) == len(s.xpos) for s in sents)
+    assert len({u for s in sents for u in s.upos}) == 17
+
+
+@needs_ewt
+def test_ewt_short_training_learns():
+    data = pos.load_pos_data(EWT, max_train_sentences=300, max_dev_sentences=200)
+    config = pos.POSConfig(hidden=32, k=5, epochs=2, batch_size=4, lr=0.01)
+    results = pos.train_pos(config, data, progress=False)
+    # Majority-tag guessing gives about 0.15 on EWT XPOS; a learning tagger is far above.
+    assert results["best_dev_accuracy"] > 0.5
