@@ -1,0 +1,179 @@
+"""Checksummed, resumable and atomic file downloads into a cache directory.
+
+A download goes to ``<name>.part`` next to the destination. When the
+connection breaks, the partial file is kept and the next call asks the
+server for the remaining bytes (an HTTP ``Range`` request). Only after the
+whole file has been received and its SHA-256 matches is it renamed to its
+final name, so a file under the final name is always complete and
+verified. A checksum mismatch deletes the partial file.
+"""
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+
+__all__ = ["ChecksumError", "default_cache_dir", "download", "sha256_file"]
+
+_CHUNK = 1 << 16
+
+
+class ChecksumError(OSError):
+    """Raised when downloaded data does not match its expected SHA-256."""
+
+
+def default_cache_dir():
+    """Directory where datasets are downloaded when none is given.
+
+    ``$MEPROP_NUMBA_CACHE`` if set, else ``$XDG_CACHE_HOME/meprop_numba``,
+    else ``~/.cache/meprop_numba``.
+
+    Returns
+    -------
+    str
+    """
+    env = os.environ.get("MEPROP_NUMBA_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "meprop_numba")
+
+
+def sha256_file(path):
+    """SHA-256 hex digest of a file's contents.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sha256(sha256):
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise ValueError(f"sha256: expected 64 hex digits, got {sha256!r}")
+    try:
+        int(sha256, 16)
+    except ValueError:
+        raise ValueError(f"sha256: expected 64 hex digits, got {sha256!r}") from None
+    return sha256.lower()
+
+
+def download(url, directory, sha256, *, filename=None, timeout=60.0, progress=None):
+    """Download `url` into `directory` unless a verified copy is already there.
+
+    Parameters
+    ----------
+    url : str
+        http(s) or file URL.
+    directory : str or os.PathLike
+        Cache directory; created if missing.
+    sha256 : str
+        Expected SHA-256 of the complete file (hex).
+    filename : str, optional
+        Name of the file in `directory`; default: the last path segment of
+        `url`.
+    timeout : float, optional
+        Socket timeout in seconds.
+    progress : callable, optional
+        Called as ``progress(bytes_so_far, total_or_None)`` after each chunk.
+
+    Returns
+    -------
+    str
+        Path of the verified file.
+
+    Raises
+    ------
+    ValueError
+        If `sha256` is not 64 hex digits or no file name can be derived.
+    ChecksumError
+        If the received data does not match `sha256`; the partial file is
+        deleted and nothing is left under the final name.
+    urllib.error.URLError, OSError
+        On network failures; a partial ``.part`` file is kept so that the
+        next call resumes.
+
+    Examples
+    --------
+    >>> path = download(  # doctest: +SKIP
+    ...     "https://example.org/train-labels-idx1-ubyte.gz", "~/.cache/meprop_numba/mnist",
+    ...     "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c")
+    """
+    sha256 = _check_sha256(sha256)
+    if filename is None:
+        filename = url.rstrip("/").rsplit("/", 1)[-1]
+    if not filename or filename in (".", ".."):
+        raise ValueError(f"filename: cannot derive a file name from url {url!r}")
+    directory = os.path.expanduser(os.fspath(directory))
+    os.makedirs(directory, exist_ok=True)
+    final_path = os.path.join(directory, filename)
+    if os.path.exists(final_path):
+        if sha256_file(final_path) == sha256:
+            return final_path
+        # A file with the right name but wrong content is not ours to trust.
+        os.remove(final_path)
+
+    part_path = final_path + ".part"
+    offset = os.path.getsize(part_path) if os.path.exists(part_path) else 0
+    request = urllib.request.Request(url)
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            # Range not satisfiable: the partial file is already the whole
+            # file (or garbage); verify it below either way.
+            response = None
+        else:
+            raise
+    if response is not None:
+        with response:
+            status = getattr(response, "status", None) or response.getcode()
+            append = bool(offset) and status == 206
+            if not append:
+                offset = 0
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            with open(part_path, "ab" if append else "wb") as fh:
+                received = offset
+                try:
+                    while True:
+                        block = response.read(_CHUNK)
+                        if not block:
+                            break
+                        fh.write(block)
+                        received += len(block)
+                        if progress is not None:
+                            progress(received, total)
+                except (http.client.HTTPException, OSError) as exc:
+                    raise OSError(
+                        f"download of {url} interrupted after {received} bytes ({exc!r}); "
+                        f"call again to resume from {part_path}"
+                    ) from exc
+                finally:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if total is not None and received < total:
+                raise OSError(
+                    f"download of {url} ended early ({received} of {total} bytes); "
+                    f"call again to resume from {part_path}"
+                )
+    actual = sha256_file(part_path)
+    if actual != sha256:
+        os.remove(part_path)
+        raise ChecksumError(
+            f"{url}: SHA-256 mismatch (expected {sha256}, got {actual}); the download was removed"
+        )
+    os.replace(part_path, final_path)
+    return final_path

@@ -1,0 +1,140 @@
+"""Reader for the IDX file format used by MNIST and Fashion-MNIST.
+
+An IDX file starts with a 4-byte magic number: two zero bytes, a byte
+giving the element type and a byte giving the number of dimensions. Then
+come the dimension sizes as big-endian unsigned 32-bit integers, then the
+data in C order, big-endian. Files may be gzip-compressed (``.gz``); the
+reader detects compression from the content, not the file name.
+"""
+import gzip
+import os
+
+import numpy as np
+
+__all__ = ["IDXFormatError", "read_idx", "write_idx"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type code -> big-endian numpy dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
+
+
+class IDXFormatError(ValueError):
+    """Raised when a file is not a well-formed IDX file."""
+
+
+def _read_bytes(path):
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head == _GZIP_MAGIC:
+        try:
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:
+            raise IDXFormatError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_idx(path):
+    """Read an IDX file (raw or gzip-compressed) into a NumPy array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array with the shape stored in the file and a native-endian
+        dtype (``uint8`` for MNIST images and labels).
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    IDXFormatError
+        If the magic number is wrong, the type code unknown, or the file is
+        shorter or longer than its header says.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from meprop_numba.data.idx import read_idx, write_idx
+    >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
+    >>> write_idx(path, np.array([3, 1, 4], dtype=np.uint8))
+    >>> read_idx(path)
+    array([3, 1, 4], dtype=uint8)
+    """
+    path = os.fspath(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise IDXFormatError(f"{path}: file too short for an IDX header ({len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise IDXFormatError(
+            f"{path}: bad magic number {data[:4].hex()} (an IDX file starts with two zero bytes)"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise IDXFormatError(f"{path}: unknown IDX element type code 0x{code:02x}")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise IDXFormatError(f"{path}: truncated header ({len(data)} of {header_len} bytes)")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = len(data) - header_len
+    if actual < expected:
+        raise IDXFormatError(
+            f"{path}: truncated data: header promises {expected} bytes for shape {shape}, "
+            f"file holds {actual}"
+        )
+    if actual > expected:
+        raise IDXFormatError(
+            f"{path}: {actual - expected} unexpected trailing bytes after shape {shape}"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def write_idx(path, array, *, compress=None):
+    """Write an array as an IDX file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination. Compressed with gzip when `compress` is true, or when
+        `compress` is None and the name ends in ``.gz``.
+    array : array_like
+        uint8, int8, int16, int32, float32 or float64 data, at most 255
+        dimensions.
+    compress : bool or None, optional
+        Force or forbid gzip compression.
+
+    Raises
+    ------
+    TypeError
+        If the dtype has no IDX type code.
+    """
+    path = os.fspath(path)
+    array = np.ascontiguousarray(array)
+    dtype = array.dtype.newbyteorder("=")
+    if dtype not in _IDX_CODES:
+        raise TypeError(f"array: dtype {array.dtype} cannot be stored in an IDX file")
+    code = _IDX_CODES[dtype]
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + array.astype(_IDX_DTYPES[code]).tobytes()
+    if compress is None:
+        compress = path.endswith(".gz")
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as fh:
+        fh.write(payload)

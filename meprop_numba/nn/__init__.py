@@ -1,0 +1,65 @@
+"""Training primitives: meProp layers, the MLP, the loss.
+
+Module convention
+-----------------
+Every layer (and every model, which is a layer made of layers) follows one
+small protocol, so new layers (an LSTM, an embedding) plug into the same
+training loop and optimizers:
+
+``forward(x, train=False) -> y``
+    Computes the output. With ``train=True`` the module keeps whatever its
+    backward pass needs (inputs, masks); with ``train=False`` it keeps
+    nothing and is deterministic (dropout off).
+``backward(grad_out) -> grad_in``
+    Takes the gradient of the loss with respect to the last training
+    forward's output and returns the gradient with respect to its input,
+    or None when the input needs no gradient (a network's first layer,
+    integer inputs such as word ids). It stores the parameter gradients
+    for :meth:`grads` and releases the cached forward state.
+``params() -> list of arrays``
+    The parameter arrays, in a fixed order. Optimizers update them in
+    place, so a module must never rebind them (``self.weight = ...``) after
+    construction; checkpoints save and restore them in this order.
+``grads() -> list``
+    Aligned with ``params()``: for each parameter a dense array of its
+    shape, a :class:`~meprop_numba.RowSparse` (2-D parameters whose
+    gradient touches few rows: meProp weights, embedding tables) or None
+    (no gradient this step), exactly what
+    :meth:`meprop_numba.Adam.step` and the other optimizers take.
+
+Randomness (initialisation, dropout masks, random-k selections) comes from
+a ``numpy.random.Generator`` the module is given (``rng=``); a model
+shares one generator among its layers and exposes it as ``model.rng`` so
+that a checkpoint can save its state. Arrays are created through
+:func:`array_module` (the namespace of the inputs), never through a
+hard-coded ``numpy`` call on the data path.
+
+Examples
+--------
+>>> import numpy as np
+>>> import meprop_numba as mp
+>>> from meprop_numba.nn import MLP, softmax_cross_entropy
+>>> rng = np.random.default_rng(0)
+>>> x = rng.random((10, 784), dtype=np.float32)
+>>> y = rng.integers(0, 10, 10)
+>>> model = MLP(784, 500, 10, k=20, rng=0)
+>>> opt = mp.Adam(model.params(), lr=1e-3)
+>>> loss, grad = softmax_cross_entropy(model.forward(x, train=True), y)
+>>> _ = model.backward(grad)
+>>> opt.step(model.grads())
+"""
+from .layers import Dropout, Linear, Module, ReLU, Sequential, array_module
+from .loss import log_softmax, softmax_cross_entropy
+from .mlp import MLP
+
+__all__ = [
+    "Dropout",
+    "Linear",
+    "MLP",
+    "Module",
+    "ReLU",
+    "Sequential",
+    "array_module",
+    "log_softmax",
+    "softmax_cross_entropy",
+]

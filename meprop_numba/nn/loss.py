@@ -1,0 +1,92 @@
+"""Softmax cross-entropy loss for classification."""
+
+from .._validation import float_array
+from .layers import array_module
+
+__all__ = ["log_softmax", "softmax_cross_entropy"]
+
+
+def log_softmax(logits):
+    """Row-wise log-softmax, computed stably (the row maximum is subtracted first).
+
+    Parameters
+    ----------
+    logits : numpy.ndarray
+        ``(B, C)`` float32 or float64.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, C)`` of the same dtype; ``exp`` of each row sums to one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import log_softmax
+    >>> np.exp(log_softmax(np.array([[1000.0, 1000.0]])))
+    array([[0.5, 0.5]])
+    """
+    xp = array_module(logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    Parameters
+    ----------
+    logits : numpy.ndarray
+        ``(B, C)`` float32 or float64 scores.
+    labels : numpy.ndarray
+        ``(B,)`` integer classes in ``[0, C)``.
+
+    Returns
+    -------
+    loss : float
+        ``-mean_b log softmax(logits)[b, labels[b]]``; NaN or Inf when the
+        logits are not finite (the caller decides what to do).
+    grad : numpy.ndarray
+        ``(B, C)`` gradient of `loss`, ``(softmax(logits) - onehot) / B``,
+        in the dtype of `logits`.
+
+    Raises
+    ------
+    TypeError
+        If `logits` is not float32/float64 or `labels` not integer.
+    ValueError
+        If the shapes disagree or `B` is zero.
+    IndexError
+        If a label is outside ``[0, C)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import softmax_cross_entropy
+    >>> loss, grad = softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
+    >>> round(loss, 6)
+    1.386294
+    >>> grad[0]
+    array([-0.375,  0.125,  0.125,  0.125])
+    """
+    logits = float_array(logits, "logits", 2)
+    xp = array_module(logits)
+    labels = xp.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    B, C = logits.shape
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},) to match logits {logits.shape}, "
+                         f"got {labels.shape}")
+    if B == 0:
+        raise ValueError("logits must hold at least one example")
+    if int(labels.min()) < 0 or int(labels.max()) >= C:
+        raise IndexError(f"labels must be in [0, {C}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    logp = log_softmax(logits)
+    rows = xp.arange(B)
+    loss = -float(logp[rows, labels].sum()) / B
+    grad = xp.exp(logp)
+    grad[rows, labels] -= 1
+    grad *= logits.dtype.type(1.0 / B)
+    return loss, grad
