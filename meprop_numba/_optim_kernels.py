@@ -5,6 +5,13 @@ dense gradient of the same size (both passed as 1-D views); ``*_rows``
 kernels update only the rows of a 2-D parameter listed in a row-sparse
 gradient.  Scalars arrive already cast to the parameter's dtype, so float32
 parameters are updated in float32 arithmetic.
+
+Decaying state (momentum velocity, Adam's moments) is flushed to zero once
+it falls below `tiny`, the dtype's smallest normal number: moments of
+weights whose gradient stays zero otherwise decay into subnormal floats,
+and arithmetic on those is ~100x slower on x86 (measured: a dense Adam step
+of a 784-500-500-10 MLP went from 0.35 ms to 30 ms after ~800 steps).  The
+change to any value is below ``tiny`` (1.2e-38 in float32).
 """
 import numpy as np
 from numba import njit
@@ -27,39 +34,45 @@ def sgd_rows(P, rows, values, lr):
 
 
 @njit(**JIT_OPTIONS)
-def momentum_flat(p, vel, g, lr, mu):
+def _flush(a, tiny):
+    """`a`, or zero if its magnitude is below `tiny` (a select, no branch)."""
+    return a if abs(a) >= tiny else a * 0
+
+
+@njit(**JIT_OPTIONS)
+def momentum_flat(p, vel, g, lr, mu, tiny):
     for t in range(p.shape[0]):
-        vel[t] = mu * vel[t] + g[t]
+        vel[t] = _flush(mu * vel[t] + g[t], tiny)
         p[t] -= lr * vel[t]
 
 
 @njit(**JIT_OPTIONS)
-def momentum_rows(P, V, rows, values, lr, mu):
+def momentum_rows(P, V, rows, values, lr, mu, tiny):
     for j in range(rows.shape[0]):
         r = rows[j]
         for t in range(P.shape[1]):
-            V[r, t] = mu * V[r, t] + values[j, t]
+            V[r, t] = _flush(mu * V[r, t] + values[j, t], tiny)
             P[r, t] -= lr * V[r, t]
 
 
 @njit(**JIT_OPTIONS)
-def adam_flat(p, m, v, g, step_size, b1, b2, eps_hat):
+def adam_flat(p, m, v, g, step_size, b1, b2, eps_hat, tiny):
     one = p.dtype.type(1)
     for t in range(p.shape[0]):
-        m[t] = b1 * m[t] + (one - b1) * g[t]
-        v[t] = b2 * v[t] + (one - b2) * g[t] * g[t]
+        m[t] = _flush(b1 * m[t] + (one - b1) * g[t], tiny)
+        v[t] = _flush(b2 * v[t] + (one - b2) * g[t] * g[t], tiny)
         p[t] -= step_size * m[t] / (np.sqrt(v[t]) + eps_hat)
 
 
 @njit(**JIT_OPTIONS)
-def adam_rows(P, M, V, rows, values, step_size, b1, b2, eps_hat):
+def adam_rows(P, M, V, rows, values, step_size, b1, b2, eps_hat, tiny):
     one = P.dtype.type(1)
     for j in range(rows.shape[0]):
         r = rows[j]
         for t in range(P.shape[1]):
             gt = values[j, t]
-            M[r, t] = b1 * M[r, t] + (one - b1) * gt
-            V[r, t] = b2 * V[r, t] + (one - b2) * gt * gt
+            M[r, t] = _flush(b1 * M[r, t] + (one - b1) * gt, tiny)
+            V[r, t] = _flush(b2 * V[r, t] + (one - b2) * gt * gt, tiny)
             P[r, t] -= step_size * M[r, t] / (np.sqrt(V[r, t]) + eps_hat)
 
 

@@ -131,6 +131,7 @@ class Optimizer:
                 continue
             cast = p.dtype.type
             h = {key: cast(val) for key, val in hyper.items()}
+            h["tiny"] = cast(np.finfo(p.dtype).tiny)
             if isinstance(gr, RowSparse) and not self.lazy:
                 gr = gr.to_dense()
             if isinstance(gr, RowSparse):
@@ -240,13 +241,13 @@ class SGD(Optimizer):
 
     def _update_flat(self, p, g, st, h):
         if st:
-            K.momentum_flat(p, st["velocity"], g, h["lr"], h["mu"])
+            K.momentum_flat(p, st["velocity"], g, h["lr"], h["mu"], h["tiny"])
         else:
             K.sgd_flat(p, g, h["lr"])
 
     def _update_rows(self, p, rows, values, st, h):
         if st:
-            K.momentum_rows(p, st["velocity"], rows, values, h["lr"], h["mu"])
+            K.momentum_rows(p, st["velocity"], rows, values, h["lr"], h["mu"], h["tiny"])
         else:
             K.sgd_rows(p, rows, values, h["lr"])
 
@@ -309,10 +310,10 @@ class Adam(Optimizer):
         return {"step_size": self.lr * c2 / (1.0 - b1**t), "b1": b1, "b2": b2, "eps_hat": self.eps * c2}
 
     def _update_flat(self, p, g, st, h):
-        K.adam_flat(p, st["m"], st["v"], g, h["step_size"], h["b1"], h["b2"], h["eps_hat"])
+        K.adam_flat(p, st["m"], st["v"], g, h["step_size"], h["b1"], h["b2"], h["eps_hat"], h["tiny"])
 
     def _update_rows(self, p, rows, values, st, h):
-        K.adam_rows(p, st["m"], st["v"], rows, values, h["step_size"], h["b1"], h["b2"], h["eps_hat"])
+        K.adam_rows(p, st["m"], st["v"], rows, values, h["step_size"], h["b1"], h["b2"], h["eps_hat"], h["tiny"])
 
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr

@@ -312,3 +312,28 @@ def test_constructed_row_sparse_equals_its_dense_form(name, lazy):
         opt.step([grad])
         ref.step(ref_weight, dense, rows=np.array(rows) if lazy else None)
     np.testing.assert_allclose(weight, ref_weight, **TOL[np.dtype(np.float64)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["adam", "momentum"])
+def test_decaying_state_is_flushed_to_zero_not_left_subnormal(dtype, name):
+    # After one gradient g, zero gradients make Adam's first moment decay as
+    # (1 - b1) g b1^t and a momentum velocity as g mu^t.  Run exactly until
+    # an unflushed state would sit in the subnormal range (about tiny / 1000);
+    # there it must be exactly zero instead (subnormal arithmetic is two
+    # orders of magnitude slower on x86).
+    p = np.ones((3, 4), dtype=dtype)
+    g = np.full_like(p, 1e-3)
+    if name == "adam":
+        opt, start, rate = mp.Adam([p], betas=(0.9, 0.999), lazy=False), 0.1 * 1e-3, 0.9
+    else:
+        opt, start, rate = mp.SGD([p], lr=0.1, momentum=0.5, lazy=False), 1e-3, 0.5
+    tiny = float(np.finfo(dtype).tiny)
+    steps = int(np.ceil(np.log(tiny * 1e-3 / start) / np.log(rate)))
+    assert start * rate ** (steps - 1) > np.finfo(dtype).smallest_subnormal
+    opt.step([g])
+    zero = np.zeros_like(p)
+    for _ in range(steps):
+        opt.step([zero])
+    state = opt.state[0]["m" if name == "adam" else "velocity"]
+    np.testing.assert_array_equal(state, 0)
