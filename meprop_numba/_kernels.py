@@ -215,8 +215,8 @@ def _transpose_selection(idx, n):
 
 
 @njit(**JIT_OPTIONS)
-def _rows_backward(x, W, g, rows, offsets, examples, lo, hi, dx, values):
-    """Accumulate dx and write values[lo:hi] from distinct rows lo..hi-1.
+def _rows_backward(x, W, g, rows, offsets, examples, lo, hi, dx, values, need_dx):
+    """Write values[lo:hi] (and, if `need_dx`, accumulate dx) from distinct rows lo..hi-1.
 
     `values` may be uninitialised: each row's first example assigns it.
     """
@@ -226,35 +226,39 @@ def _rows_backward(x, W, g, rows, offsets, examples, lo, hi, dx, values):
         b = examples[offsets[p]]
         c = g[b, i]
         for t in range(m):
-            dx[b, t] += c * W[i, t]
             values[p, t] = c * x[b, t]
+        if need_dx:
+            for t in range(m):
+                dx[b, t] += c * W[i, t]
         for e in range(offsets[p] + 1, offsets[p + 1]):
             b = examples[e]
             c = g[b, i]
             for t in range(m):
-                dx[b, t] += c * W[i, t]
                 values[p, t] += c * x[b, t]
+            if need_dx:
+                for t in range(m):
+                    dx[b, t] += c * W[i, t]
 
 
 @njit(**JIT_OPTIONS)
-def per_example_backward(x, W, g, idx):
+def per_example_backward(x, W, g, idx, need_dx):
     """Sparse backward with one selection per example.
 
-    Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i];
-    values[p] = sum_{b: rows[p] in S_b} g[b, rows[p]] x[b]; db = sum_b g[b].
-    Walks the distinct selected rows once, so each row of W is read once
-    however many examples selected it.
+    Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i]
+    (left at zero unless `need_dx`); values[p] = sum_{b: rows[p] in S_b}
+    g[b, rows[p]] x[b]; db = sum_b g[b].  Walks the distinct selected rows
+    once, so each row of W is read once however many examples selected it.
     """
     B, m = x.shape
     rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    dx = np.zeros((B, m), dtype=x.dtype)
+    dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
     values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    _rows_backward(x, W, g, rows, offsets, examples, 0, rows.shape[0], dx, values)
+    _rows_backward(x, W, g, rows, offsets, examples, 0, rows.shape[0], dx, values, need_dx)
     return dx, rows, values, _column_sums(g)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def per_example_backward_parallel(x, W, g, idx, T):
+def per_example_backward_parallel(x, W, g, idx, need_dx, T):
     """Parallel twin of :func:`per_example_backward` for `T` threads.
 
     The distinct rows are split into T ranges; each accumulates its own
@@ -263,13 +267,13 @@ def per_example_backward_parallel(x, W, g, idx, T):
     B, m = x.shape
     rows, offsets, examples = _transpose_selection(idx, W.shape[0])
     r = rows.shape[0]
-    partial = np.zeros((T, B, m), dtype=x.dtype)
+    partial = np.zeros((T, B, m) if need_dx else (T, 0, m), dtype=x.dtype)
     values = np.empty((r, m), dtype=x.dtype)
     for t in prange(T):
-        _rows_backward(x, W, g, rows, offsets, examples, r * t // T, r * (t + 1) // T, partial[t], values)
+        _rows_backward(x, W, g, rows, offsets, examples, r * t // T, r * (t + 1) // T, partial[t], values, need_dx)
     dx = partial[0].copy()
     for t in range(1, T):
-        for b in range(B):
+        for b in range(dx.shape[0]):
             for j in range(m):
                 dx[b, j] += partial[t, b, j]
     return dx, rows, values, _column_sums(g)

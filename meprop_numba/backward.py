@@ -12,7 +12,7 @@ from .topk import _topk_host
 _BLAS_MIN_WORK = 1 << 14
 
 
-def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
+def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=True):
     """meProp backward pass of ``y = x @ W.T + b``.
 
     Only the k largest-magnitude entries of each row of the output
@@ -38,11 +38,14 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
     unified : bool, optional
         Select the k columns with the largest ``sum_b |g[b, i]|`` for the
         whole minibatch instead of k entries per example.
+    need_dx : bool, optional
+        If False, skip the input gradient (a network's first layer needs
+        none) and return None for `dx`.
 
     Returns
     -------
-    dx : ndarray, shape (B, m)
-        Gradient with respect to x.
+    dx : ndarray, shape (B, m), or None
+        Gradient with respect to x (None if not `need_dx`).
     dW : RowSparse, shape (n, m)
         Gradient with respect to W, stored by its non-zero rows.
     db : ndarray, shape (n,)
@@ -101,42 +104,45 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False):
         from . import _cuda
 
         dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified)
-        return dx, RowSparse._trusted(rows, values, (n, m)), db
+        return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db
     finite(g, "g")
     finite(x, "x")
 
     if indices is None:
         if k is None or k == n:
-            return _dense_backward(x, W, g)
+            return _dense_backward(x, W, g, need_dx)
         if unified:
             db, abs_sums = _kernels.column_sums_and_abs_sums(g)
             cols, g_sel = _kernels.select_and_gather_columns(g, abs_sums, k)
-            return _shared_products(x, W, cols, g_sel, db)
+            return _shared_products(x, W, cols, g_sel, db, need_dx)
         indices = _topk_host(g, k, False)
     if indices.ndim == 1:
-        return _shared_backward(x, W, g, np.sort(indices))
+        return _shared_backward(x, W, g, np.sort(indices), need_dx)
+    need_dx = bool(need_dx)
     if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
-        dx, rows, values, db = _kernels.per_example_backward_parallel(x, W, g, indices, get_num_threads())
+        dx, rows, values, db = _kernels.per_example_backward_parallel(
+            x, W, g, indices, need_dx, get_num_threads())
     else:
-        dx, rows, values, db = _kernels.per_example_backward(x, W, g, indices)
-    return dx, RowSparse._trusted(rows, values, (n, m)), db
+        dx, rows, values, db = _kernels.per_example_backward(x, W, g, indices, need_dx)
+    return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db
 
 
-def _dense_backward(x, W, g):
+def _dense_backward(x, W, g, need_dx):
     n = W.shape[0]
-    return g @ W, RowSparse._trusted(np.arange(n, dtype=np.int64), g.T @ x, W.shape), g.sum(axis=0)
+    dx = g @ W if need_dx else None
+    return dx, RowSparse._trusted(np.arange(n, dtype=np.int64), g.T @ x, W.shape), g.sum(axis=0)
 
 
-def _shared_backward(x, W, g, cols):
+def _shared_backward(x, W, g, cols, need_dx):
     """Backward for one sorted column set shared by every example."""
     B, m = x.shape
     if B * cols.shape[0] * m < _BLAS_MIN_WORK:
         dx, values, db = _kernels.shared_backward(x, W, g, cols)
-        return dx, RowSparse._trusted(cols, values, W.shape), db
-    return _shared_products(x, W, cols, np.take(g, cols, axis=1), g.sum(axis=0))
+        return (dx if need_dx else None), RowSparse._trusted(cols, values, W.shape), db
+    return _shared_products(x, W, cols, np.take(g, cols, axis=1), g.sum(axis=0), need_dx)
 
 
-def _shared_products(x, W, cols, g_sel, db):
+def _shared_products(x, W, cols, g_sel, db, need_dx):
     """dx = g_sel W[cols] and dW[cols] = g_sel^T x, two small BLAS products."""
-    dx = g_sel @ np.take(W, cols, axis=0)
+    dx = g_sel @ np.take(W, cols, axis=0) if need_dx else None
     return dx, RowSparse._trusted(cols, g_sel.T @ x, W.shape), db

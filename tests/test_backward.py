@@ -300,3 +300,16 @@ def test_large_non_contiguous_inputs(layout, mode):
         arrays = [np.repeat(a, 2, axis=1)[:, ::2] for a in arrays]
     x, W, g = arrays
     check_against_reference(mode, x, W, g, k, None)
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=None), dict(k=3), dict(k=3, unified=True),
+                                    dict(indices=np.array([0, 2, 5]))])
+def test_need_dx_false_skips_only_the_input_gradient(kwargs):
+    rng = np.random.default_rng(3)
+    x, W, g = rng.normal(size=(4, 6)), rng.normal(size=(7, 6)), rng.normal(size=(4, 7))
+    dx, dW, db = mp.linear_backward(x, W, g, **kwargs)
+    none, dW2, db2 = mp.linear_backward(x, W, g, need_dx=False, **kwargs)
+    assert dx is not None and none is None
+    np.testing.assert_array_equal(dW.rows, dW2.rows)
+    np.testing.assert_allclose(dW2.values, dW.values, rtol=1e-12)
+    np.testing.assert_allclose(db2, db, rtol=1e-12)

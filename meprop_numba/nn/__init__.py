@@ -48,12 +48,16 @@ Examples
 >>> _ = model.backward(grad)
 >>> opt.step(model.grads())
 """
+from .embedding import Embedding
 from .layers import Dropout, Linear, Module, ReLU, Sequential, array_module
+from .lstm import LSTM
 from .loss import log_softmax, softmax_cross_entropy
 from .mlp import MLP
 
 __all__ = [
     "Dropout",
+    "Embedding",
+    "LSTM",
     "Linear",
     "MLP",
     "Module",

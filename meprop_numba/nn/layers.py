@@ -5,7 +5,6 @@ import numpy as np
 
 from .. import linear_backward, random_indices
 from .._validation import integer_k, unit_interval
-from ..sparse import RowSparse
 
 __all__ = ["Dropout", "Linear", "Module", "ReLU", "Sequential", "array_module"]
 
@@ -143,16 +142,12 @@ class Linear(Module):
             raise RuntimeError("backward called before forward(x, train=True)")
         x, W = self._x, self.weight
         start = time.perf_counter()
-        if self.k is None and not self.input_grad:
-            n = W.shape[0]
-            dx = None
-            dW = RowSparse._trusted(np.arange(n, dtype=np.int64), grad_out.T @ x, W.shape)
-            db = grad_out.sum(axis=0)
-        elif self.mode == "random" and self.k is not None:
+        if self.mode == "random" and self.k is not None:
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
-            dx, dW, db = linear_backward(x, W, grad_out, indices=indices)
+            dx, dW, db = linear_backward(x, W, grad_out, indices=indices, need_dx=self.input_grad)
         else:
-            dx, dW, db = linear_backward(x, W, grad_out, self.k, unified=self.mode == "unified")
+            dx, dW, db = linear_backward(x, W, grad_out, self.k, unified=self.mode == "unified",
+                                         need_dx=self.input_grad)
         self.backward_seconds += time.perf_counter() - start
         self._x = None
         self._grads = [dW, db]
