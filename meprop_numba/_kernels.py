@@ -215,29 +215,56 @@ def _transpose_selection(idx, n):
 
 
 @njit(**JIT_OPTIONS)
-def _rows_backward(x, W, g, rows, offsets, examples, lo, hi, dx, values, need_dx):
-    """Write values[lo:hi] (and, if `need_dx`, accumulate dx) from distinct rows lo..hi-1.
-
-    `values` may be uninitialised: each row's first example assigns it.
-    """
-    m = x.shape[1]
-    for p in range(lo, hi):
-        i = rows[p]
-        b = examples[offsets[p]]
-        c = g[b, i]
+def _dx_example(W, g, idx, dx, b):
+    """dx[b] += sum_j g[b, idx[b, j]] W[idx[b, j]], four rows of W per pass over dx[b]."""
+    k = idx.shape[1]
+    m = W.shape[1]
+    d = dx[b]
+    j = 0
+    while j + 4 <= k:
+        i0, i1, i2, i3 = idx[b, j], idx[b, j + 1], idx[b, j + 2], idx[b, j + 3]
+        c0, c1, c2, c3 = g[b, i0], g[b, i1], g[b, i2], g[b, i3]
+        w0, w1, w2, w3 = W[i0], W[i1], W[i2], W[i3]
         for t in range(m):
-            values[p, t] = c * x[b, t]
-        if need_dx:
-            for t in range(m):
-                dx[b, t] += c * W[i, t]
-        for e in range(offsets[p] + 1, offsets[p + 1]):
-            b = examples[e]
-            c = g[b, i]
-            for t in range(m):
-                values[p, t] += c * x[b, t]
-            if need_dx:
-                for t in range(m):
-                    dx[b, t] += c * W[i, t]
+            d[t] += c0 * w0[t] + c1 * w1[t] + c2 * w2[t] + c3 * w3[t]
+        j += 4
+    while j < k:
+        i = idx[b, j]
+        c = g[b, i]
+        w = W[i]
+        for t in range(m):
+            d[t] += c * w[t]
+        j += 1
+
+
+@njit(**JIT_OPTIONS)
+def _dw_row(x, g, rows, offsets, examples, values, p):
+    """values[p] = sum over the examples that selected rows[p] of g[b, rows[p]] x[b], four at a time."""
+    m = x.shape[1]
+    i = rows[p]
+    v = values[p]
+    e = offsets[p]
+    end = offsets[p + 1]
+    b = examples[e]
+    c = g[b, i]
+    xb = x[b]
+    for t in range(m):
+        v[t] = c * xb[t]
+    e += 1
+    while e + 4 <= end:
+        b0, b1, b2, b3 = examples[e], examples[e + 1], examples[e + 2], examples[e + 3]
+        c0, c1, c2, c3 = g[b0, i], g[b1, i], g[b2, i], g[b3, i]
+        x0, x1, x2, x3 = x[b0], x[b1], x[b2], x[b3]
+        for t in range(m):
+            v[t] += c0 * x0[t] + c1 * x1[t] + c2 * x2[t] + c3 * x3[t]
+        e += 4
+    while e < end:
+        b = examples[e]
+        c = g[b, i]
+        xb = x[b]
+        for t in range(m):
+            v[t] += c * xb[t]
+        e += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -245,37 +272,36 @@ def per_example_backward(x, W, g, idx, need_dx):
     """Sparse backward with one selection per example.
 
     Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i]
-    (left at zero unless `need_dx`); values[p] = sum_{b: rows[p] in S_b}
-    g[b, rows[p]] x[b]; db = sum_b g[b].  Walks the distinct selected rows
-    once, so each row of W is read once however many examples selected it.
+    (an empty (0, m) array unless `need_dx`); values[p] = sum over the
+    examples b that selected rows[p] of g[b, rows[p]] x[b]; db = sum_b g[b].
+    dx is accumulated per example and values per distinct row, each in
+    passes that add four contributions at once, so every output row is
+    loaded and stored once per four inputs.
     """
     B, m = x.shape
     rows, offsets, examples = _transpose_selection(idx, W.shape[0])
     dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
+    if need_dx:
+        for b in range(B):
+            _dx_example(W, g, idx, dx, b)
     values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    _rows_backward(x, W, g, rows, offsets, examples, 0, rows.shape[0], dx, values, need_dx)
+    for p in range(rows.shape[0]):
+        _dw_row(x, g, rows, offsets, examples, values, p)
     return dx, rows, values, _column_sums(g)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def per_example_backward_parallel(x, W, g, idx, need_dx, T):
-    """Parallel twin of :func:`per_example_backward` for `T` threads.
-
-    The distinct rows are split into T ranges; each accumulates its own
-    copy of dx, summed at the end.
-    """
+def per_example_backward_parallel(x, W, g, idx, need_dx):
+    """Parallel twin of :func:`per_example_backward`: examples, then distinct rows, over threads."""
     B, m = x.shape
     rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    r = rows.shape[0]
-    partial = np.zeros((T, B, m) if need_dx else (T, 0, m), dtype=x.dtype)
-    values = np.empty((r, m), dtype=x.dtype)
-    for t in prange(T):
-        _rows_backward(x, W, g, rows, offsets, examples, r * t // T, r * (t + 1) // T, partial[t], values, need_dx)
-    dx = partial[0].copy()
-    for t in range(1, T):
-        for b in range(dx.shape[0]):
-            for j in range(m):
-                dx[b, j] += partial[t, b, j]
+    dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
+    if need_dx:
+        for b in prange(B):
+            _dx_example(W, g, idx, dx, b)
+    values = np.empty((rows.shape[0], m), dtype=x.dtype)
+    for p in prange(rows.shape[0]):
+        _dw_row(x, g, rows, offsets, examples, values, p)
     return dx, rows, values, _column_sums(g)
 
 

@@ -120,8 +120,7 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
         return _shared_backward(x, W, g, np.sort(indices), need_dx)
     need_dx = bool(need_dx)
     if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
-        dx, rows, values, db = _kernels.per_example_backward_parallel(
-            x, W, g, indices, need_dx, get_num_threads())
+        dx, rows, values, db = _kernels.per_example_backward_parallel(x, W, g, indices, need_dx)
     else:
         dx, rows, values, db = _kernels.per_example_backward(x, W, g, indices, need_dx)
     return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db
