@@ -40,6 +40,10 @@ def set_num_threads(n):
         Number of threads, between 1 and ``numba.config.NUMBA_NUM_THREADS``
         (the pool size fixed at start-up by ``NUMBA_NUM_THREADS``).
 
+    Returns
+    -------
+    None
+
     Raises
     ------
     TypeError
@@ -72,6 +76,8 @@ def set_num_threads(n):
 
 def get_num_threads():
     """Return the number of threads the parallel kernels use.
+
+    Takes no arguments and never raises.
 
     Returns
     -------

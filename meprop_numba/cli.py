@@ -35,6 +35,14 @@ class Task:
         ``add_arguments(parser)``: adds the task's own options.
     run : callable
         ``run(args) -> int``: runs the task, returns the exit status.
+
+    Examples
+    --------
+    >>> from meprop_numba.cli import TASKS, Task
+    >>> sorted(TASKS)
+    ['mlp', 'pos']
+    >>> isinstance(TASKS["pos"], Task)
+    True
     """
 
     help: str
@@ -70,7 +78,37 @@ def _probability(text):
 
 
 def add_common_arguments(parser):
-    """Options every task shares: optimization, run control and output."""
+    """Options every task shares: optimization, run control and output.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Receives two argument groups, "optimization" (``--optimizer``,
+        ``--lr``, ``--dense-update``, ``--epochs``, ``--batch-size``,
+        ``--seed``, ``--dtype``) and "run control" (``--threads``,
+        ``--device``, ``--out``, ``--checkpoint-dir``, ``--resume``,
+        ``--no-progress``).
+
+    Returns
+    -------
+    None
+        `parser` is changed in place.
+
+    Raises
+    ------
+    argparse.ArgumentError
+        If `parser` already defines one of these options.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> from meprop_numba.cli import add_common_arguments
+    >>> parser = argparse.ArgumentParser()
+    >>> add_common_arguments(parser)
+    >>> args = parser.parse_args(["--optimizer", "adagrad", "--epochs", "3"])
+    >>> args.optimizer, args.epochs, args.batch_size
+    ('adagrad', 3, 10)
+    """
     group = parser.add_argument_group("optimization")
     group.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam",
                        help="optimizer (default adam)")
@@ -295,7 +333,31 @@ TASKS = {
 
 
 def build_parser(task="mlp"):
-    """The argument parser of ``meprop-numba`` with `task`'s options added."""
+    """The argument parser of ``meprop-numba`` with `task`'s options added.
+
+    Parameters
+    ----------
+    task : str, optional
+        A key of :data:`TASKS` (default ``"mlp"``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With the ``train`` command, ``--task``, the task's options and the
+        common ones.
+
+    Raises
+    ------
+    KeyError
+        If `task` is not in :data:`TASKS`.
+
+    Examples
+    --------
+    >>> from meprop_numba.cli import build_parser
+    >>> args = build_parser().parse_args(["train", "--k", "20", "--mode", "unified"])
+    >>> args.command, args.task, args.k, args.mode
+    ('train', 'mlp', 20, 'unified')
+    """
     parser = argparse.ArgumentParser(
         prog="meprop-numba",
         description="Sparsified back propagation (meProp) with Numba kernels.")
@@ -321,7 +383,31 @@ def _selected_task(argv):
 
 
 def main(argv=None):
-    """Entry point of ``meprop-numba``; returns the exit status."""
+    """Entry point of ``meprop-numba``; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 2 for unusable input (data not found, bad option
+        combination), 3 when training diverged (NaN/Inf loss).
+
+    Raises
+    ------
+    SystemExit
+        From argparse, for ``--help`` (status 0) and for invalid options
+        (status 2).
+
+    Examples
+    --------
+    >>> from meprop_numba.cli import main
+    >>> main(["train", "--epochs", "1", "--no-progress"])  # doctest: +SKIP
+    0
+    """
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(_selected_task(argv))

@@ -31,10 +31,12 @@ def is_cuda_array(a):
     Parameters
     ----------
     a : object
+        Any object; nothing is raised for non-arrays.
 
     Returns
     -------
     bool
+        Whether the GPU path would take `a`. Never raises.
 
     Examples
     --------
@@ -52,9 +54,14 @@ def is_cuda_array(a):
 def is_available():
     """Return True if CUDA kernels can run (a GPU and driver, or the simulator).
 
+    Takes no arguments; never raises: a missing ``numba-cuda`` package or
+    driver gives False.
+
     Returns
     -------
     bool
+        False when ``numba.cuda`` cannot be imported or finds no usable
+        driver and device.
 
     Examples
     --------
@@ -87,6 +94,14 @@ def to_device(a, dtype=None):
     RuntimeError
         If no CUDA GPU/driver (or simulator) is available; the message says
         what to install.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba import gpu
+    >>> d = gpu.to_device(np.arange(6.0).reshape(2, 3), dtype=np.float32)  # doctest: +SKIP
+    >>> d.shape, d.dtype  # doctest: +SKIP
+    ((2, 3), dtype('float32'))
     """
     from . import _cuda
 
@@ -100,12 +115,25 @@ def zeros(shape, dtype=np.float32):
     Parameters
     ----------
     shape : int or tuple of int
+        Shape of the new array.
     dtype : dtype, optional
         float32 (default) or any NumPy dtype.
 
     Returns
     -------
     numba device array
+        C-contiguous, on the current device.
+
+    Raises
+    ------
+    RuntimeError
+        If no CUDA GPU/driver (or simulator) is available.
+
+    Examples
+    --------
+    >>> from meprop_numba import gpu
+    >>> gpu.to_host(gpu.zeros((2, 3))).sum()  # doctest: +SKIP
+    np.float32(0.0)
     """
     from . import _cuda
 
@@ -118,10 +146,29 @@ def to_host(a):
     Parameters
     ----------
     a : CUDA array, or tuple/list of them
+        Numba device arrays or objects with ``__cuda_array_interface__``
+        (CuPy arrays, PyTorch CUDA tensors).
 
     Returns
     -------
     numpy.ndarray, or a tuple of them
+        Host copies, in the order given.
+
+    Raises
+    ------
+    TypeError
+        If an element is not a CUDA array.
+    RuntimeError
+        If no CUDA GPU/driver (or simulator) is available.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import meprop_numba as mp
+    >>> from meprop_numba import gpu
+    >>> g = gpu.to_device(np.ones((4, 100), dtype=np.float32))  # doctest: +SKIP
+    >>> gpu.to_host(mp.topk_indices(g, 5)).shape  # doctest: +SKIP
+    (4, 5)
     """
     if isinstance(a, (tuple, list)):
         return tuple(to_host(x) for x in a)
@@ -131,14 +178,50 @@ def to_host(a):
 
 
 def synchronize():
-    """Wait for every kernel launched on the current device (for timing)."""
+    """Wait for every kernel launched on the current device (for timing).
+
+    Takes no arguments and returns None.
+
+    Raises
+    ------
+    RuntimeError
+        If no CUDA GPU/driver (or simulator) is available.
+
+    Examples
+    --------
+    >>> import time
+    >>> from meprop_numba import gpu
+    >>> t0 = time.perf_counter()  # doctest: +SKIP
+    >>> # ... launch kernels ...
+    >>> gpu.synchronize()  # doctest: +SKIP
+    >>> elapsed = time.perf_counter() - t0  # doctest: +SKIP
+    """
     from . import _cuda
 
     _cuda.synchronize()
 
 
 def device_name():
-    """Name of the current CUDA device (``"simulator"`` under the CUDA simulator)."""
+    """Name of the current CUDA device (``"simulator"`` under the CUDA simulator).
+
+    Takes no arguments.
+
+    Returns
+    -------
+    str
+        The device name, e.g. ``"NVIDIA H100 80GB HBM3"``.
+
+    Raises
+    ------
+    RuntimeError
+        If no CUDA GPU/driver (or simulator) is available.
+
+    Examples
+    --------
+    >>> from meprop_numba import gpu
+    >>> gpu.device_name() if gpu.is_available() else "no GPU"  # doctest: +SKIP
+    'NVIDIA H100 80GB HBM3'
+    """
     from . import _cuda
 
     return _cuda.device_name()

@@ -214,6 +214,15 @@ class SGD(Optimizer):
         Touch only the rows of a row-sparse gradient (default) or every
         element (the velocity of untouched rows then decays).
 
+    Raises
+    ------
+    TypeError
+        If `params` is a single array or holds something other than NumPy or
+        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+    ValueError
+        If `params` is empty or an array is not writeable, C-contiguous, 1-D
+        or 2-D; or a hyperparameter is out of range (lr finite and > 0, momentum in [0, 1)).
+
     Examples
     --------
     >>> import numpy as np
@@ -277,6 +286,15 @@ class Adam(Optimizer):
         Touch only the rows of a row-sparse gradient (default) or every
         element, decaying the moments of untouched rows.
 
+    Raises
+    ------
+    TypeError
+        If `params` is a single array or holds something other than NumPy or
+        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+    ValueError
+        If `params` is empty or an array is not writeable, C-contiguous, 1-D
+        or 2-D; or a hyperparameter is out of range (lr and eps finite and > 0, betas in [0, 1)).
+
     Examples
     --------
     >>> import numpy as np
@@ -337,6 +355,15 @@ class AdaGrad(Optimizer):
         Added to the denominator (default 1e-10).
     lazy : bool, optional
         Touch only the rows of a row-sparse gradient (default) or every element.
+
+    Raises
+    ------
+    TypeError
+        If `params` is a single array or holds something other than NumPy or
+        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+    ValueError
+        If `params` is empty or an array is not writeable, C-contiguous, 1-D
+        or 2-D; or a hyperparameter is out of range (lr and eps finite and > 0).
 
     Examples
     --------

@@ -39,6 +39,7 @@ __all__ = [
 #: Optimizer name -> (class, default learning rate). The AdaGrad rate is
 #: the paper's MNIST setting.
 OPTIMIZERS = {"adam": (Adam, 1e-3), "adagrad": (AdaGrad, 0.1), "sgd": (SGD, 0.1)}
+#: File name of the checkpoint that :func:`train` writes in its ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.npz"
 _EVAL_BATCH = 1000
 
@@ -53,6 +54,13 @@ class TrainingDiverged(FloatingPointError):
     ----------
     results : dict
         The results up to the last completed epoch, with ``stopped`` set.
+
+    Examples
+    --------
+    >>> from meprop_numba.train import TrainingDiverged
+    >>> err = TrainingDiverged("loss is nan at epoch 2, step 17", {"stopped": "diverged"})
+    >>> isinstance(err, FloatingPointError), err.results["stopped"]
+    (True, 'diverged')
     """
 
     def __init__(self, message, results):
@@ -100,6 +108,20 @@ class TrainConfig:
     device : {'cpu', 'cuda'}
     output_k : int or None
         meProp k of the output layer; None (the paper) keeps it dense.
+
+    Raises
+    ------
+    ValueError
+        From :meth:`validate` (called by :func:`train`), naming a bad field.
+
+    Examples
+    --------
+    >>> from meprop_numba.train import TrainConfig
+    >>> config = TrainConfig(k=20, mode="unified", batch_size=50, epochs=10)
+    >>> config.validate().label(), config.learning_rate
+    ('meProp k=20 unified', 0.001)
+    >>> TrainConfig(k=None).label()
+    'dense'
     """
 
     dataset: str = "embedded"
@@ -174,13 +196,29 @@ def build_model(config, n_features, n_classes, rng=None):
     Parameters
     ----------
     config : TrainConfig
+        The run's settings (`hidden`, `layers`, `k`, `mode`, `dropout`,
+        `output_k`, `dtype`, `seed`).
     n_features, n_classes : int
+        Input width and number of classes.
     rng : numpy.random.Generator, optional
         Default: the model generator derived from ``config.seed``.
 
     Returns
     -------
     MLP
+        A freshly initialised model.
+
+    Raises
+    ------
+    ValueError, TypeError
+        From :class:`~meprop_numba.nn.MLP` for invalid sizes, `k` or dtype.
+
+    Examples
+    --------
+    >>> from meprop_numba.train import TrainConfig, build_model
+    >>> model = build_model(TrainConfig(hidden=64, k=8), 784, 10)
+    >>> [w.shape for w in model.params()[::2]]
+    [(64, 784), (64, 64), (10, 64)]
     """
     if rng is None:
         rng = _seeds(config.seed)[0]
@@ -190,7 +228,35 @@ def build_model(config, n_features, n_classes, rng=None):
 
 
 def build_optimizer(config, params):
-    """The optimizer a config describes, over `params`."""
+    """The optimizer a config describes, over `params`.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Uses `optimizer`, :attr:`~TrainConfig.learning_rate` and `lazy`.
+    params : list of ndarray
+        The parameters to update in place (e.g. ``model.params()``).
+
+    Returns
+    -------
+    SGD, Adam or AdaGrad
+        The optimizer.
+
+    Raises
+    ------
+    KeyError
+        If ``config.optimizer`` is not a key of :data:`OPTIMIZERS`.
+    TypeError, ValueError
+        From the optimizer, for invalid parameters or learning rate.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.train import TrainConfig, build_optimizer
+    >>> opt = build_optimizer(TrainConfig(optimizer="adagrad"), [np.zeros((4, 3), np.float32)])
+    >>> type(opt).__name__, opt.lazy
+    ('AdaGrad', True)
+    """
     cls = OPTIMIZERS[config.optimizer][0]
     return cls(params, lr=config.learning_rate, lazy=config.lazy)
 
@@ -260,6 +326,26 @@ def load_checkpoint(path):
         ``config`` (dict), ``epoch`` (completed epochs), ``params`` (list of
         arrays), ``optimizer`` (state dict), ``rng`` (generator states) and
         ``history`` (per-epoch results).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no checkpoint at `path`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from meprop_numba.train import TrainConfig, load_checkpoint, train
+    >>> from meprop_numba.data import Dataset, load_dataset
+    >>> full = load_dataset("embedded")
+    >>> tiny = Dataset("tiny", full.x_train[:200], full.y_train[:200], full.x_dev[:100],
+    ...                full.y_dev[:100], full.x_test[:100], full.y_test[:100])
+    >>> config = TrainConfig(hidden=32, k=4, epochs=1, batch_size=20)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = train(config, tiny, checkpoint_dir=tmp, progress=False)
+    ...     state = load_checkpoint(tmp)
+    >>> state["epoch"], [p.shape for p in state["params"]][:2]
+    (1, [(32, 784), (32,)])
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -386,12 +472,19 @@ def train(config, data, *, checkpoint_dir=None, resume=False, progress=True, out
 
     Examples
     --------
-    >>> from meprop_numba.data import load_dataset
+    A minimal run on the first 200 training images of the embedded subset:
+
     >>> from meprop_numba.train import TrainConfig, train
-    >>> data = load_dataset("embedded")
-    >>> results = train(TrainConfig(epochs=1, k=20), data, progress=False)  # doctest: +SKIP
-    >>> results["epochs"][0]["dev_accuracy"]  # doctest: +SKIP
-    0.72
+    >>> from meprop_numba.data import Dataset, load_dataset
+    >>> full = load_dataset("embedded")
+    >>> tiny = Dataset("tiny", full.x_train[:200], full.y_train[:200], full.x_dev[:100],
+    ...                full.y_dev[:100], full.x_test[:100], full.y_test[:100])
+    >>> results = train(TrainConfig(hidden=32, k=4, epochs=2, batch_size=20), tiny,
+    ...                 progress=False)
+    >>> len(results["epochs"]), results["best_epoch"] in (1, 2)
+    (2, True)
+    >>> 0.0 <= results["test_accuracy_at_best_dev"] <= 1.0
+    True
     """
     config.validate()
     if config.device == "cuda":
@@ -554,6 +647,23 @@ def compare(config, data, **kwargs):
         meProp time for ``forward``, ``backward``, ``backward_linear``,
         ``optimizer`` and the whole training step (``train``), from the
         per-epoch means.
+
+    Raises
+    ------
+    ValueError
+        If ``config.k`` is None, or as :func:`train`.
+
+    Examples
+    --------
+    >>> from meprop_numba.train import TrainConfig, compare
+    >>> from meprop_numba.data import Dataset, load_dataset
+    >>> full = load_dataset("embedded")
+    >>> tiny = Dataset("tiny", full.x_train[:200], full.y_train[:200], full.x_dev[:100],
+    ...                full.y_dev[:100], full.x_test[:100], full.y_test[:100])
+    >>> report = compare(TrainConfig(hidden=32, k=4, epochs=1, batch_size=20), tiny,
+    ...                  progress=False)
+    >>> sorted(report["speedup"])
+    ['backward', 'backward_linear', 'forward', 'optimizer', 'train']
     """
     if config.k is None:
         raise ValueError("compare needs a meProp config with k set")

@@ -21,7 +21,7 @@ _STEMS = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-# name -> (mirrors, {file name: sha256}).
+#: The downloadable datasets: name -> (mirror URLs, {file name: SHA-256}).
 DATASETS = {
     "fashion-mnist": (
         ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -67,6 +67,15 @@ class Dataset:
     n_classes : int
     source : str
         Where the data came from (a directory or the package file).
+
+    Examples
+    --------
+    >>> from meprop_numba.data import load_dataset
+    >>> data = load_dataset("embedded")
+    >>> data.summary()
+    'embedded: 6600 train / 600 dev / 2000 test, 784 features, 10 classes'
+    >>> data.n_features, data.x_train.dtype
+    (784, dtype('float32'))
     """
 
     name: str
@@ -122,6 +131,18 @@ def read_idx_split(directory, split):
         If a file is missing.
     ValueError
         If the image and label counts differ.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from meprop_numba.data import read_idx_split, write_idx
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_idx(os.path.join(tmp, "t10k-images-idx3-ubyte"), np.zeros((5, 28, 28), np.uint8))
+    ...     write_idx(os.path.join(tmp, "t10k-labels-idx1-ubyte.gz"), np.arange(5, dtype=np.uint8))
+    ...     images, labels, paths = read_idx_split(tmp, "test")
+    >>> images.shape, labels.tolist()
+    ((5, 28, 28), [0, 1, 2, 3, 4])
     """
     directory = os.fspath(directory)
     paths = []

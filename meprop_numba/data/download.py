@@ -19,18 +19,39 @@ _CHUNK = 1 << 16
 
 
 class ChecksumError(OSError):
-    """Raised when downloaded data does not match its expected SHA-256."""
+    """Raised when downloaded data does not match its expected SHA-256.
+
+    A subclass of ``OSError``; the mismatching file has already been
+    deleted when it is raised.
+
+    Examples
+    --------
+    >>> from meprop_numba.data import ChecksumError
+    >>> issubclass(ChecksumError, OSError)
+    True
+    """
 
 
 def default_cache_dir():
     """Directory where datasets are downloaded when none is given.
 
     ``$MEPROP_NUMBA_CACHE`` if set, else ``$XDG_CACHE_HOME/meprop_numba``,
-    else ``~/.cache/meprop_numba``.
+    else ``~/.cache/meprop_numba``. Takes no arguments; never raises and
+    creates nothing.
 
     Returns
     -------
     str
+        The directory path (it may not exist yet).
+
+    Examples
+    --------
+    >>> import os
+    >>> from unittest import mock
+    >>> from meprop_numba.data import default_cache_dir
+    >>> with mock.patch.dict(os.environ, {"MEPROP_NUMBA_CACHE": "/data/cache"}):
+    ...     default_cache_dir()
+    '/data/cache'
     """
     env = os.environ.get("MEPROP_NUMBA_CACHE")
     if env:
@@ -45,11 +66,27 @@ def sha256_file(path):
     Parameters
     ----------
     path : str or os.PathLike
+        The file to hash, read in chunks.
 
     Returns
     -------
     str
         64 lowercase hex digits.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read (``FileNotFoundError`` if missing).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from meprop_numba.data import sha256_file
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "empty")
+    ...     open(path, "wb").close()
+    ...     sha256_file(path)
+    'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
     """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -28,7 +28,17 @@ _IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 
 
 class IDXFormatError(ValueError):
-    """Raised when a file is not a well-formed IDX file."""
+    """Raised when a file is not a well-formed IDX file.
+
+    A subclass of ``ValueError``: bad magic number, unknown type code,
+    truncated data or a corrupt gzip stream.
+
+    Examples
+    --------
+    >>> from meprop_numba.data import IDXFormatError
+    >>> issubclass(IDXFormatError, ValueError)
+    True
+    """
 
 
 def _read_bytes(path):
@@ -120,10 +130,28 @@ def write_idx(path, array, *, compress=None):
     compress : bool or None, optional
         Force or forbid gzip compression.
 
+    Returns
+    -------
+    None
+        The file is written (replaced if it exists).
+
     Raises
     ------
     TypeError
         If the dtype has no IDX type code.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from meprop_numba.data import read_idx, write_idx
+    >>> a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "a-idx2-ubyte.gz")
+    ...     write_idx(path, a)
+    ...     b = read_idx(path)
+    >>> np.array_equal(a, b), b.dtype
+    (True, dtype('uint8'))
     """
     path = os.fspath(path)
     array = np.ascontiguousarray(array)

@@ -38,6 +38,13 @@ class Embedding(Module):
     backward_seconds : float
         Wall time spent in :meth:`backward` since creation.
 
+    Raises
+    ------
+    TypeError
+        If a size is not an integer or `dtype` is not float32/float64.
+    ValueError
+        If a size is not positive or `padding_idx` is not an id of the table.
+
     Examples
     --------
     >>> import numpy as np

@@ -16,6 +16,24 @@ def array_module(x):
 
     Every layer creates arrays through the namespace of its inputs or
     parameters, so one code path serves host and device arrays.
+
+    Parameters
+    ----------
+    x : array_like
+        A NumPy array, a CuPy array, or anything else (treated as NumPy).
+
+    Returns
+    -------
+    module
+        ``cupy`` for CuPy arrays, else ``numpy``. Never raises (CuPy is
+        imported only when `x` is a CuPy array).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import array_module
+    >>> array_module(np.zeros(3)) is np
+    True
     """
     if type(x).__module__.split(".")[0] == "cupy":
         import cupy
@@ -32,12 +50,65 @@ def _float_dtype(dtype):
 
 
 class Module:
-    """Base class of the layers; see :mod:`meprop_numba.nn` for the convention."""
+    """Base class of the layers; see :mod:`meprop_numba.nn` for the convention.
+
+    Subclasses implement :meth:`forward` and :meth:`backward`, and
+    :meth:`params` / :meth:`grads` when they hold parameters. Calling a
+    module calls :meth:`forward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import Module
+    >>> class Scale(Module):
+    ...     def forward(self, x, train=False):
+    ...         return 2 * x
+    ...     def backward(self, grad_out):
+    ...         return 2 * grad_out
+    >>> Scale()(np.ones(2))
+    array([2., 2.])
+    """
 
     def forward(self, x, train=False):
+        """Compute the output; with ``train=True`` keep what :meth:`backward` needs.
+
+        Parameters
+        ----------
+        x : ndarray
+            The input.
+        train : bool, optional
+            Training mode (cache for backward, dropout on).
+
+        Returns
+        -------
+        ndarray
+            The output.
+
+        Raises
+        ------
+        NotImplementedError
+            In the base class.
+        """
         raise NotImplementedError
 
     def backward(self, grad_out):
+        """Back-propagate `grad_out`; store the parameter gradients for :meth:`grads`.
+
+        Parameters
+        ----------
+        grad_out : ndarray
+            Gradient of the loss with respect to the last training forward's output.
+
+        Returns
+        -------
+        ndarray or None
+            Gradient with respect to the input, or None when the input needs none.
+
+        Raises
+        ------
+        NotImplementedError
+            In the base class.
+        """
         raise NotImplementedError
 
     def params(self):
@@ -87,6 +158,13 @@ class Linear(Module):
     backward_seconds : float
         Wall time spent in the weight/input gradient computation (including
         the top-k selection) since creation; the training loop reads it.
+
+    Raises
+    ------
+    TypeError
+        If a size or `k` is not an integer, or `dtype` is not float32/float64.
+    ValueError
+        If a size or `k` is not positive, or `mode` is unknown.
 
     Examples
     --------
@@ -165,7 +243,21 @@ class Linear(Module):
 
 
 class ReLU(Module):
-    """Rectified linear unit ``max(x, 0)``."""
+    """Rectified linear unit ``max(x, 0)``.
+
+    Takes no parameters. :meth:`backward` raises ``RuntimeError`` if no
+    training forward preceded it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import ReLU
+    >>> relu = ReLU()
+    >>> relu.forward(np.array([[-1.0, 2.0]]), train=True)
+    array([[0., 2.]])
+    >>> relu.backward(np.array([[5.0, 5.0]]))
+    array([[0., 5.]])
+    """
 
     def __init__(self):
         self._mask = None
@@ -197,6 +289,23 @@ class Dropout(Module):
     rng : numpy.random.Generator or int, optional
         Source of the masks (shared with the model so that one state
         captures all of its randomness).
+
+    Raises
+    ------
+    ValueError
+        If `p` is outside ``[0, 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import Dropout
+    >>> drop = Dropout(0.5, rng=0)
+    >>> x = np.ones((2, 4), dtype=np.float32)
+    >>> y = drop.forward(x, train=True)
+    >>> sorted(set(y.ravel().tolist()))   # dropped, or scaled by 1 / (1 - p)
+    [0.0, 2.0]
+    >>> drop.forward(x) is x              # identity at evaluation
+    True
     """
 
     def __init__(self, p, rng=None):
@@ -224,7 +333,25 @@ class Dropout(Module):
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
+    """Layers applied in order; backward runs them in reverse.
+
+    Parameters
+    ----------
+    layers : iterable of Module
+        The layers, input to output. :meth:`params` and :meth:`grads`
+        concatenate theirs in that order. Backward stops early when a layer
+        returns None (its input needs no gradient).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import Linear, ReLU, Sequential
+    >>> net = Sequential([Linear(4, 8, k=2, rng=0), ReLU(), Linear(8, 3, rng=0)])
+    >>> net.forward(np.ones((5, 4), dtype=np.float32)).shape
+    (5, 3)
+    >>> len(net.params())      # weight and bias of each Linear
+    4
+    """
 
     def __init__(self, layers):
         self.layers = list(layers)

@@ -19,6 +19,11 @@ def log_softmax(logits):
     numpy.ndarray
         ``(B, C)`` of the same dtype; ``exp`` of each row sums to one.
 
+    Raises
+    ------
+    ValueError
+        If `logits` is not 2-D (NumPy's error from the row reduction).
+
     Examples
     --------
     >>> import numpy as np

@@ -102,6 +102,15 @@ class LSTM(Module):
     h), b (4h,). :meth:`grads` is aligned with it after :meth:`backward`:
     RowSparse for W_x and W_h when k is set, dense arrays for k=None and for b.
 
+    Raises
+    ------
+    TypeError
+        If `k` is not an integer or `dtype` is not float32/float64.
+    ValueError
+        If a size is not a positive integer, `k` is outside ``[1, h]``
+        (``[1, 4h]`` with ``mode="concat"``), or `mode` / `selection` is
+        unknown.
+
     Examples
     --------
     >>> import numpy as np

@@ -36,6 +36,15 @@ class MLP(Sequential):
         masks and random-k selections, so :attr:`rng` holds all of the
         model's randomness.
 
+    Raises
+    ------
+    TypeError
+        If a size, `layers` or `k` is not an integer, or `dtype` is not
+        float32/float64.
+    ValueError
+        If a size or `k` is out of range, `mode` is unknown or `dropout` is
+        outside ``[0, 1)``.
+
     Examples
     --------
     >>> import numpy as np

@@ -52,6 +52,7 @@ __all__ = [
 ENV_DATA_DIR = "MEPROP_NUMBA_POS_DIR"
 #: Optimizer name -> (class, default learning rate); AdaGrad 0.01 is the paper's POS rate.
 OPTIMIZERS = {"adam": (Adam, 1e-3), "adagrad": (AdaGrad, 1e-2), "sgd": (SGD, 0.1)}
+#: File name of the checkpoint that :func:`train_pos` writes in its ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.npz"
 _EVAL_BATCH = 64
 _RESUMABLE_CHANGES = {"epochs", "threads", "data_dir"}
@@ -74,6 +75,26 @@ class POSData:
         Gold UPOS ids of the dev/test sentences (same UPOS vocabulary).
     source : str
         Where the data came from.
+
+    Examples
+    --------
+    Built by :func:`load_pos_data`; here from a toy treebank of three
+    copies of one sentence:
+
+    >>> import os, shutil, tempfile
+    >>> from meprop_numba.tasks.pos import load_pos_data
+    >>> sentence = ["1\\tDogs\\tdog\\tNOUN\\tNNS\\t_\\t2\\tnsubj\\t_\\t_",
+    ...             "2\\tbark\\tbark\\tVERB\\tVBP\\t_\\t0\\troot\\t_\\t_",
+    ...             "3\\t.\\t.\\tPUNCT\\t.\\t_\\t2\\tpunct\\t_\\t_", ""]
+    >>> tmp = tempfile.mkdtemp()
+    >>> for split in ("train", "dev"):
+    ...     with open(os.path.join(tmp, f"en_toy-ud-{split}.conllu"), "w") as fh:
+    ...         _ = fh.write("\\n".join(sentence * 3) + "\\n")
+    >>> data = load_pos_data(tmp, min_word_freq=1)
+    >>> shutil.rmtree(tmp)
+    >>> s = data.summary()
+    >>> s["train_sentences"], s["train_tokens"], s["tags"]
+    (3, 9, 3)
     """
 
     vocab: FeatureVocabularies
@@ -133,11 +154,30 @@ def load_pos_data(data_dir, *, tag="xpos", min_word_freq=2, test=False,
     Returns
     -------
     POSData
+        The encoded splits and vocabularies.
 
     Raises
     ------
     FileNotFoundError
         If the directory or a split is missing.
+    ImportError
+        If the ``conllu`` package (the ``pos`` extra) is not installed.
+
+    Examples
+    --------
+    >>> import os, shutil, tempfile
+    >>> from meprop_numba.tasks.pos import load_pos_data
+    >>> sentence = ["1\\tDogs\\tdog\\tNOUN\\tNNS\\t_\\t2\\tnsubj\\t_\\t_",
+    ...             "2\\tbark\\tbark\\tVERB\\tVBP\\t_\\t0\\troot\\t_\\t_",
+    ...             "3\\t.\\t.\\tPUNCT\\t.\\t_\\t2\\tpunct\\t_\\t_", ""]
+    >>> tmp = tempfile.mkdtemp()
+    >>> for split in ("train", "dev"):
+    ...     with open(os.path.join(tmp, f"en_toy-ud-{split}.conllu"), "w") as fh:
+    ...         _ = fh.write("\\n".join(sentence * 3) + "\\n")
+    >>> data = load_pos_data(tmp, min_word_freq=1)
+    >>> shutil.rmtree(tmp)
+    >>> len(data.train), len(data.dev), data.test is None
+    (3, 3, True)
     """
     train_s = read_conllu(find_split(data_dir, "train"), max_sentences=max_train_sentences)
     dev_s = read_conllu(find_split(data_dir, "dev"), max_sentences=max_dev_sentences)
@@ -160,7 +200,30 @@ def load_pos_data(data_dir, *, tag="xpos", min_word_freq=2, test=False,
 
 @dataclasses.dataclass
 class Batch:
-    """A padded minibatch of sentences (padding id 0 everywhere)."""
+    """A padded minibatch of sentences (padding id 0 everywhere).
+
+    Built by :func:`make_batch`.
+
+    Attributes
+    ----------
+    words : ndarray of int64, shape (B, T)
+        Word ids.
+    features : ndarray of int64, shape (B, T, 7)
+        Word-shape feature ids, already offset into the shared feature table.
+    tags : ndarray of int64, shape (B, T)
+        Gold tag ids.
+    lengths : ndarray of int64, shape (B,)
+        Sentence lengths; positions at or after them are padding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.tasks.pos import Batch
+    >>> z = np.zeros((2, 3), dtype=np.int64)
+    >>> Batch(z, np.zeros((2, 3, 7), dtype=np.int64), z, np.array([3, 1])).mask
+    array([[ True,  True,  True],
+           [ True, False, False]])
+    """
 
     words: np.ndarray      # (B, T) int64
     features: np.ndarray   # (B, T, 7) int64, already offset into the shared feature table
@@ -188,6 +251,37 @@ def make_batch(sentences, feature_offsets, *, word_dropout=0.0, word_counts=None
         Training counts per word id (needed with `word_dropout`).
     rng : numpy.random.Generator, optional
         Draws the word dropout.
+
+    Returns
+    -------
+    Batch
+        Padded to the longest sentence.
+
+    Raises
+    ------
+    ValueError
+        If `sentences` is empty.
+    TypeError
+        If `word_dropout` is set without `word_counts`.
+
+    Examples
+    --------
+    >>> import os, shutil, tempfile
+    >>> from meprop_numba.tasks.pos import load_pos_data
+    >>> sentence = ["1\\tDogs\\tdog\\tNOUN\\tNNS\\t_\\t2\\tnsubj\\t_\\t_",
+    ...             "2\\tbark\\tbark\\tVERB\\tVBP\\t_\\t0\\troot\\t_\\t_",
+    ...             "3\\t.\\t.\\tPUNCT\\t.\\t_\\t2\\tpunct\\t_\\t_", ""]
+    >>> tmp = tempfile.mkdtemp()
+    >>> for split in ("train", "dev"):
+    ...     with open(os.path.join(tmp, f"en_toy-ud-{split}.conllu"), "w") as fh:
+    ...         _ = fh.write("\\n".join(sentence * 3) + "\\n")
+    >>> data = load_pos_data(tmp, min_word_freq=1)
+    >>> shutil.rmtree(tmp)
+    >>> from meprop_numba.tasks.pos import POSTagger, POSConfig, build_tagger, make_batch
+    >>> offsets = build_tagger(POSConfig(hidden=8, k=2), data).feature_offsets
+    >>> batch = make_batch(data.train[:2], offsets)
+    >>> batch.words.shape, batch.features.shape, batch.lengths.tolist()
+    ((2, 3), (2, 3, 7), [3, 3])
     """
     B = len(sentences)
     lengths = np.array([len(s) for s in sentences], dtype=np.int64)
@@ -335,6 +429,18 @@ class POSConfig:
         Train/evaluate on the first sentences only (recorded in the results).
     eval_test : bool
         Also evaluate on the test split every epoch.
+
+    Raises
+    ------
+    ValueError
+        From :meth:`validate` (called by :func:`train_pos`), naming a bad field.
+
+    Examples
+    --------
+    >>> from meprop_numba.tasks.pos import POSConfig
+    >>> config = POSConfig(k=10, optimizer="adagrad").validate()
+    >>> config.hidden, config.k, config.mode, config.batch_size
+    (500, 10, 'per_gate', 1)
     """
 
     data_dir: str = None
@@ -486,6 +592,27 @@ def train_pos(config, data, *, checkpoint_dir=None, resume=False, progress=True,
         `resume` without a checkpoint.
     FloatingPointError
         The training loss became NaN or Inf.
+
+    Examples
+    --------
+    One epoch of a tiny tagger on a toy treebank:
+
+    >>> import os, shutil, tempfile
+    >>> from meprop_numba.tasks.pos import load_pos_data
+    >>> sentence = ["1\\tDogs\\tdog\\tNOUN\\tNNS\\t_\\t2\\tnsubj\\t_\\t_",
+    ...             "2\\tbark\\tbark\\tVERB\\tVBP\\t_\\t0\\troot\\t_\\t_",
+    ...             "3\\t.\\t.\\tPUNCT\\t.\\t_\\t2\\tpunct\\t_\\t_", ""]
+    >>> tmp = tempfile.mkdtemp()
+    >>> for split in ("train", "dev"):
+    ...     with open(os.path.join(tmp, f"en_toy-ud-{split}.conllu"), "w") as fh:
+    ...         _ = fh.write("\\n".join(sentence * 3) + "\\n")
+    >>> data = load_pos_data(tmp, min_word_freq=1)
+    >>> shutil.rmtree(tmp)
+    >>> from meprop_numba.tasks.pos import POSConfig, train_pos
+    >>> config = POSConfig(hidden=8, k=2, epochs=1, word_dim=4, feature_dim=2)
+    >>> results = train_pos(config, data, progress=False)
+    >>> len(results["epochs"]), 0.0 <= results["best_dev_accuracy"] <= 1.0
+    (1, True)
     """
     config.validate()
     if resume and checkpoint_dir is None:
@@ -626,7 +753,37 @@ def _k_value(text):
 
 
 def add_arguments(parser):
-    """Options of ``--task pos`` (the shared ones come from the CLI)."""
+    """Options of ``--task pos`` (the shared ones come from the CLI).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Receives a "POS task" argument group (``--pos-dir``, ``--tag``,
+        ``--hidden``, ``--layers``, ``--bidirectional``, ``--k``,
+        ``--lstm-mode``, ``--selection``, ``--min-word-freq``,
+        ``--word-dropout``, ``--max-train-sentences``,
+        ``--max-dev-sentences``, ``--eval-test``).
+
+    Returns
+    -------
+    None
+        `parser` is changed in place.
+
+    Raises
+    ------
+    argparse.ArgumentError
+        If `parser` already defines one of these options.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> from meprop_numba.tasks.pos import add_arguments
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["--pos-dir", "UD_English-EWT", "--k", "none"])
+    >>> args.pos_dir, args.k, args.hidden
+    ('UD_English-EWT', None, 500)
+    """
     group = parser.add_argument_group("POS task")
     group.add_argument("--pos-dir", default=None, metavar="DIR",
                        help=f"UD treebank directory with *-ud-train/dev[/test].conllu "
@@ -667,7 +824,31 @@ def _config_from_args(args, data_dir):
 
 
 def run(args):
-    """Run ``meprop-numba train --task pos``; returns the exit status."""
+    """Run ``meprop-numba train --task pos``; returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of ``meprop-numba train --task pos`` (see
+        :func:`meprop_numba.cli.build_parser`).
+
+    Returns
+    -------
+    int
+        0 on success, 2 for unusable input (no treebank directory, bad
+        option, missing checkpoint), 3 when training diverged.
+
+    Errors (no treebank, bad options, a diverged run) are printed to
+    stderr and turned into the exit status rather than raised.
+
+    Examples
+    --------
+    >>> from meprop_numba.cli import build_parser
+    >>> from meprop_numba.tasks.pos import run
+    >>> args = build_parser("pos").parse_args(["train", "--task", "pos", "--device", "cuda"])
+    >>> run(args)
+    2
+    """
     if getattr(args, "device", "cpu") != "cpu":
         print("error: --task pos runs on the CPU only; use --device cpu", file=sys.stderr)
         return 2
