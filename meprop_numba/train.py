@@ -163,9 +163,7 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
-                                        and self.lr > 0):
-            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
+        _check_lr(self.lr)
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.dtype not in ("float32", "float64"):
@@ -182,6 +180,12 @@ class TrainConfig:
     def label(self):
         """Short description, e.g. ``'meProp k=20 topk'`` or ``'dense'``."""
         return "dense" if self.k is None or self.k >= self.hidden else f"meProp k={self.k} {self.mode}"
+
+
+def _check_lr(lr):
+    """Raise ``ValueError`` unless `lr` is None (the optimizer's default) or a finite positive number."""
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
 
 
 def _seeds(seed):

@@ -33,7 +33,7 @@ from ..nn.layers import Linear, Module
 from ..nn.loss import softmax_cross_entropy
 from ..nn.lstm import LSTM
 from ..optim import SGD, AdaGrad, Adam
-from ..train import _atomic_json, _progress_bar, _save_checkpoint, _seeds, load_checkpoint
+from ..train import _atomic_json, _check_lr, _progress_bar, _save_checkpoint, _seeds, load_checkpoint
 
 __all__ = [
     "ENV_DATA_DIR",
@@ -492,9 +492,7 @@ class POSConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
-                                        and self.lr > 0):
-            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
+        _check_lr(self.lr)
         if not (isinstance(self.word_dropout, (int, float)) and 0 <= self.word_dropout
                 and math.isfinite(self.word_dropout)):
             raise ValueError(f"word_dropout must be a finite number >= 0, got {self.word_dropout!r}")
