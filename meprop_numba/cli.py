@@ -36,6 +36,8 @@ class Task:
     run : callable
         ``run(args) -> int``: runs the task, returns the exit status.
 
+    Construction never raises; the fields are stored as given.
+
     Examples
     --------
     >>> from meprop_numba.cli import TASKS, Task

@@ -180,7 +180,11 @@ def to_host(a):
 def synchronize():
     """Wait for every kernel launched on the current device (for timing).
 
-    Takes no arguments and returns None.
+    Takes no arguments.
+
+    Returns
+    -------
+    None
 
     Raises
     ------

@@ -187,6 +187,10 @@ def test_layer_argument_errors():
         Dropout(1.0)
     with pytest.raises(RuntimeError, match="forward"):
         Linear(3, 4).backward(np.zeros((1, 4)))
+    with pytest.raises(TypeError, match=r"layers\[1\].*ufunc"):
+        Sequential([ReLU(), np.tanh])
+    with pytest.raises(RuntimeError, match="forward"):
+        ReLU().backward(np.zeros((1, 4)))
 
 
 def test_relu_forward_backward():

@@ -68,6 +68,9 @@ class Dataset:
     source : str
         Where the data came from (a directory or the package file).
 
+    Construction never raises: the fields are stored as given, and
+    :func:`load_dataset` is what checks the files.
+
     Examples
     --------
     >>> from meprop_numba.data import load_dataset

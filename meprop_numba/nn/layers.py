@@ -54,7 +54,13 @@ class Module:
 
     Subclasses implement :meth:`forward` and :meth:`backward`, and
     :meth:`params` / :meth:`grads` when they hold parameters. Calling a
-    module calls :meth:`forward`.
+    module calls :meth:`forward`. The base class takes no parameters.
+
+    Raises
+    ------
+    NotImplementedError
+        From :meth:`forward` and :meth:`backward` unless a subclass
+        implements them.
 
     Examples
     --------
@@ -245,8 +251,12 @@ class Linear(Module):
 class ReLU(Module):
     """Rectified linear unit ``max(x, 0)``.
 
-    Takes no parameters. :meth:`backward` raises ``RuntimeError`` if no
-    training forward preceded it.
+    Takes no parameters.
+
+    Raises
+    ------
+    RuntimeError
+        From :meth:`backward` if no training forward preceded it.
 
     Examples
     --------
@@ -342,6 +352,12 @@ class Sequential(Module):
         concatenate theirs in that order. Backward stops early when a layer
         returns None (its input needs no gradient).
 
+    Raises
+    ------
+    TypeError
+        If `layers` is not iterable or holds something that is not a
+        :class:`Module`.
+
     Examples
     --------
     >>> import numpy as np
@@ -355,6 +371,10 @@ class Sequential(Module):
 
     def __init__(self, layers):
         self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}] must be a meprop_numba.nn.Module, "
+                                f"got {type(layer).__name__}")
 
     def forward(self, x, train=False):
         for layer in self.layers:

@@ -76,6 +76,8 @@ class POSData:
     source : str
         Where the data came from.
 
+    Construction never raises: :func:`load_pos_data` checks the files.
+
     Examples
     --------
     Built by :func:`load_pos_data`; here from a toy treebank of three
@@ -215,6 +217,8 @@ class Batch:
     lengths : ndarray of int64, shape (B,)
         Sentence lengths; positions at or after them are padding.
 
+    Construction never raises: :func:`make_batch` builds consistent batches.
+
     Examples
     --------
     >>> import numpy as np
@@ -323,6 +327,14 @@ class POSTagger(Module):
         ``k=None`` is dense BPTT.
     dtype : {numpy.float32, numpy.float64}
     rng : numpy.random.Generator or int, optional
+
+    Raises
+    ------
+    ValueError
+        If `feature_sizes` does not list 7 sizes, or a size, `k`, `mode`
+        or `selection` is out of range (checked by the layers).
+    TypeError
+        If a size or `k` is not an integer, or `dtype` is not float32/float64.
 
     Examples
     --------
@@ -836,8 +848,8 @@ def run(args):
         0 on success, 2 for unusable input (no treebank directory, bad
         option, missing checkpoint), 3 when training diverged.
 
-    Errors (no treebank, bad options, a diverged run) are printed to
-    stderr and turned into the exit status rather than raised.
+    It never raises for bad input: errors (no treebank, bad options, a
+    diverged run) are printed to stderr and turned into the exit status.
 
     Examples
     --------
