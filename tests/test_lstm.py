@@ -418,19 +418,3 @@ def test_embedding_validation():
     with pytest.raises(ValueError, match="padding_idx"):
         Embedding(5, 2, padding_idx=5)
 
-
-def test_topk_selection_kernel_breaks_ties_to_the_lower_index():
-    """The compiled selection against a stable sort, on data full of ties."""
-    from meprop_numba.nn import _lstm_kernels
-
-    rng = np.random.default_rng(51)
-    for dtype in DTYPES:
-        values = np.round(rng.standard_normal((30, 24)) * 1.5).astype(dtype)
-        for row in values:
-            for k in (1, 3, 6):
-                out = np.full(k + 2, -7, dtype=np.int64)
-                buf = np.empty(k, dtype=dtype)
-                _lstm_kernels._topk_select(row, 6, 12, k, out, 1, buf)
-                expected = 6 + np.argsort(-np.abs(row[6:18]), kind="stable")[:k]
-                assert out[1:k + 1].tolist() == expected.tolist()
-                assert out[0] == -7 and out[k + 1] == -7

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT_OPTIONS
+from .._kernels import topk_row
 
 #: Selection rules of :func:`meprop_bptt`.
 SELECT_TOPK = 0
@@ -110,34 +111,6 @@ def dense_bptt(dH, W_h, lengths, C, TC, G, dA):
 
 
 @njit(**JIT_OPTIONS)
-def _topk_select(v, lo, n, k, out, pos, buf):
-    """Indices of the k largest |v[lo:lo + n]| into out[pos:pos + k], by descending magnitude.
-
-    A descending buffer of the best k so far; an entry enters only when it
-    beats the current k-th magnitude, and it is placed after equal ones, so
-    ties keep the lower index first. Cheap for the small k meProp uses:
-    after the first few entries almost every candidate fails the threshold.
-    (Measured: faster here than skipping blocks after a vectorised test.)
-    """
-    count = 0
-    for j in range(n):
-        m = abs(v[lo + j])
-        if count == k:
-            if not m > buf[k - 1]:
-                continue
-            p = k - 1
-        else:
-            p = count
-            count += 1
-        while p > 0 and buf[p - 1] < m:
-            buf[p] = buf[p - 1]
-            out[pos + p] = out[pos + p - 1]
-            p -= 1
-        buf[p] = m
-        out[pos + p] = lo + j
-
-
-@njit(**JIT_OPTIONS)
 def _random_select(n, k, offset, out, pos, perm):
     """k distinct indices drawn uniformly from [0, n), plus `offset`, into out[pos:pos + k]."""
     for j in range(n):
@@ -174,7 +147,7 @@ def _gather_rows_product(W, rows, coef, out):
 
 
 @njit(**JIT_OPTIONS)
-def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, val_out):
+def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, val_out, da_bits, mask):
     """meProp back propagation through time (the recurrence).
 
     At every valid (t, b) the full gate gradient da (4h) is formed from the
@@ -195,6 +168,10 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     db : (4h,) accumulator.
     sel_out : (T, B, K) int64 output, the kept entries (-1 at padded steps).
     val_out : (T, B, K) output, dL/da_t at the kept entries.
+    da_bits : (4h,) scratch of the integer type matching dH's float type,
+        and `mask` the sign-clearing mask: the gate gradient is formed in
+        ``da_bits.view(float)`` by the caller's choice of buffer, so top-k
+        runs on its magnitude bits (:func:`meprop_numba._kernels.topk_row`).
     """
     T, B, h = dH.shape
     four_h = 4 * h
@@ -202,8 +179,11 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     dh_next = np.zeros((B, h), dtype=dH.dtype)
     dc_next = np.zeros((B, h), dtype=dH.dtype)
     dh = np.empty(h, dtype=dH.dtype)
-    da = np.empty(four_h, dtype=dH.dtype)
-    buf = np.empty(K, dtype=dH.dtype)
+    da = da_bits.view(dH.dtype)
+    cand_vals = np.empty(four_h, dtype=da_bits.dtype)
+    cand_idx = np.empty(four_h, dtype=np.int64)
+    ranks = np.empty(four_h, dtype=np.int32)
+    maxima = np.empty(k, dtype=da_bits.dtype)
     perm = np.empty(four_h, dtype=np.int64)
     for t in range(T - 1, -1, -1):
         for b in range(B):
@@ -220,11 +200,15 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
             if per_gate:
                 for q in range(4):
                     if select == SELECT_TOPK:
-                        _topk_select(da, q * h, h, k, sel, q * k, buf)
+                        out = sel[q * k:(q + 1) * k]
+                        topk_row(da_bits[q * h:(q + 1) * h], k, mask, out,
+                                 cand_vals, cand_idx, ranks, maxima)
+                        for p in range(k):
+                            out[p] += q * h
                     else:
                         _random_select(h, k, q * h, sel, q * k, perm)
             elif select == SELECT_TOPK:
-                _topk_select(da, 0, four_h, k, sel, 0, buf)
+                topk_row(da_bits, k, mask, sel, cand_vals, cand_idx, ranks, maxima)
             else:
                 _random_select(four_h, k, 0, sel, 0, perm)
             for p in range(K):

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from .._kernels import magnitude_bits
 from .._validation import float_array, integer_k
 from ..sparse import RowSparse
 from . import _lstm_kernels as K
@@ -344,8 +345,9 @@ class LSTM(Module):
         g_b = np.zeros(4 * h, dtype=self.dtype)
         sel = np.empty((T, B, n_sel), dtype=np.int64)
         vals = np.empty((T, B, n_sel), dtype=self.dtype)
+        da_bits, mask = magnitude_bits(np.empty(4 * h, dtype=self.dtype))
         K.meprop_bptt(dH, W_h, lengths, C, TC, G, self.k, per_gate,
-                      _SELECTIONS[self.selection], g_b, sel, vals)
+                      _SELECTIONS[self.selection], g_b, sel, vals, da_bits, mask)
         ws_x, ws_h = self._workspace(base, W_x.shape, W_h.shape)
         rows = np.empty(4 * h, dtype=np.int64)
         n = K.meprop_weight_grads(X, H, W_x, sel, vals, dX, rows, ws_x, ws_h)
