@@ -1,5 +1,6 @@
 """Bad input raises a clear error naming the argument and changes nothing."""
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -145,6 +146,18 @@ def test_backward_non_finite_g(bad, dtype, k):
     x, W, g = _problem(dtype)
     g[1, 4] = bad
     assert_rejected(lambda: mp.linear_backward(x, W, g, k), "g", x, W, g)
+
+
+@pytest.mark.parametrize("dtype,huge", [(np.float32, 3e19), (np.float64, 3e154)])
+def test_huge_finite_values_pass_the_finiteness_screen_silently(dtype, huge):
+    # their sum of squares overflows; the exact test must accept them, without a warning
+    x, W, g = _problem(dtype)
+    g[1, 4] = huge
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dx, dW, db = mp.linear_backward(x, W, g, 2)
+        idx = mp.topk_indices(g, 1)
+    assert idx[1, 0] == 4 and db[4] == g[:, 4].sum()
 
 
 @pytest.mark.parametrize(
