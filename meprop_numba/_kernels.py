@@ -13,7 +13,8 @@ from ._config import JIT_OPTIONS
 
 # --------------------------------------------------------------------------- top-k
 #: Candidate counts up to this are placed by counting ranks (O(c^2) but
-#: branch-free and vectorised); above it a stable sort is cheaper.
+#: branch-free and vectorised); above it an exact selection and a stable
+#: sort of the k winners are cheaper.
 RANK_MAX_CANDIDATES = 256
 
 
@@ -88,9 +89,7 @@ def topk_row(row, k, mask, out, vals, idx, ranks, maxima):
             break
         count = kept
     if count > RANK_MAX_CANDIDATES:
-        order = np.argsort(-vals[:count], kind="mergesort")
-        for j in range(k):
-            out[j] = idx[order[j]]
+        _place_by_partition(vals, idx, count, k, out)
         return
     for i in range(count):
         ranks[i] = 0
@@ -102,6 +101,32 @@ def topk_row(row, k, mask, out, vals, idx, ranks, maxima):
     for i in range(count):
         if ranks[i] < k:
             out[ranks[i]] = idx[i]
+
+
+@njit(**JIT_OPTIONS)
+def _place_by_partition(vals, idx, count, k, out):
+    """`out` = the k largest of ``vals[:count]`` (masked bits, in index order), descending.
+
+    The exact k-th largest value (introselect), then one pass keeping the
+    entries above it and the first ties at it (index order, so ties go to the
+    lower index), then a stable sort of only those k: O(count + k log k),
+    which beats sorting every candidate when the bound left many (large k).
+    """
+    kth = np.partition(vals[:count], count - k)[count - k]
+    ties = k
+    for j in range(count):
+        ties -= vals[j] > kth
+    kept = 0
+    for j in range(count):
+        v = vals[j]
+        tie = (v == kth) & (ties > 0)
+        ties -= tie
+        vals[kept] = v
+        idx[kept] = idx[j]
+        kept += (v > kth) | tie
+    order = np.argsort(-vals[:k], kind="mergesort")
+    for j in range(k):
+        out[j] = idx[order[j]]
 
 
 @njit(**JIT_OPTIONS)

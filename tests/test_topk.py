@@ -93,7 +93,7 @@ def test_topk_accepts_numpy_integer_k():
 @pytest.mark.parametrize(
     "batch, n, k",
     [(1, 5000, 1), (3, 5000, 32), (3, 5000, 600), (2, 5000, 4999), (2, 5000, 5000),
-     (64, 8192, 32), (64, 8192, 1024), (257, 500, 20), (1024, 64, 8)],
+     (64, 8192, 32), (64, 8192, 1024), (257, 500, 20), (100, 500, 128), (1024, 64, 8)],
 )
 def test_topk_large_shapes(dtype, batch, n, k):
     rng = np.random.default_rng(batch * 7919 + n * 31 + k)
