@@ -145,7 +145,7 @@ def test_unified_topk_uses_sum_of_magnitudes_not_sum(dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize(
-    "batch, n, k", [(1, 5000, 7), (50, 500, 20), (1024, 4096, 64), (300, 70, 70)]
+    "batch, n, k", [(1, 5000, 7), (50, 500, 20), (1024, 4096, 64), (64, 2000, 400), (300, 70, 70)]
 )
 def test_unified_topk_large_shapes(dtype, batch, n, k):
     rng = np.random.default_rng(batch + n + k)
