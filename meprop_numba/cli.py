@@ -27,6 +27,8 @@ __all__ = ["TASKS", "Task", "add_common_arguments", "build_parser", "main"]
 class Task:
     """One ``--task`` of ``meprop-numba train``.
 
+    Construction never raises; the fields are stored as given.
+
     Attributes
     ----------
     help : str
@@ -35,8 +37,6 @@ class Task:
         ``add_arguments(parser)``: adds the task's own options.
     run : callable
         ``run(args) -> int``: runs the task, returns the exit status.
-
-    Construction never raises; the fields are stored as given.
 
     Examples
     --------

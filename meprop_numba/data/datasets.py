@@ -57,6 +57,9 @@ DATA_DIR_ENV = "MEPROP_NUMBA_DATA_DIR"
 class Dataset:
     """A classification dataset split into train, dev and test sets.
 
+    Construction never raises: the fields are stored as given, and
+    :func:`load_dataset` is what checks the files.
+
     Attributes
     ----------
     name : str
@@ -67,9 +70,6 @@ class Dataset:
     n_classes : int
     source : str
         Where the data came from (a directory or the package file).
-
-    Construction never raises: the fields are stored as given, and
-    :func:`load_dataset` is what checks the files.
 
     Examples
     --------

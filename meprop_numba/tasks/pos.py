@@ -63,6 +63,8 @@ _RESUMABLE_CHANGES = {"epochs", "threads", "data_dir"}
 class POSData:
     """Encoded treebank splits and the vocabularies built from the training split.
 
+    Construction never raises: :func:`load_pos_data` checks the files.
+
     Attributes
     ----------
     vocab : FeatureVocabularies
@@ -75,8 +77,6 @@ class POSData:
         Gold UPOS ids of the dev/test sentences (same UPOS vocabulary).
     source : str
         Where the data came from.
-
-    Construction never raises: :func:`load_pos_data` checks the files.
 
     Examples
     --------
@@ -204,7 +204,7 @@ def load_pos_data(data_dir, *, tag="xpos", min_word_freq=2, test=False,
 class Batch:
     """A padded minibatch of sentences (padding id 0 everywhere).
 
-    Built by :func:`make_batch`.
+    Built by :func:`make_batch`; construction never raises (no checks).
 
     Attributes
     ----------
@@ -216,8 +216,6 @@ class Batch:
         Gold tag ids.
     lengths : ndarray of int64, shape (B,)
         Sentence lengths; positions at or after them are padding.
-
-    Construction never raises: :func:`make_batch` builds consistent batches.
 
     Examples
     --------
