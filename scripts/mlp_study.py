@@ -13,11 +13,12 @@ Groups (``--groups``, default all):
 
 - ``k``: dense vs meProp per-example top-k, k in ``--ks``, batch 10;
 - ``unified``: dense vs unified top-k, batch 50;
+- ``k50``: dense vs meProp per-example top-k, batch 50;
 - ``random``: random-k vs top-k at equal k, batch 10;
 - ``small``: a dense network of hidden size k vs meProp at k;
 - ``dropout``: dense and meProp k=20 with dropout 0.2;
 - ``update``: meProp k=20 with lazy vs dense Adam updates;
-- ``layers``: dense and meProp k=20 with 3 hidden layers.
+- ``layers``: dense and meProp k=20 with 3, 4 and 5 hidden layers.
 
 Usage::
 
@@ -46,6 +47,8 @@ def groups(ks):
         "k": [("dense-b10", dict(k=None))] + top,
         "unified": [("dense-b50", dict(k=None, batch_size=50))]
                    + [(f"unified-k{k}-b50", dict(k=k, mode="unified", batch_size=50)) for k in ks],
+        "k50": [("dense-b50", dict(k=None, batch_size=50))]
+               + [(f"topk-k{k}-b50", dict(k=k, batch_size=50)) for k in ks],
         "random": [(f"random-k{k}-b10", dict(k=k, mode="random")) for k in ks] + top,
         "small": [(f"dense-h{k}-b10", dict(k=None, hidden=k)) for k in ks] + top,
         "dropout": [("dense-b10-drop0.2", dict(k=None, dropout=0.2)),
@@ -53,7 +56,9 @@ def groups(ks):
                     ("dense-b10", dict(k=None)), ("topk-k20-b10", dict(k=20))],
         "update": [("topk-k20-b10", dict(k=20)), ("topk-k20-b10-denseupdate", dict(k=20, lazy=False)),
                    ("dense-b10", dict(k=None))],
-        "layers": [("dense-b10-l3", dict(k=None, layers=3)), ("topk-k20-b10-l3", dict(k=20, layers=3))],
+        "layers": [run for depth in (3, 4, 5)
+                   for run in ((f"dense-b10-l{depth}", dict(k=None, layers=depth)),
+                               (f"topk-k20-b10-l{depth}", dict(k=20, layers=depth)))],
     }
 
 
@@ -62,6 +67,8 @@ def run_one(name, overrides, seed, args, data):
     if os.path.exists(path):
         with open(path) as fh:
             return json.load(fh)
+    if args.report_only:
+        return None
     config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, seed=seed,
                          threads=args.threads, **overrides)
     start = time.time()
@@ -136,14 +143,15 @@ def plots(by_name, ks, prefix):
     made = []
     series = [("per-example top-k, batch 10", "topk-k{}-b10", "dense-b10"),
               ("random-k, batch 10", "random-k{}-b10", None),
-              ("unified top-k, batch 50", "unified-k{}-b50", "dense-b50")]
+              ("unified top-k, batch 50", "unified-k{}-b50", "dense-b50"),
+              ("per-example top-k, batch 50", "topk-k{}-b50", None)]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, pattern, dense in series:
         pts = [(k, np.mean([100 * r["test_accuracy_at_best_dev"] for r in by_name[pattern.format(k)]]))
-               for k in ks if pattern.format(k) in by_name]
+               for k in ks if by_name.get(pattern.format(k))]
         if pts:
             line, = ax.plot(*zip(*pts), marker="o", label=label)
-            if dense in by_name:
+            if by_name.get(dense):
                 ax.axhline(np.mean([100 * r["test_accuracy_at_best_dev"] for r in by_name[dense]]),
                            color=line.get_color(), linestyle="--", linewidth=1,
                            label=f"dense, batch {dense.split('-b')[1]}")
@@ -236,6 +244,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/mlp_study")
     parser.add_argument("--report", default=None, help="write the Markdown tables here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the runs already in --out-dir (any of --seeds)")
     parser.add_argument("--timing-steps", type=int, default=300,
                         help="steps per backward-timing measurement (0: skip the timing section)")
     args = parser.parse_args(argv)
@@ -249,14 +259,16 @@ def main(argv=None):
     for group in chosen:
         for name, overrides in all_groups[group]:
             if name not in by_name:
-                by_name[name] = [run_one(name, overrides, seed, args, data) for seed in args.seeds]
+                runs = [run_one(name, overrides, seed, args, data) for seed in args.seeds]
+                by_name[name] = [r for r in runs if r is not None]
 
-    sections = [table(group, all_groups[group], by_name) for group in chosen]
+    sections = [table(group, [(n, o) for n, o in all_groups[group] if by_name[n]], by_name)
+                for group in chosen]
     prefix = os.path.splitext(args.report)[0] if args.report else os.path.join(args.out_dir, "study")
     if args.timing_steps > 0:
         sections.append(timing_section(backward_timing(data, args.ks, args.timing_steps), prefix))
     header = (f"Dataset: {data.summary()}. Model 784-500-500-10 unless stated, ReLU, Adam lr 0.001 "
-              f"(lazy updates unless stated), float32, {args.epochs} epochs, seeds {args.seeds}; "
+              f"(lazy updates unless stated), float32, {args.epochs} epochs, seeds from {args.seeds}; "
               "test accuracy at the epoch with the best dev accuracy. Times are per-epoch means.")
     report = header + "\n\n" + "\n\n".join(sections) + "\n"
     print(report)

@@ -6,16 +6,20 @@ random-k at one k) for each optimizer and seed with
 ``--out-dir`` (runs already there are skipped, so an interrupted study
 resumes) and prints a Markdown table of dev accuracy and per-epoch times.
 
-Example (the reduced study of docs/results_pos.md)::
+Examples (docs/results_pos.md: the full training set, and the reduced study)::
 
     python scripts/pos_study.py --pos-dir ../shared/data/ud-english-ewt \\
-        --train-sentences 4000 --epochs 2 --seeds 0 1 --out-dir runs/pos_study
+        --epochs 2 --seeds 0 1 --optimizers adam --ks 5 10 20 --random-k 10 --out-dir runs/pos_full
+    python scripts/pos_study.py --pos-dir ../shared/data/ud-english-ewt \\
+        --train-sentences 3000 --epochs 2 --seeds 0 1 --out-dir runs/pos_study
 """
 import argparse
 import json
 import os
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _parse(argv):
@@ -34,6 +38,8 @@ def _parse(argv):
     p.add_argument("--hidden", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--eval-test", action="store_true", help="also report the test split")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate the runs already in --out-dir")
     return p.parse_args(argv)
 
 
@@ -88,6 +94,8 @@ def main(argv=None):
             if os.path.exists(path):
                 with open(path) as fh:
                     rows.append(((optimizer, k, selection, seed), json.load(fh)))
+                continue
+            if args.report_only:
                 continue
             config = pos.POSConfig(data_dir=args.pos_dir, hidden=args.hidden, k=k,
                                    selection=selection, optimizer=optimizer, epochs=args.epochs,
