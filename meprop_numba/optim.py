@@ -69,11 +69,17 @@ class Optimizer:
             raise ValueError(f"grads must hold {len(self.params)} entries (one per parameter), got {len(grads)}")
         checked = []
         for j, (p, gr) in enumerate(zip(self.params, grads)):
-            name = f"grads[{j}]"
-            pshape, pdtype = shape_dtype(p)
             if gr is None:
                 checked.append(None)
                 continue
+            if type(gr) is np.ndarray and type(p) is np.ndarray:
+                # The common host case, checked without the generic helpers.
+                if gr.shape == p.shape and gr.dtype == p.dtype and gr.flags.c_contiguous:
+                    finite(gr, f"grads[{j}]")
+                    checked.append(gr)
+                    continue
+            name = f"grads[{j}]"
+            pshape, pdtype = shape_dtype(p)
             if isinstance(gr, RowSparse):
                 if len(pshape) != 2:
                     raise ValueError(f"{name} is row-sparse but params[{j}] is {len(pshape)}-D; only 2-D parameters take RowSparse")
@@ -123,15 +129,19 @@ class Optimizer:
         grads = self._check_grads(grads)
         self.step_count += 1
         hyper = self._hyper()
+        cast_hyper = {}  # the hyperparameters in each parameter dtype, cast once a step
         for p, gr, st in zip(self.params, grads, self.state):
             if gr is None:
                 continue
             if is_cuda_array(p):
                 self._update_gpu(p, gr, st, hyper)
                 continue
-            cast = p.dtype.type
-            h = {key: cast(val) for key, val in hyper.items()}
-            h["tiny"] = cast(np.finfo(p.dtype).tiny)
+            h = cast_hyper.get(p.dtype)
+            if h is None:
+                cast = p.dtype.type
+                h = {key: cast(val) for key, val in hyper.items()}
+                h["tiny"] = cast(np.finfo(p.dtype).tiny)
+                cast_hyper[p.dtype] = h
             if isinstance(gr, RowSparse) and not self.lazy:
                 gr = gr.to_dense()
             if isinstance(gr, RowSparse):

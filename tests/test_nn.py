@@ -55,6 +55,22 @@ def test_cross_entropy_is_stable_for_huge_logits(dtype):
     np.testing.assert_allclose(np.exp(log_softmax(logits)).sum(axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_any_layout_and_non_finite_logits(dtype):
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6, 4)).astype(dtype)
+    labels = rng.integers(0, 4, 6)
+    loss_c, grad_c = softmax_cross_entropy(logits, labels)
+    loss_f, grad_f = softmax_cross_entropy(np.asfortranarray(logits), labels)
+    assert loss_f == loss_c
+    np.testing.assert_array_equal(grad_f, grad_c)
+    # The caller (the training loop) detects divergence from a non-finite loss.
+    for bad in (np.nan, np.inf):
+        logits[2, 1] = bad
+        loss, grad = softmax_cross_entropy(logits, labels)
+        assert np.isnan(loss) and np.isnan(grad[2]).all() and np.isfinite(np.delete(grad, 2, 0)).all()
+
+
 def test_cross_entropy_rejects_bad_input():
     with pytest.raises(TypeError, match="logits"):
         softmax_cross_entropy(np.zeros((2, 3), dtype=np.int32), np.array([0, 1]))
@@ -198,6 +214,23 @@ def test_relu_forward_backward():
     x = np.array([[-1.0, 0.0, 2.0]])
     np.testing.assert_array_equal(relu.forward(x, train=True), [[0.0, 0.0, 2.0]])
     np.testing.assert_array_equal(relu.backward(np.array([[5.0, 6.0, 7.0]])), [[0.0, 0.0, 7.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_after_linear_any_layout(dtype):
+    rng = np.random.default_rng(3)
+    layer, relu = Linear(6, 5, rng=0, dtype=dtype), ReLU()
+    x = rng.normal(size=(4, 6)).astype(dtype)
+    pre = layer.forward(x)
+    np.testing.assert_allclose(pre, x @ layer.weight.T + layer.bias, rtol=1e-5)
+    y = relu.forward(pre, train=True)
+    assert y.flags.c_contiguous and y.dtype == dtype
+    np.testing.assert_array_equal(y, np.where(pre > 0, pre, 0))
+    g = rng.normal(size=(5, 4)).astype(dtype).T   # a transposed view: the NumPy fallback
+    expected = np.where(pre > 0, g, 0)
+    np.testing.assert_array_equal(relu.backward(g), expected)
+    relu.forward(pre, train=True)
+    np.testing.assert_array_equal(relu.backward(np.ascontiguousarray(g)), expected)
 
 
 def test_dropout_masks_scales_and_backpropagates_the_same_mask():
