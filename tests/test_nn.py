@@ -231,6 +231,11 @@ def test_relu_after_linear_any_layout(dtype):
     np.testing.assert_array_equal(relu.backward(g), expected)
     relu.forward(pre, train=True)
     np.testing.assert_array_equal(relu.backward(np.ascontiguousarray(g)), expected)
+    # NaN and Inf pass through the forward (so a diverging run shows in the loss).
+    pre = pre.copy()
+    pre[1, 2], pre[2, 3] = np.nan, np.inf
+    y = relu.forward(pre.T.copy().T)
+    assert np.isnan(y[1, 2]) and y[2, 3] == np.inf
 
 
 def test_dropout_masks_scales_and_backpropagates_the_same_mask():

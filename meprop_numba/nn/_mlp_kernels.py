@@ -23,7 +23,7 @@ def relu_forward(x):
     for b in range(B):
         for i in range(n):
             v = x[b, i]
-            y[b, i] = v if v > zero else zero
+            y[b, i] = zero if v <= zero else v  # NaN stays NaN, as with np.maximum
     return y
 
 
