@@ -238,6 +238,46 @@ def test_meprop_equals_masked_dense_bptt(mode, k, bidirectional, num_layers):
     assert layer.grads()[1].rows.size < 24
 
 
+def recording_keep_topk(k, record):
+    """keep_topk(k, per gate) that also appends each step's kept indices, sorted."""
+    rule = keep_topk(k, True)
+
+    def keep(t, da):
+        mask = rule(t, da)
+        record.append((t, np.flatnonzero(mask).tolist()))
+        return mask
+    return keep
+
+
+@pytest.mark.parametrize("h", [64, 100, 160])
+@pytest.mark.parametrize("k,ties", [(3, False), (10, False), (5, True)])
+def test_per_gate_selection_matches_reference_at_wider_layers(h, k, ties):
+    """float64, one sentence: the kept entries of every step are the reference's top-k.
+
+    Widths of 64 and more take the per-gate selection's bit-mask scan; with
+    ``ties`` the weights are zero and the output gradient constant, so whole
+    gate blocks tie (the lower index must win) or are exactly zero.
+    """
+    T = 7
+    layer = LSTM(5, h, k=k, dtype=np.float64, rng=h)
+    x = np.random.default_rng(h + k).standard_normal((1, T, 5))
+    dout = np.random.default_rng(k).standard_normal((1, T, h))
+    if ties:
+        for p in layer.params():
+            p[...] = 0
+        dout = np.round(dout * 2)
+    y, dx, grads = run_layer(layer, x, np.array([T]), dout)
+    record = []
+    _, rdx, rgrads = ref_lstm(layer.params(), 1, False, x, np.array([T]), dout,
+                              lambda *_: recording_keep_topk(k, record))
+    np.testing.assert_allclose(dx, rdx, **tol(np.float64))
+    for g, rg in zip(grads, rgrads):
+        np.testing.assert_allclose(g, rg, **tol(np.float64))
+    sel = layer.last_selected[0]
+    for t, kept in record:
+        assert sorted(sel[t, 0].tolist()) == kept
+
+
 def keep_selected(layer, lengths):
     """Keep rule from the library's own selections (float32, where near-ties may differ).
 

@@ -12,6 +12,7 @@ Every function trusts its arguments; :mod:`meprop_numba.nn.lstm` checks them.
 """
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .._config import JIT_OPTIONS
 from .._kernels import topk_row
@@ -121,29 +122,189 @@ def _random_select(n, k, offset, out, pos, perm):
         out[pos + j] = perm[j] + offset
 
 
-@njit(**JIT_OPTIONS)
-def _gather_rows_product(W, rows, coef, out):
-    """out = sum_p coef[p] * W[rows[p]].
+@njit(inline="always", **JIT_OPTIONS)
+def _gather_rows_product(W, rows, coef, t, b, K, out):
+    """out[b] = sum_p coef[t, b, p] * W[rows[t, b, p]] for p < K.
 
-    Four rows per pass over `out`, so `out` is loaded and stored a quarter
+    Four rows per pass over ``out[b]``, so it is loaded and stored a quarter
     as often as with one row at a time (measured about 1.5x faster).
     """
-    K = rows.shape[0]
     n = W.shape[1]
-    out[:] = 0
+    for j in range(n):
+        out[b, j] = 0
     p = 0
     while p + 4 <= K:
-        w0, w1, w2, w3 = W[rows[p]], W[rows[p + 1]], W[rows[p + 2]], W[rows[p + 3]]
-        c0, c1, c2, c3 = coef[p], coef[p + 1], coef[p + 2], coef[p + 3]
+        r0, r1, r2, r3 = rows[t, b, p], rows[t, b, p + 1], rows[t, b, p + 2], rows[t, b, p + 3]
+        c0, c1, c2, c3 = coef[t, b, p], coef[t, b, p + 1], coef[t, b, p + 2], coef[t, b, p + 3]
         for j in range(n):
-            out[j] += c0 * w0[j] + c1 * w1[j] + c2 * w2[j] + c3 * w3[j]
+            out[b, j] += c0 * W[r0, j] + c1 * W[r1, j] + c2 * W[r2, j] + c3 * W[r3, j]
         p += 4
     while p < K:
-        w0 = W[rows[p]]
-        c0 = coef[p]
+        r0 = rows[t, b, p]
+        c0 = coef[t, b, p]
         for j in range(n):
-            out[j] += c0 * w0[j]
+            out[b, j] += c0 * W[r0, j]
         p += 1
+
+
+#: Sets per gate block whose maxima bound the k-th largest entry in the
+#: per-gate top-k (:func:`_gate_topk`), and the most candidates it ranks
+#: (beyond, it falls back to ``topk_row``). 16 was slower at h=500, k=10
+#: (a looser bound), 24 no faster.
+_LANES = 32
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _lane_maxima(a, nl, neg, lm):
+    """lm[c] = max |a[j]| over the entries j = c (mod nl) (disjoint sets), c < nl; neg after.
+
+    Row by row over a as (rows, nl): element-wise maxima, which vectorise
+    (a float max reduction does not without fast-math's no-NaN flag).
+    """
+    n = a.shape[0]
+    rows = n // nl
+    for c in range(nl):
+        lm[c] = abs(a[c])
+    for r in range(1, rows):
+        base = r * nl
+        for c in range(nl):
+            x = abs(a[base + c])
+            y = lm[c]
+            lm[c] = x if x > y else y
+    base = rows * nl
+    for c in range(n - base):
+        x = abs(a[base + c])
+        y = lm[c]
+        lm[c] = x if x > y else y
+    for c in range(nl, lm.shape[0]):
+        lm[c] = neg
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _kth_largest(v, n, k, greater, one):
+    """The k-th largest of v[:n] (v[n:] all smaller); `greater` scratch of v's size and dtype.
+
+    Counts are kept as floats (exact at these sizes: 8 lanes a vector, not 4)
+    and stored before the selection: a select inside the counting loop keeps
+    it from vectorising (measured 2.7x slower).
+    """
+    lanes = v.shape[0]
+    zero = one - one
+    for i in range(n):
+        x = v[i]
+        c = zero
+        for j in range(lanes):
+            c += one if v[j] > x else zero
+        greater[i] = c
+    kf = zero
+    for _ in range(k):
+        kf += one
+    thr = v[0]
+    for i in range(1, n):
+        x = v[i]
+        thr = x if x > thr else thr
+    for i in range(n):
+        x = v[i]
+        thr = x if (greater[i] < kf) & (x < thr) else thr
+    return thr
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _collect(a, thr, cand):
+    """Indices of the entries with ``|a| >= thr``, ascending, into `cand`; -1 if more than fit."""
+    n = a.shape[0]
+    size = cand.shape[0]
+    count = 0
+    nw = n >> 6
+    for w in range(nw):
+        bits = np.uint64(0)
+        for c in range(64):
+            bits |= np.uint64(abs(a[w * 64 + c]) >= thr) << np.uint64(c)
+        while bits:
+            if count == size:
+                return -1
+            cand[count] = w * 64 + trailing_zeros(bits)
+            count += 1
+            bits &= bits - np.uint64(1)
+    for j in range(nw * 64, n):
+        if abs(a[j]) >= thr:
+            if count == size:
+                return -1
+            cand[count] = j
+            count += 1
+    return count
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _place(a, k, count, neg, cand, cvals, ranks, sel_out, t, b, pos, off):
+    """sel_out[t, b, pos + r] = cand[i] + off for the candidates of rank r < k.
+
+    Rank: greater |a| first, equal ones by position (ties to the lower index).
+    """
+    lanes = cvals.shape[0]
+    for i in range(count):
+        cvals[i] = abs(a[cand[i]])
+    for i in range(count, lanes):
+        cvals[i] = neg
+    one = -neg
+    zero = one - one
+    for i in range(count):
+        vi = cvals[i]
+        c = zero
+        for j in range(lanes):
+            c += one if cvals[j] > vi else zero
+        for j in range(i):
+            c += one if cvals[j] == vi else zero
+        ranks[i] = c
+    for i in range(count):
+        if ranks[i] < k:
+            sel_out[t, b, pos + int(ranks[i])] = cand[i] + off
+
+
+@njit(**JIT_OPTIONS)
+def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, ranks):
+    """Top-k of ``|da[off:off + n]|`` (one gate block), plus `off`, into ``sel_out[t, b, pos:pos + k]``.
+
+    Selects exactly what :func:`meprop_numba._kernels.topk_row` selects, in
+    the same order, but faster for a gate block of a few hundred entries:
+
+    1. the maxima of the ``nl`` disjoint sets of entries equal mod ``nl``
+       (:func:`_lane_maxima`); the k-th largest of them (:func:`_kth_largest`)
+       is at most the k-th largest entry, as k distinct entries reach it;
+    2. the entries reaching it (about 18 of 500 at k=10) are collected in
+       index order through 64-bit masks of a vectorised compare
+       (:func:`_collect`);
+    3. each is placed by its rank: greater magnitude first, equal ones by
+       position, so ties go to the lower index (:func:`_place`).
+
+    Returns False, with nothing written, when more than ``_LANES`` entries
+    reach the bound (many ties) or the bound is zero in a block that is not
+    all zero; the caller then uses ``topk_row``. Requires ``2k <= nl <= _LANES`` and a finite gate block:
+    magnitudes of finite floats order as their sign-cleared bits, which
+    ``topk_row`` compares.
+
+    The steps are written as stride-1 passes and reductions into scalars,
+    which LLVM vectorises; with a select inside the counting loops, or with
+    offsets into one scratch array, the same steps ran 2-5x slower.
+    """
+    a = da[off:off + n]
+    _lane_maxima(a, nl, neg, bm)
+    thr = _kth_largest(bm, nl, k, ranks, -neg)
+    if thr == 0:
+        # Too few non-zero entries for the bound to help. An all-zero block
+        # (the forget gate at t = 0, where c_{-1} = 0) keeps its first k
+        # entries, as topk_row would; otherwise the caller falls back.
+        for i in range(nl):
+            if bm[i] != 0:
+                return False
+        for p in range(k):
+            sel_out[t, b, pos + p] = off + p
+        return True
+    count = _collect(a, thr, cand)
+    if count < 0:
+        return False
+    _place(a, k, count, neg, cand, cvals, ranks, sel_out, t, b, pos, off)
+    return True
 
 
 @njit(**JIT_OPTIONS)
@@ -170,65 +331,147 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     val_out : (T, B, K) output, dL/da_t at the kept entries.
     da_bits : (4h,) scratch of the integer type matching dH's float type,
         and `mask` the sign-clearing mask: the gate gradient is formed in
-        ``da_bits.view(float)`` by the caller's choice of buffer, so top-k
-        runs on its magnitude bits (:func:`meprop_numba._kernels.topk_row`).
+        ``da_bits.view(float)``, so the fallback top-k runs on its magnitude
+        bits (:func:`meprop_numba._kernels.topk_row`).
+
+    The per-gate top-k goes through :func:`_gate_topk` when ``2k <=
+    min(h, _LANES)`` and the step's gate gradient is finite, and through
+    ``topk_row`` otherwise (or when _gate_topk declines); both select the
+    same entries in the same order. The cell loop fuses dh, the gate
+    gradient, the bias gradient and dc and indexes the full arrays.
     """
     T, B, h = dH.shape
     four_h = 4 * h
     K = 4 * k if per_gate else k
     dh_next = np.zeros((B, h), dtype=dH.dtype)
     dc_next = np.zeros((B, h), dtype=dH.dtype)
-    dh = np.empty(h, dtype=dH.dtype)
     da = da_bits.view(dH.dtype)
+    one = np.ones(1, dtype=dH.dtype)[0]  # a literal 1 would widen float32 maths to float64
+    neg = -one
     cand_vals = np.empty(four_h, dtype=da_bits.dtype)
     cand_idx = np.empty(four_h, dtype=np.int64)
     ranks = np.empty(four_h, dtype=np.int32)
     maxima = np.empty(k, dtype=da_bits.dtype)
     perm = np.empty(four_h, dtype=np.int64)
+    # _gate_topk bounds the k-th largest entry of a gate block by its maxima
+    # over nl disjoint sets (entries equal mod nl).
+    nl = min(h, _LANES)
+    fast = per_gate and select == SELECT_TOPK and 2 * k <= nl
+    bm = np.empty(_LANES, dtype=dH.dtype)
+    cand = np.empty(_LANES, dtype=np.int64)
+    cvals = np.empty(_LANES, dtype=dH.dtype)
+    cranks = np.empty(_LANES, dtype=dH.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(B):
-            sel = sel_out[t, b]
             if t >= lengths[b]:
-                sel[:] = -1
-                val_out[t, b, :] = 0
+                for p in range(K):
+                    sel_out[t, b, p] = -1
+                    val_out[t, b, p] = 0
                 continue
+            # Gate gradient of the cell, bias gradient and dL/dc_{t-1}; chk turns
+            # non-finite with any non-finite entry (then the exact fallback top-k).
+            chk = one - one
             for j in range(h):
-                dh[j] = dH[t, b, j] + dh_next[b, j]
-            _cell_backward(dh, dc_next[b], G, C, TC, t, b, h, da, dc_next[b])
-            for j in range(four_h):
-                db[j] += da[j]
+                gi = G[t, b, j]
+                gf = G[t, b, h + j]
+                gg = G[t, b, 2 * h + j]
+                go = G[t, b, 3 * h + j]
+                tc = TC[t, b, j]
+                dhj = dH[t, b, j] + dh_next[b, j]
+                dc = dc_next[b, j] + dhj * go * (one - tc * tc)
+                a0 = dc * gg * gi * (one - gi)
+                a1 = dc * C[t, b, j] * gf * (one - gf)
+                a2 = dc * gi * (one - gg * gg)
+                a3 = dhj * tc * go * (one - go)
+                da[j] = a0
+                da[h + j] = a1
+                da[2 * h + j] = a2
+                da[3 * h + j] = a3
+                db[j] += a0
+                db[h + j] += a1
+                db[2 * h + j] += a2
+                db[3 * h + j] += a3
+                chk += a0 + a1 + a2 + a3
+                dc_next[b, j] = dc * gf
             if per_gate:
+                finite = chk - chk == 0
                 for q in range(4):
                     if select == SELECT_TOPK:
-                        out = sel[q * k:(q + 1) * k]
+                        if fast and finite and _gate_topk(
+                                da, q * h, h, k, nl, neg, sel_out, t, b, q * k,
+                                bm, cand, cvals, cranks):
+                            continue
+                        out = sel_out[t, b, q * k:(q + 1) * k]
                         topk_row(da_bits[q * h:(q + 1) * h], k, mask, out,
                                  cand_vals, cand_idx, ranks, maxima)
                         for p in range(k):
                             out[p] += q * h
                     else:
-                        _random_select(h, k, q * h, sel, q * k, perm)
+                        _random_select(h, k, q * h, sel_out[t, b], q * k, perm)
             elif select == SELECT_TOPK:
-                topk_row(da_bits, k, mask, sel, cand_vals, cand_idx, ranks, maxima)
+                topk_row(da_bits, k, mask, sel_out[t, b], cand_vals, cand_idx, ranks, maxima)
             else:
-                _random_select(four_h, k, 0, sel, 0, perm)
+                _random_select(four_h, k, 0, sel_out[t, b], 0, perm)
             for p in range(K):
-                val_out[t, b, p] = da[sel[p]]
-            _gather_rows_product(W_h, sel, val_out[t, b], dh_next[b])
+                val_out[t, b, p] = da[sel_out[t, b, p]]
+            _gather_rows_product(W_h, sel_out, val_out, t, b, K, dh_next)
+
+
+@njit(**JIT_OPTIONS)
+def _rows_combo(out, i, M, s0, s1, s2, s3, c0, c1, c2, c3, g, init):
+    """out[i] = (or += unless `init`) the sum of the first g of ``c_p * M[s_p]`` (g <= 4).
+
+    Up to four source rows per pass, so the output row is loaded and stored
+    once per four terms instead of once per term. (Inlined at its three call
+    sites it was about 5% faster but compiled 1.6 s slower per dtype.)
+    """
+    n = M.shape[1]
+    if g == 4:
+        if init:
+            for j in range(n):
+                out[i, j] = c0 * M[s0, j] + c1 * M[s1, j] + c2 * M[s2, j] + c3 * M[s3, j]
+        else:
+            for j in range(n):
+                out[i, j] += c0 * M[s0, j] + c1 * M[s1, j] + c2 * M[s2, j] + c3 * M[s3, j]
+    elif g == 3:
+        if init:
+            for j in range(n):
+                out[i, j] = c0 * M[s0, j] + c1 * M[s1, j] + c2 * M[s2, j]
+        else:
+            for j in range(n):
+                out[i, j] += c0 * M[s0, j] + c1 * M[s1, j] + c2 * M[s2, j]
+    elif g == 2:
+        if init:
+            for j in range(n):
+                out[i, j] = c0 * M[s0, j] + c1 * M[s1, j]
+        else:
+            for j in range(n):
+                out[i, j] += c0 * M[s0, j] + c1 * M[s1, j]
+    elif init:
+        for j in range(n):
+            out[i, j] = c0 * M[s0, j]
+    else:
+        for j in range(n):
+            out[i, j] += c0 * M[s0, j]
 
 
 @njit(**JIT_OPTIONS)
 def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h):
     """dx_t and the row-sparse dW_x, dW_h from the kept entries of :func:`meprop_bptt`.
 
-    Adds ``da[r] * W_x[r]`` into ``dX[t, b]`` (zeroed by the caller) for every
-    kept (t, b, r); writes the sorted rows any step kept into
-    ``rows_out[:n]`` and their gradient rows, ``sum over (t, b) keeping r of
-    da[r] * x_t`` (and ``* h_{t-1}``), into ``out_x[:n]`` and ``out_h[:n]``;
-    returns n.
+    Writes ``dX[t, b] = sum over the kept (t, b, r) of da[r] * W_x[r]`` at
+    every valid step (padded steps, marked -1, keep what the caller put
+    there: zeros) and the sorted rows any step kept into ``rows_out[:n]`` and their gradient
+    rows, ``sum over (t, b) keeping r of da[r] * x_t`` (and ``* h_{t-1}``),
+    into ``out_x[:n]`` and ``out_h[:n]``; returns n.
 
     The kept entries are first grouped by row (a counting sort), so each
-    output row is built in one pass while it sits in cache and written once;
-    the output needs no zero fill.
+    output row is built while it sits in cache and written once; the output
+    needs no zero fill. Both the gradient rows and dx_t take up to four
+    terms per pass over their output row (:func:`_rows_combo`); dx_t is
+    formed step by step from the step's kept rows of W_x (measured 10%
+    faster than adding each kept entry into its step's dx_t while the
+    gradient row is built).
     """
     T, B, K = sel_out.shape
     n_rows = out_x.shape[0]
@@ -262,30 +505,34 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
     Hf = H[:T].reshape(T * B, h)
     dXf = dX.reshape(T * B, d)
     for i in range(n):
-        r = rows_out[i]
-        vx = out_x[i]
-        vh = out_h[i]
-        w_x = W_x[r]
-        q = start[r]
-        v = coef[q]
-        x = Xf[step[q]]
-        hp = Hf[step[q]]
-        dx = dXf[step[q]]
-        for j in range(d):
-            vx[j] = v * x[j]
-            dx[j] += v * w_x[j]
-        for j in range(h):
-            vh[j] = v * hp[j]
-        for q in range(start[r] + 1, start[r + 1]):
-            v = coef[q]
-            x = Xf[step[q]]
-            hp = Hf[step[q]]
-            dx = dXf[step[q]]
-            for j in range(d):
-                vx[j] += v * x[j]
-                dx[j] += v * w_x[j]
-            for j in range(h):
-                vh[j] += v * hp[j]
+        q = start[rows_out[i]]
+        end = start[rows_out[i] + 1]
+        init = True
+        while q < end:
+            g = min(4, end - q)
+            s0, c0 = step[q], coef[q]
+            s1, c1 = (step[q + 1], coef[q + 1]) if g > 1 else (s0, c0)
+            s2, c2 = (step[q + 2], coef[q + 2]) if g > 2 else (s0, c0)
+            s3, c3 = (step[q + 3], coef[q + 3]) if g > 3 else (s0, c0)
+            _rows_combo(out_x, i, Xf, s0, s1, s2, s3, c0, c1, c2, c3, g, init)
+            _rows_combo(out_h, i, Hf, s0, s1, s2, s3, c0, c1, c2, c3, g, init)
+            init = False
+            q += g
+    # dx_t: the kept rows of W_x of each step, four per pass over dx_t.
+    for t in range(T):
+        for b in range(B):
+            if sel_out[t, b, 0] < 0:
+                continue
+            s = t * B + b
+            p = 0
+            while p < K:
+                g = min(4, K - p)
+                r0, c0 = sel_out[t, b, p], val_out[t, b, p]
+                r1, c1 = (sel_out[t, b, p + 1], val_out[t, b, p + 1]) if g > 1 else (r0, c0)
+                r2, c2 = (sel_out[t, b, p + 2], val_out[t, b, p + 2]) if g > 2 else (r0, c0)
+                r3, c3 = (sel_out[t, b, p + 3], val_out[t, b, p + 3]) if g > 3 else (r0, c0)
+                _rows_combo(dXf, s, W_x, r0, r1, r2, r3, c0, c1, c2, c3, g, p == 0)
+                p += g
     return n
 
 

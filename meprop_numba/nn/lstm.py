@@ -247,7 +247,7 @@ class LSTM(Module):
             # Padded steps carry the last state; the output there is defined as zero.
             if padded:
                 layer_in[np.arange(T)[:, None] >= lengths[None, :]] = 0
-        self._cache = (cache, lengths, rev, (B, T)) if train else None
+        self._cache = (cache, lengths, rev, (B, T), padded) if train else None
         return np.ascontiguousarray(layer_in.transpose(1, 0, 2))
 
     # ----------------------------------------------------------------- backward
@@ -274,7 +274,7 @@ class LSTM(Module):
         """
         if self._cache is None:
             raise RuntimeError("backward called before forward(x, train=True)")
-        cache, lengths, rev, (B, T) = self._cache
+        cache, lengths, rev, (B, T), padded = self._cache
         dout = float_array(dout, "dout", 3)
         if dout.dtype != self.dtype:
             raise TypeError(f"dout has dtype {dout.dtype} but the layer is {self.dtype}")
@@ -283,7 +283,7 @@ class LSTM(Module):
         start = time.perf_counter()
         h = self.hidden_size
         d_layer = np.ascontiguousarray(dout.transpose(1, 0, 2))
-        if lengths.min() < T:
+        if padded:
             d_layer[np.arange(T)[:, None] >= lengths[None, :]] = 0  # padding sends no gradient
         grads = [None] * len(self._params)
         selected = [None] * (len(self._params) // 3)
@@ -328,10 +328,13 @@ class LSTM(Module):
     def _workspace(self, base, shape_x, shape_h):
         # The row-sparse gradient values live in buffers reused by every
         # backward: fresh multi-megabyte arrays per sentence cost more in page
-        # faults than the sparse arithmetic itself.
+        # faults than the sparse arithmetic itself. The gate-gradient scratch
+        # of meprop_bptt (and its magnitude-bits view) is kept alongside.
         ws = self._workspaces.get(base)
         if ws is None or ws[0].shape != shape_x or ws[0].dtype != self.dtype:
-            ws = (np.empty(shape_x, dtype=self.dtype), np.empty(shape_h, dtype=self.dtype))
+            da_bits, mask = magnitude_bits(np.empty(shape_x[0], dtype=self.dtype))
+            ws = (np.empty(shape_x, dtype=self.dtype), np.empty(shape_h, dtype=self.dtype),
+                  da_bits, mask)
             self._workspaces[base] = ws
         return ws
 
@@ -345,10 +348,9 @@ class LSTM(Module):
         g_b = np.zeros(4 * h, dtype=self.dtype)
         sel = np.empty((T, B, n_sel), dtype=np.int64)
         vals = np.empty((T, B, n_sel), dtype=self.dtype)
-        da_bits, mask = magnitude_bits(np.empty(4 * h, dtype=self.dtype))
+        ws_x, ws_h, da_bits, mask = self._workspace(base, W_x.shape, W_h.shape)
         K.meprop_bptt(dH, W_h, lengths, C, TC, G, self.k, per_gate,
                       _SELECTIONS[self.selection], g_b, sel, vals, da_bits, mask)
-        ws_x, ws_h = self._workspace(base, W_x.shape, W_h.shape)
         rows = np.empty(4 * h, dtype=np.int64)
         n = K.meprop_weight_grads(X, H, W_x, sel, vals, dX, rows, ws_x, ws_h)
         rows = rows[:n]
