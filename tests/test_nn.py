@@ -190,6 +190,10 @@ def test_linear_forward_and_init():
     x = np.random.default_rng(0).normal(size=(2, 100)).astype(np.float32)
     np.testing.assert_allclose(layer.forward(x), x @ layer.weight.T + layer.bias, rtol=1e-5)
     assert Linear(3, 4, k=9).k is None  # k >= out_features is dense
+    # One example (1-D) and a stack of minibatches (3-D) broadcast as in x @ W.T.
+    np.testing.assert_allclose(layer.forward(x[0]), x[0] @ layer.weight.T + layer.bias, rtol=1e-5)
+    x3 = np.random.default_rng(1).normal(size=(3, 2, 100)).astype(np.float32)
+    np.testing.assert_allclose(layer.forward(x3), x3 @ layer.weight.T + layer.bias, rtol=1e-5)
 
 
 def test_layer_argument_errors():

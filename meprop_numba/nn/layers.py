@@ -219,10 +219,13 @@ class Linear(Module):
     def forward(self, x, train=False):
         if train:
             self._x = x
-        # (W @ x.T).T rather than x @ W.T: OpenBLAS is 1.3-2x slower when the
-        # large operand is the transposed one (measured at 50x784 @ 784x500).
-        # The result is a transposed (Fortran-ordered) view; ReLU returns C order.
-        y = (self.weight @ x.T).T
+        if x.ndim == 2:
+            # (W @ x.T).T rather than x @ W.T: OpenBLAS is 1.2-1.5x slower when
+            # the large operand is the transposed one (scripts/forward_gemm.py).
+            # The result is a transposed (Fortran-ordered) view; ReLU returns C order.
+            y = (self.weight @ x.T).T
+        else:
+            y = x @ self.weight.T
         y += self.bias
         return y
 
