@@ -259,7 +259,9 @@ class Linear(Module):
 class ReLU(Module):
     """Rectified linear unit ``max(x, 0)``.
 
-    Takes no parameters.
+    Takes no parameters. A training forward keeps its output for
+    :meth:`backward` (as PyTorch's ReLU does), so that output must not be
+    modified in place before the backward pass.
 
     Raises
     ------
