@@ -4,13 +4,12 @@ import time
 import numpy as np
 
 from .. import linear_backward, random_indices
-from .._validation import integer_k, unit_interval
+from .._validation import _FLOAT_DTYPES, integer_k, unit_interval
 from . import _mlp_kernels
 
 __all__ = ["Dropout", "Linear", "Module", "ReLU", "Sequential", "array_module"]
 
 MODES = ("topk", "unified", "random")
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def array_module(x):
