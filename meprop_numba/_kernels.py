@@ -43,9 +43,11 @@ def _min_chunk_max(vals, mask, count, k, maxima):
     for c in range(k):
         maxima[c] = vals[c] & mask
     for r in range(1, count // k):
-        base = r * k
+        # A slice, not vals[r * k + c]: numba wraps negative indices, which
+        # LLVM turned into gathers (1.05-1.25x slower top-k).
+        seg = vals[r * k:(r + 1) * k]
         for c in range(k):
-            maxima[c] = max(maxima[c], vals[base + c] & mask)
+            maxima[c] = max(maxima[c], seg[c] & mask)
     thr = maxima[0]
     for c in range(1, k):
         thr = min(thr, maxima[c])
