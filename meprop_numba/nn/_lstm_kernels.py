@@ -159,21 +159,44 @@ def _lane_maxima(a, nl, neg, lm):
     """lm[c] = max |a[j]| over the entries j = c (mod nl) (disjoint sets), c < nl; neg after.
 
     Row by row over a as (rows, nl): element-wise maxima, which vectorise
-    (a float max reduction does not without fast-math's no-NaN flag).
+    (a float max reduction does not without fast-math's no-NaN flag). Four
+    rows are reduced in registers before each update of `lm`, whose store
+    and reload otherwise bound the loop, and rows are read through slices:
+    with ``a[base + c]`` numba wraps negative indices, which LLVM turned
+    into gathers. Together: 0.16 -> 0.05 us for a block of 500 float32.
     """
     n = a.shape[0]
     rows = n // nl
     for c in range(nl):
         lm[c] = abs(a[c])
-    for r in range(1, rows):
+    r = 1
+    while r + 4 <= rows:
         base = r * nl
+        a0 = a[base:base + nl]
+        a1 = a[base + nl:base + 2 * nl]
+        a2 = a[base + 2 * nl:base + 3 * nl]
+        a3 = a[base + 3 * nl:base + 4 * nl]
         for c in range(nl):
-            x = abs(a[base + c])
+            x0 = abs(a0[c])
+            x1 = abs(a1[c])
+            x2 = abs(a2[c])
+            x3 = abs(a3[c])
+            x01 = x0 if x0 > x1 else x1
+            x23 = x2 if x2 > x3 else x3
+            x = x01 if x01 > x23 else x23
             y = lm[c]
             lm[c] = x if x > y else y
-    base = rows * nl
-    for c in range(n - base):
-        x = abs(a[base + c])
+        r += 4
+    while r < rows:
+        a0 = a[r * nl:(r + 1) * nl]
+        for c in range(nl):
+            x = abs(a0[c])
+            y = lm[c]
+            lm[c] = x if x > y else y
+        r += 1
+    a0 = a[rows * nl:]
+    for c in range(n - rows * nl):
+        x = abs(a0[c])
         y = lm[c]
         lm[c] = x if x > y else y
     for c in range(nl, lm.shape[0]):
@@ -245,10 +268,14 @@ def _collect(a, thr, cand):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _place(a, k, count, neg, cand, cvals, ranks, sel_out, t, b, pos, off):
+def _place(a, k, count, neg, cand, cvals, ranks, lane_idx, sel_out, t, b, pos, off):
     """sel_out[t, b, pos + r] = cand[i] + off for the candidates of rank r < k.
 
-    Rank: greater |a| first, equal ones by position (ties to the lower index).
+    Rank: greater |a| first, equal ones by position (ties to the lower
+    index). The ranks of all candidates grow together, one candidate j at a
+    time, in a loop over the lanes that vectorises (`lane_idx` holds
+    0, 1, ... in a's dtype; measured 2.4x faster than counting candidate by
+    candidate).
     """
     lanes = cvals.shape[0]
     for i in range(count):
@@ -257,19 +284,22 @@ def _place(a, k, count, neg, cand, cvals, ranks, sel_out, t, b, pos, off):
         cvals[i] = neg
     one = -neg
     zero = one - one
-    for i in range(count):
-        vi = cvals[i]
-        c = _count_above(cvals, vi, one)
-        for j in range(i):
-            c += one if cvals[j] == vi else zero
-        ranks[i] = c
+    for i in range(lanes):
+        ranks[i] = zero
+    jf = zero
+    for j in range(count):
+        x = cvals[j]
+        for i in range(lanes):
+            v = cvals[i]
+            ranks[i] += one if (x > v) | ((x == v) & (jf < lane_idx[i])) else zero
+        jf += one
     for i in range(count):
         if ranks[i] < k:
             sel_out[t, b, pos + int(ranks[i])] = cand[i] + off
 
 
 @njit(**JIT_OPTIONS)
-def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, ranks):
+def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, ranks, lane_idx):
     """Top-k of ``|da[off:off + n]|`` (one gate block), plus `off`, into ``sel_out[t, b, pos:pos + k]``.
 
     Selects exactly what :func:`meprop_numba._kernels.topk_row` selects, in
@@ -310,7 +340,7 @@ def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, rank
     count = _collect(a, thr, cand)
     if count < 0:
         return False
-    _place(a, k, count, neg, cand, cvals, ranks, sel_out, t, b, pos, off)
+    _place(a, k, count, neg, cand, cvals, ranks, lane_idx, sel_out, t, b, pos, off)
     return True
 
 
@@ -368,6 +398,7 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     cand = np.empty(_LANES, dtype=np.int64)
     cvals = np.empty(_LANES, dtype=dH.dtype)
     cranks = np.empty(_LANES, dtype=dH.dtype)
+    lane_idx = np.arange(_LANES).astype(dH.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if t >= lengths[b]:
@@ -406,7 +437,7 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
                     if select == SELECT_TOPK:
                         if fast and finite and _gate_topk(
                                 da, q * h, h, k, nl, neg, sel_out, t, b, q * k,
-                                bm, cand, cvals, cranks):
+                                bm, cand, cvals, cranks, lane_idx):
                             continue
                         out = sel_out[t, b, q * k:(q + 1) * k]
                         topk_row(da_bits[q * h:(q + 1) * h], k, mask, out,
@@ -541,6 +572,38 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
                 _rows_combo(dXf, s, W_x, r0, r1, r2, r3, c0, c1, c2, c3, g, p == 0)
                 p += g
     return n
+
+
+@njit(**JIT_OPTIONS)
+def meprop_backward(dH, X, H, C, TC, G, W_x, W_h, lengths, k, per_gate, select, da_bits, mask,
+                    out_x, out_h):
+    """The whole meProp backward of one direction: :func:`meprop_bptt`, then
+    :func:`meprop_weight_grads`, with their outputs allocated here.
+
+    One compiled call per direction keeps the interpreter out of the
+    per-sentence path (measured 7-9% of the layer's backward at one sentence
+    per minibatch when split into two calls with host allocations).
+    ``out_x``/``out_h`` are the caller's reusable (4h, d)/(4h, h) buffers of the
+    gradient rows.
+
+    Returns
+    -------
+    dX : (T, B, d) gradient with respect to the input (zero at padded steps).
+    db : (4h,) bias gradient.
+    sel : (T, B, K) int64, the kept entries per step (-1 at padded steps).
+    rows_x, rows_h : (n,) int64, two copies of the sorted rows that any
+        step kept; their gradient rows are ``out_x[:n]`` and ``out_h[:n]``.
+    """
+    T, B, h = dH.shape
+    n_sel = 4 * k if per_gate else k
+    db = np.zeros(4 * h, dtype=dH.dtype)
+    sel = np.empty((T, B, n_sel), dtype=np.int64)
+    vals = np.empty((T, B, n_sel), dtype=dH.dtype)
+    meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel, vals, da_bits, mask)
+    dX = np.zeros(X.shape, dtype=X.dtype)
+    rows = np.empty(4 * h, dtype=np.int64)
+    n = meprop_weight_grads(X, H, W_x, sel, vals, dX, rows, out_x, out_h)
+    return dX, db, sel, rows[:n].copy(), rows[:n].copy()
 
 
 @njit(**JIT_OPTIONS)
