@@ -12,10 +12,10 @@ Every function trusts its arguments; :mod:`meprop_numba.nn.lstm` checks them.
 """
 import numpy as np
 from numba import njit
-from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .._config import JIT_OPTIONS
 from .._kernels import topk_row
+from .._simd import abs_ge_mask64, eq_mask32, gt_mask32, lowest_bit, popcount
 
 #: Selection rules of :func:`meprop_bptt`.
 SELECT_TOPK = 0
@@ -150,7 +150,8 @@ def _gather_rows_product(W, rows, coef, t, b, K, out):
 #: Sets per gate block whose maxima bound the k-th largest entry in the
 #: per-gate top-k (:func:`_gate_topk`), and the most candidates it ranks
 #: (beyond, it falls back to ``topk_row``). 16 was slower at h=500, k=10
-#: (a looser bound), 24 no faster.
+#: (a looser bound), 24 no faster. Fixed at 32: the rank counts compare all
+#: of it at once (``gt_mask32``).
 _LANES = 32
 
 
@@ -204,102 +205,81 @@ def _lane_maxima(a, nl, neg, lm):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _count_above(v, x, one):
-    """How many entries of `v` exceed `x`, counted as a float (`one` in v's dtype).
+def _kth_largest(v, n, k):
+    """The k-th largest of v[:n]; v holds _LANES (32) entries, those from n on all smaller.
 
-    A float count over the whole of `v`, with no select in the loop, so that
-    it vectorises (8 lanes a vector, exact at these sizes).
+    Each entry's count of greater ones is one vector compare to a bit mask
+    and a popcount (:mod:`meprop_numba._simd`).
     """
-    zero = one - one
-    c = zero
-    for j in range(v.shape[0]):
-        c += one if v[j] > x else zero
-    return c
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _kth_largest(v, n, k, greater, one):
-    """The k-th largest of v[:n] (v[n:] all smaller); `greater` scratch of v's size and dtype.
-
-    The counts (:func:`_count_above`) are stored before the selection: a
-    select inside the counting loop keeps it from vectorising (measured
-    2.7x slower).
-    """
-    zero = one - one
-    for i in range(n):
-        greater[i] = _count_above(v, v[i], one)
-    kf = zero
-    for _ in range(k):
-        kf += one
     thr = v[0]
     for i in range(1, n):
         x = v[i]
         thr = x if x > thr else thr
     for i in range(n):
         x = v[i]
-        thr = x if (greater[i] < kf) & (x < thr) else thr
+        thr = x if (popcount(gt_mask32(v, 0, x)) < k) & (x < thr) else thr
     return thr
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _collect(a, thr, cand):
-    """Indices of the entries with ``|a| >= thr``, ascending, into `cand`; -1 if more than fit."""
-    n = a.shape[0]
-    size = cand.shape[0]
-    count = 0
-    nw = n >> 6
-    for w in range(nw):
-        bits = np.uint64(0)
-        for c in range(64):
-            bits |= np.uint64(abs(a[w * 64 + c]) >= thr) << np.uint64(c)
-        while bits:
-            if count == size:
-                return -1
-            cand[count] = w * 64 + trailing_zeros(bits)
-            count += 1
-            bits &= bits - np.uint64(1)
-    for j in range(nw * 64, n):
-        if abs(a[j]) >= thr:
-            if count == size:
-                return -1
-            cand[count] = j
-            count += 1
+def _take_bits(bits, base, cand, count):
+    """Append base + the set bit positions of `bits`, ascending, to cand[count:]; -1 if they do not fit."""
+    while bits:
+        if count == cand.shape[0]:
+            return -1
+        cand[count] = base + lowest_bit(bits)
+        count += 1
+        bits &= bits - np.uint64(1)
     return count
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _place(a, k, count, neg, cand, cvals, ranks, lane_idx, sel_out, t, b, pos, off):
+def _collect(a, thr, cand):
+    """Indices of the entries with ``|a| >= thr``, ascending, into `cand`; -1 if more than fit.
+
+    64 entries at a time as one bit mask; the last partial group is read as
+    the final 64 entries, shifted (a short `a` falls back to a scalar loop).
+    """
+    n = a.shape[0]
+    count = 0
+    for w in range(n >> 6):
+        count = _take_bits(abs_ge_mask64(a, w * 64, thr), w * 64, cand, count)
+        if count < 0:
+            return -1
+    tail = n & 63
+    if tail:
+        if n >= 64:
+            bits = abs_ge_mask64(a, n - 64, thr) >> np.uint64(64 - tail)
+        else:
+            bits = np.uint64(0)
+            for c in range(n):
+                bits |= np.uint64(abs(a[c]) >= thr) << np.uint64(c)
+        count = _take_bits(bits, n - tail, cand, count)
+    return count
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _place(a, k, count, neg, cand, cvals, sel_out, t, b, pos, off):
     """sel_out[t, b, pos + r] = cand[i] + off for the candidates of rank r < k.
 
     Rank: greater |a| first, equal ones by position (ties to the lower
-    index). The ranks of all candidates grow together, one candidate j at a
-    time, in a loop over the lanes that vectorises (`lane_idx` holds
-    0, 1, ... in a's dtype; measured 2.4x faster than counting candidate by
-    candidate).
+    index): the greater candidates plus the equal ones before it, each a
+    popcount of a vector compare over the _LANES (32) entries of `cvals`.
     """
-    lanes = cvals.shape[0]
     for i in range(count):
         cvals[i] = abs(a[cand[i]])
-    for i in range(count, lanes):
+    for i in range(count, cvals.shape[0]):
         cvals[i] = neg
-    one = -neg
-    zero = one - one
-    for i in range(lanes):
-        ranks[i] = zero
-    jf = zero
-    for j in range(count):
-        x = cvals[j]
-        for i in range(lanes):
-            v = cvals[i]
-            ranks[i] += one if (x > v) | ((x == v) & (jf < lane_idx[i])) else zero
-        jf += one
     for i in range(count):
-        if ranks[i] < k:
-            sel_out[t, b, pos + int(ranks[i])] = cand[i] + off
+        x = cvals[i]
+        before = (np.uint64(1) << np.uint64(i)) - np.uint64(1)
+        r = popcount(gt_mask32(cvals, 0, x)) + popcount(eq_mask32(cvals, 0, x) & before)
+        if r < k:
+            sel_out[t, b, pos + r] = cand[i] + off
 
 
 @njit(**JIT_OPTIONS)
-def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, ranks, lane_idx):
+def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals):
     """Top-k of ``|da[off:off + n]|`` (one gate block), plus `off`, into ``sel_out[t, b, pos:pos + k]``.
 
     Selects exactly what :func:`meprop_numba._kernels.topk_row` selects, in
@@ -308,25 +288,22 @@ def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, rank
     1. the maxima of the ``nl`` disjoint sets of entries equal mod ``nl``
        (:func:`_lane_maxima`); the k-th largest of them (:func:`_kth_largest`)
        is at most the k-th largest entry, as k distinct entries reach it;
-    2. the entries reaching it (about 18 of 500 at k=10) are collected in
-       index order through 64-bit masks of a vectorised compare
+    2. the entries reaching it (about 12 of 500 at k=10) are collected in
+       index order through 64-bit masks of a vector compare
        (:func:`_collect`);
     3. each is placed by its rank: greater magnitude first, equal ones by
        position, so ties go to the lower index (:func:`_place`).
 
     Returns False, with nothing written, when more than ``_LANES`` entries
     reach the bound (many ties) or the bound is zero in a block that is not
-    all zero; the caller then uses ``topk_row``. Requires ``2k <= nl <= _LANES`` and a finite gate block:
-    magnitudes of finite floats order as their sign-cleared bits, which
-    ``topk_row`` compares.
-
-    The steps are written as stride-1 passes and reductions into scalars,
-    which LLVM vectorises; with a select inside the counting loops, or with
-    offsets into one scratch array, the same steps ran 2-5x slower.
+    all zero; the caller then uses ``topk_row``. Requires ``2k <= nl <=
+    _LANES`` and a finite gate block: magnitudes of finite floats order as
+    their sign-cleared bits, which ``topk_row`` compares. `bm` and `cvals`
+    are scratch of _LANES entries of da's dtype, `cand` of _LANES int64.
     """
     a = da[off:off + n]
     _lane_maxima(a, nl, neg, bm)
-    thr = _kth_largest(bm, nl, k, ranks, -neg)
+    thr = _kth_largest(bm, nl, k)
     if thr == 0:
         # Too few non-zero entries for the bound to help. An all-zero block
         # (the forget gate at t = 0, where c_{-1} = 0) keeps its first k
@@ -340,7 +317,7 @@ def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals, rank
     count = _collect(a, thr, cand)
     if count < 0:
         return False
-    _place(a, k, count, neg, cand, cvals, ranks, lane_idx, sel_out, t, b, pos, off)
+    _place(a, k, count, neg, cand, cvals, sel_out, t, b, pos, off)
     return True
 
 
@@ -397,8 +374,6 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     bm = np.empty(_LANES, dtype=dH.dtype)
     cand = np.empty(_LANES, dtype=np.int64)
     cvals = np.empty(_LANES, dtype=dH.dtype)
-    cranks = np.empty(_LANES, dtype=dH.dtype)
-    lane_idx = np.arange(_LANES).astype(dH.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if t >= lengths[b]:
@@ -437,7 +412,7 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
                     if select == SELECT_TOPK:
                         if fast and finite and _gate_topk(
                                 da, q * h, h, k, nl, neg, sel_out, t, b, q * k,
-                                bm, cand, cvals, cranks, lane_idx):
+                                bm, cand, cvals):
                             continue
                         out = sel_out[t, b, q * k:(q + 1) * k]
                         topk_row(da_bits[q * h:(q + 1) * h], k, mask, out,
@@ -572,38 +547,6 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
                 _rows_combo(dXf, s, W_x, r0, r1, r2, r3, c0, c1, c2, c3, g, p == 0)
                 p += g
     return n
-
-
-@njit(**JIT_OPTIONS)
-def meprop_backward(dH, X, H, C, TC, G, W_x, W_h, lengths, k, per_gate, select, da_bits, mask,
-                    out_x, out_h):
-    """The whole meProp backward of one direction: :func:`meprop_bptt`, then
-    :func:`meprop_weight_grads`, with their outputs allocated here.
-
-    One compiled call per direction keeps the interpreter out of the
-    per-sentence path (measured 7-9% of the layer's backward at one sentence
-    per minibatch when split into two calls with host allocations).
-    ``out_x``/``out_h`` are the caller's reusable (4h, d)/(4h, h) buffers of the
-    gradient rows.
-
-    Returns
-    -------
-    dX : (T, B, d) gradient with respect to the input (zero at padded steps).
-    db : (4h,) bias gradient.
-    sel : (T, B, K) int64, the kept entries per step (-1 at padded steps).
-    rows_x, rows_h : (n,) int64, two copies of the sorted rows that any
-        step kept; their gradient rows are ``out_x[:n]`` and ``out_h[:n]``.
-    """
-    T, B, h = dH.shape
-    n_sel = 4 * k if per_gate else k
-    db = np.zeros(4 * h, dtype=dH.dtype)
-    sel = np.empty((T, B, n_sel), dtype=np.int64)
-    vals = np.empty((T, B, n_sel), dtype=dH.dtype)
-    meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel, vals, da_bits, mask)
-    dX = np.zeros(X.shape, dtype=X.dtype)
-    rows = np.empty(4 * h, dtype=np.int64)
-    n = meprop_weight_grads(X, H, W_x, sel, vals, dX, rows, out_x, out_h)
-    return dX, db, sel, rows[:n].copy(), rows[:n].copy()
 
 
 @njit(**JIT_OPTIONS)

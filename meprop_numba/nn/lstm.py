@@ -343,13 +343,19 @@ class LSTM(Module):
         per_gate = self.mode == "per_gate"
         if self.selection == "random":
             K.seed_random(int(self.rng.integers(2**62)))
+        n_sel = 4 * self.k if per_gate else self.k
+        dX = np.zeros(X.shape, dtype=self.dtype)
+        g_b = np.zeros(4 * h, dtype=self.dtype)
+        sel = np.empty((T, B, n_sel), dtype=np.int64)
+        vals = np.empty((T, B, n_sel), dtype=self.dtype)
         ws_x, ws_h, da_bits, mask = self._workspace(base, W_x.shape, W_h.shape)
-        dX, g_b, sel, rows_x, rows_h = K.meprop_backward(
-            dH, X, H, C, TC, G, W_x, W_h, lengths, self.k, per_gate,
-            _SELECTIONS[self.selection], da_bits, mask, ws_x, ws_h)
-        n = rows_x.shape[0]
-        gW_x = RowSparse._trusted(rows_x, ws_x[:n], W_x.shape)
-        gW_h = RowSparse._trusted(rows_h, ws_h[:n], W_h.shape)
+        K.meprop_bptt(dH, W_h, lengths, C, TC, G, self.k, per_gate,
+                      _SELECTIONS[self.selection], g_b, sel, vals, da_bits, mask)
+        rows = np.empty(4 * h, dtype=np.int64)
+        n = K.meprop_weight_grads(X, H, W_x, sel, vals, dX, rows, ws_x, ws_h)
+        rows = rows[:n]
+        gW_x = RowSparse._trusted(rows, ws_x[:n], W_x.shape)
+        gW_h = RowSparse._trusted(rows.copy(), ws_h[:n], W_h.shape)
         return dX, gW_x, gW_h, g_b, sel
 
     def __call__(self, x, train=False, *, lengths=None):

@@ -1,0 +1,95 @@
+"""Vector compares to bit masks, for the compiled CPU kernels.
+
+LLVM does not turn a loop that builds a bit mask from element-wise compares
+into the vector compare and mask move the CPU has for it (on AVX-512 one
+``vcmpps`` and ``kmov`` per 16 float32). These intrinsics write that IR
+directly: one vector load of a fixed number of lanes, the compare against a
+broadcast scalar, and the ``<lanes x i1>`` result read as an integer, bit c
+for lane c. LLVM lowers them on any x86-64 or ARM target (narrower vectors
+where AVX-512 is absent).
+
+The loads are unchecked: ``a[start:start + lanes]`` must lie inside `a`.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["abs_ge_mask64", "gt_mask32", "eq_mask32", "popcount", "lowest_bit"]
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _load_lanes(context, builder, arrty, arr, start, lanes):
+    ary = context.make_array(arrty)(context, builder, arr)
+    ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [start])
+    vty = ir.VectorType(context.get_data_type(arrty.dtype), lanes)
+    return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=arrty.dtype.bitwidth // 8)
+
+
+def _broadcast(builder, value, lanes):
+    vty = ir.VectorType(value.type, lanes)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, _I32(0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+
+
+def _compare_mask(lanes, op, magnitude):
+    """An intrinsic ``(a, start, x) -> uint64``: bit c is ``a[start + c] op x``
+    (``|a[start + c]| op x`` with `magnitude`) for c < lanes; `a` a 1-D float
+    array, `x` a scalar of its dtype. Ordered compares: NaN lanes give 0."""
+
+    def typer(typingctx, a, start, x):
+        if not (isinstance(a, types.Array) and a.ndim == 1
+                and a.dtype in (types.float32, types.float64)
+                and isinstance(start, types.Integer) and x == a.dtype):
+            return None
+
+        def codegen(context, builder, signature, args):
+            arrty, startty, _ = signature.args
+            start_ = context.cast(builder, args[1], startty, types.intp)
+            v = _load_lanes(context, builder, arrty, args[0], start_, lanes)
+            if magnitude:
+                name = f"llvm.fabs.v{lanes}f{arrty.dtype.bitwidth}"
+                fabs = cgutils.get_or_insert_function(builder.module,
+                                                      ir.FunctionType(v.type, [v.type]), name)
+                v = builder.call(fabs, [v])
+            bits = builder.bitcast(builder.fcmp_ordered(op, v, _broadcast(builder, args[2], lanes)),
+                                   ir.IntType(lanes))
+            return bits if lanes == 64 else builder.zext(bits, _I64)
+
+        return types.uint64(a, start, x), codegen
+
+    return intrinsic(typer)
+
+
+abs_ge_mask64 = _compare_mask(64, ">=", True)
+abs_ge_mask64.__doc__ = "Bit c of the uint64 result: ``|a[start + c]| >= x``, c < 64."
+gt_mask32 = _compare_mask(32, ">", False)
+gt_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] > x``, c < 32."
+eq_mask32 = _compare_mask(32, "==", False)
+eq_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] == x``, c < 32."
+
+
+def _bit_count(name, extra):
+    def typer(typingctx, x):
+        if not isinstance(x, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            v = context.cast(builder, args[0], signature.args[0], types.uint64)
+            fnty = ir.FunctionType(_I64, [_I64] + [a.type for a in extra])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+            return builder.call(fn, [v] + extra)
+
+        return types.int64(x), codegen
+
+    return intrinsic(typer)
+
+
+popcount = _bit_count("llvm.ctpop.i64", [])
+popcount.__doc__ = "Number of set bits of an integer's 64-bit pattern, as int64."
+# cttz with "zero is poison" false: defined (64) for x == 0.
+lowest_bit = _bit_count("llvm.cttz.i64", [ir.Constant(ir.IntType(1), 0)])
+lowest_bit.__doc__ = "Index of the lowest set bit of an integer's 64-bit pattern (64 for 0), as int64."
