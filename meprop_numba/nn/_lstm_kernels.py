@@ -322,11 +322,11 @@ def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals):
 
 
 @njit(**JIT_OPTIONS)
-def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, val_out, da_bits, mask):
+def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     """meProp back propagation through time (the recurrence).
 
     At every valid (t, b) the full gate gradient da (4h) is formed from the
-    carried dh, dc; ``db`` accumulates it densely. Then only k entries per
+    carried dh, dc; the bias gradient accumulates it densely. Then only k entries per
     gate block (``per_gate``) or k of the 4h entries are kept; these alone
     feed dh_{t-1}. The kept entries and their values are recorded for
     :func:`meprop_weight_grads`, which forms dx_t and the weight gradients
@@ -340,15 +340,21 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     W_h : (4h, h).
     k : entries kept per gate (per_gate) or in total.
     select : SELECT_TOPK or SELECT_RANDOM.
-    db : (4h,) accumulator.
-    sel_out : (T, B, K) int64 output, the kept entries (-1 at padded steps).
-    val_out : (T, B, K) output, dL/da_t at the kept entries.
     da_bits : (4h,) scratch of the integer type matching dH's float type,
         and `mask` the sign-clearing mask: the gate gradient is formed in
         ``da_bits.view(float)``, so the fallback top-k runs on its magnitude
         bits (:func:`meprop_numba._kernels.topk_row`).
 
-    The per-gate top-k goes through :func:`_gate_topk` when ``2k <=
+    Returns
+    -------
+    db : (4h,) the bias gradient.
+    sel_out : (T, B, K) int64, the kept entries (-1 at padded steps), K = 4k
+        per gate or k.
+    val_out : (T, B, K), dL/da_t at the kept entries (0 at padded steps).
+
+    The outputs are allocated here rather than by the caller: at one
+    sentence per minibatch the interpreter's share of the layer's backward
+    is otherwise about a tenth. The per-gate top-k goes through :func:`_gate_topk` when ``2k <=
     min(h, _LANES)`` and the step's gate gradient is finite, and through
     ``topk_row`` otherwise (or when _gate_topk declines); both select the
     same entries in the same order. The cell loop fuses dh, the gate
@@ -357,6 +363,9 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
     T, B, h = dH.shape
     four_h = 4 * h
     K = 4 * k if per_gate else k
+    db = np.zeros(four_h, dtype=dH.dtype)
+    sel_out = np.empty((T, B, K), dtype=np.int64)
+    val_out = np.empty((T, B, K), dtype=dH.dtype)
     dh_next = np.zeros((B, h), dtype=dH.dtype)
     dc_next = np.zeros((B, h), dtype=dH.dtype)
     da = da_bits.view(dH.dtype)
@@ -427,7 +436,9 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, db, sel_out, va
                 _random_select(four_h, k, 0, sel_out[t, b], 0, perm)
             for p in range(K):
                 val_out[t, b, p] = da[sel_out[t, b, p]]
-            _gather_rows_product(W_h, sel_out, val_out, t, b, K, dh_next)
+            if t > 0:  # dh_{-1} is not needed
+                _gather_rows_product(W_h, sel_out, val_out, t, b, K, dh_next)
+    return db, sel_out, val_out
 
 
 @njit(**JIT_OPTIONS)
@@ -469,14 +480,14 @@ def _rows_combo(out, i, M, s0, s1, s2, s3, c0, c1, c2, c3, g, init):
 
 
 @njit(**JIT_OPTIONS)
-def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h):
+def meprop_weight_grads(X, H, W_x, sel_out, val_out, out_x, out_h):
     """dx_t and the row-sparse dW_x, dW_h from the kept entries of :func:`meprop_bptt`.
 
-    Writes ``dX[t, b] = sum over the kept (t, b, r) of da[r] * W_x[r]`` at
-    every valid step (padded steps, marked -1, keep what the caller put
-    there: zeros) and the sorted rows any step kept into ``rows_out[:n]`` and their gradient
-    rows, ``sum over (t, b) keeping r of da[r] * x_t`` (and ``* h_{t-1}``),
-    into ``out_x[:n]`` and ``out_h[:n]``; returns n.
+    Returns ``dX`` (T, B, d) with ``dX[t, b] = sum over the kept (t, b, r)
+    of da[r] * W_x[r]`` (zero at padded steps, marked -1) and two copies of
+    the n sorted rows that any step kept (one for each gradient); their
+    gradient rows, ``sum over (t, b) keeping r of da[r] * x_t`` (and ``*
+    h_{t-1}``), go to ``out_x[:n]`` and ``out_h[:n]``.
 
     The kept entries are first grouped by row (a counting sort), so each
     output row is built while it sits in cache and written once; the output
@@ -490,22 +501,36 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
     n_rows = out_x.shape[0]
     d = X.shape[2]
     h = H.shape[2]
-    start = np.zeros(n_rows + 1, dtype=np.int64)
+    dX = np.empty((T, B, d), dtype=X.dtype)
+    rows_out = np.empty(n_rows, dtype=np.int64)
+    # Kept entries per row and a bit set of the rows kept at all: the sorted
+    # rows then come from a scan of n_rows / 64 words (not of n_rows).
+    count = np.zeros(n_rows, dtype=np.int64)
+    words = np.zeros((n_rows + 63) >> 6, dtype=np.uint64)
     for t in range(T):
         for b in range(B):
             for p in range(K):
                 r = sel_out[t, b, p]
                 if r >= 0:
-                    start[r + 1] += 1
+                    count[r] += 1
+                    words[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    offsets = np.empty(n_rows + 1, dtype=np.int64)
+    fill = np.empty(n_rows, dtype=np.int64)
     n = 0
-    for r in range(n_rows):
-        if start[r + 1] > 0:
+    total = 0
+    for w in range(words.shape[0]):
+        bits = words[w]
+        while bits:
+            r = w * 64 + lowest_bit(bits)
             rows_out[n] = r
+            offsets[n] = total
+            fill[r] = total
+            total += count[r]
             n += 1
-        start[r + 1] += start[r]
-    fill = start[:-1].copy()
-    step = np.empty(start[n_rows], dtype=np.int64)
-    coef = np.empty(start[n_rows], dtype=val_out.dtype)
+            bits &= bits - np.uint64(1)
+    offsets[n] = total
+    step = np.empty(total, dtype=np.int64)
+    coef = np.empty(total, dtype=val_out.dtype)
     for t in range(T):
         for b in range(B):
             for p in range(K):
@@ -518,8 +543,8 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
     Hf = H[:T].reshape(T * B, h)
     dXf = dX.reshape(T * B, d)
     for i in range(n):
-        q = start[rows_out[i]]
-        end = start[rows_out[i] + 1]
+        q = offsets[i]
+        end = offsets[i + 1]
         init = True
         while q < end:
             g = min(4, end - q)
@@ -535,6 +560,7 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
     for t in range(T):
         for b in range(B):
             if sel_out[t, b, 0] < 0:
+                dX[t, b, :] = 0
                 continue
             s = t * B + b
             p = 0
@@ -546,7 +572,7 @@ def meprop_weight_grads(X, H, W_x, sel_out, val_out, dX, rows_out, out_x, out_h)
                 r3, c3 = (sel_out[t, b, p + 3], val_out[t, b, p + 3]) if g > 3 else (r0, c0)
                 _rows_combo(dXf, s, W_x, r0, r1, r2, r3, c0, c1, c2, c3, g, p == 0)
                 p += g
-    return n
+    return dX, rows_out[:n], rows_out[:n].copy()
 
 
 @njit(**JIT_OPTIONS)

@@ -325,37 +325,31 @@ class LSTM(Module):
         dX = (flat @ W_x).reshape(T, B, -1)
         return dX, gW_x, gW_h, g_b
 
-    def _workspace(self, base, shape_x, shape_h):
+    def _workspace(self, base):
         # The row-sparse gradient values live in buffers reused by every
         # backward: fresh multi-megabyte arrays per sentence cost more in page
         # faults than the sparse arithmetic itself. The gate-gradient scratch
         # of meprop_bptt (and its magnitude-bits view) is kept alongside.
+        # Parameters keep their shapes and dtype (checkpoints load in place).
         ws = self._workspaces.get(base)
-        if ws is None or ws[0].shape != shape_x or ws[0].dtype != self.dtype:
-            da_bits, mask = magnitude_bits(np.empty(shape_x[0], dtype=self.dtype))
-            ws = (np.empty(shape_x, dtype=self.dtype), np.empty(shape_h, dtype=self.dtype),
-                  da_bits, mask)
+        if ws is None:
+            W_x, W_h = self._params[base], self._params[base + 1]
+            da_bits, mask = magnitude_bits(np.empty(W_h.shape[0], dtype=self.dtype))
+            ws = (np.empty_like(W_x), np.empty_like(W_h), da_bits, mask)
             self._workspaces[base] = ws
         return ws
 
     def _meprop(self, base, dH, X, H, C, TC, G, W_x, W_h, lengths):
-        T, B, h = dH.shape
         per_gate = self.mode == "per_gate"
         if self.selection == "random":
             K.seed_random(int(self.rng.integers(2**62)))
-        n_sel = 4 * self.k if per_gate else self.k
-        dX = np.zeros(X.shape, dtype=self.dtype)
-        g_b = np.zeros(4 * h, dtype=self.dtype)
-        sel = np.empty((T, B, n_sel), dtype=np.int64)
-        vals = np.empty((T, B, n_sel), dtype=self.dtype)
-        ws_x, ws_h, da_bits, mask = self._workspace(base, W_x.shape, W_h.shape)
-        K.meprop_bptt(dH, W_h, lengths, C, TC, G, self.k, per_gate,
-                      _SELECTIONS[self.selection], g_b, sel, vals, da_bits, mask)
-        rows = np.empty(4 * h, dtype=np.int64)
-        n = K.meprop_weight_grads(X, H, W_x, sel, vals, dX, rows, ws_x, ws_h)
-        rows = rows[:n]
-        gW_x = RowSparse._trusted(rows, ws_x[:n], W_x.shape)
-        gW_h = RowSparse._trusted(rows.copy(), ws_h[:n], W_h.shape)
+        ws_x, ws_h, da_bits, mask = self._workspace(base)
+        g_b, sel, vals = K.meprop_bptt(dH, W_h, lengths, C, TC, G, self.k, per_gate,
+                                       _SELECTIONS[self.selection], da_bits, mask)
+        dX, rows_x, rows_h = K.meprop_weight_grads(X, H, W_x, sel, vals, ws_x, ws_h)
+        n = rows_x.shape[0]
+        gW_x = RowSparse._trusted(rows_x, ws_x[:n], W_x.shape)
+        gW_h = RowSparse._trusted(rows_h, ws_h[:n], W_h.shape)
         return dX, gW_x, gW_h, g_b, sel
 
     def __call__(self, x, train=False, *, lengths=None):
