@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 from numba import njit
 
 from meprop_numba._simd import abs_ge_mask64, eq_mask32, gt_mask32, lowest_bit, popcount
+from meprop_numba._simd import (int_eq_mask32, int_eq_mask64, int_gt_mask32, int_gt_mask64,
+                                masked_ge_mask64)
 from reference import examples, FLOAT_DTYPES
 
 SETTINGS = settings(deadline=None, max_examples=examples(100))
@@ -67,3 +69,58 @@ def test_popcount_and_lowest_bit(x):
     count, low = _bits(np.uint64(x))
     assert count == bin(x).count("1")
     assert low == (64 if x == 0 else (x & -x).bit_length() - 1)
+
+
+# ------------------------------------------------------------ integer masks
+@njit
+def _int_masks(a, start, m, x):
+    return (masked_ge_mask64(a, start, m, x), int_gt_mask64(a, start, x),
+            int_eq_mask64(a, start, x), int_gt_mask32(a, start, x), int_eq_mask32(a, start, x))
+
+
+@st.composite
+def _int_arrays_and_offsets(draw):
+    dtype = draw(st.sampled_from([np.int32, np.int64]))
+    info = np.iinfo(dtype)
+    n = draw(st.integers(64, 100))
+    # Few distinct values (ties), the extremes and -1 among them.
+    values = st.one_of(st.integers(-3, 3), st.sampled_from([int(info.min), int(info.max), -1]),
+                       st.integers(int(info.min), int(info.max)))
+    pool = draw(st.lists(values, min_size=1, max_size=6))
+    a = np.array(draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n)), dtype=dtype)
+    start = draw(st.integers(0, n - 64))
+    x = draw(st.one_of(st.sampled_from(pool), values))
+    m = draw(st.sampled_from([-1, int(info.max), 0, 0x0F0F]))
+    return a, start, dtype(m), dtype(x)
+
+
+@SETTINGS
+@given(_int_arrays_and_offsets())
+def test_integer_masks_match_numpy_compares(case):
+    a, start, m, x = case
+    ge, gt, eq, gt32, eq32 = _int_masks(a, start, m, x)
+    lanes = a[start:start + 64]
+    assert int(ge) == _as_mask((lanes & m) >= x)
+    assert int(gt) == _as_mask(lanes > x)
+    assert int(eq) == _as_mask(lanes == x)
+    assert int(gt32) == _as_mask(lanes[:32] > x)
+    assert int(eq32) == _as_mask(lanes[:32] == x)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_masks_read_only_their_lanes(dtype):
+    a = np.zeros(128, dtype=dtype)
+    a[64:] = 5
+    ge, gt, eq, gt32, eq32 = _int_masks(a, 0, dtype(-1), dtype(1))
+    assert (int(ge), int(gt), int(eq), int(gt32), int(eq32)) == (0, 0, 0, 0, 0)
+    ge, gt, eq, gt32, eq32 = _int_masks(a, 1, dtype(-1), dtype(1))
+    assert int(ge) == int(gt) == 1 << 63 and int(gt32) == 0
+
+
+def test_integer_masks_take_scalars_of_other_widths():
+    # Masked bits computed in numba are int64 even for int32 rows: the
+    # scalars are truncated to the array's dtype.
+    a = np.arange(-32, 96, dtype=np.int32)
+    ge, gt, eq, _, _ = _int_masks(a, 0, np.int64(0x7FFFFFFF), np.int64(40))
+    assert int(ge) == _as_mask((a[:64] & 0x7FFFFFFF) >= 40)
+    assert int(gt) == _as_mask(a[:64] > 40) and int(eq) == _as_mask(a[:64] == 40)

@@ -203,3 +203,30 @@ def test_random_indices_k_equals_n_is_a_permutation():
     got = mp.random_indices(7, 7, batch=3, rng=0)
     for row in got:
         np.testing.assert_array_equal(np.sort(row), np.arange(7))
+
+
+# The CPU kernel bounds the k-th largest entry by lane maxima when the row
+# holds at least k lanes (2k rounded up to a multiple of 64, at most 1024),
+# places up to 32 or whole words of 64 candidates by compare masks, and
+# falls back to plain compares or an exact selection otherwise: sizes on
+# both sides of each switch, on rows that are hard for lane maxima.
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    "n, k",
+    [(31, 31), (32, 17), (63, 32), (64, 1), (64, 32), (64, 33), (65, 64), (127, 64), (128, 65),
+     (129, 33), (191, 96), (500, 31), (500, 32), (500, 33), (500, 100), (2048, 512),
+     (2048, 1024), (2048, 1025), (3000, 700)],
+)
+@pytest.mark.parametrize("kind", ["normal", "ties", "sorted", "spikes"])
+def test_topk_lane_boundaries(dtype, n, k, kind):
+    rng = np.random.default_rng(n * 131 + k)
+    g = rng.standard_normal((3, n))
+    if kind == "ties":
+        g = np.round(g * 2.0) / 2.0
+    elif kind == "sorted":
+        # Every large entry in the last lanes' rows: the bound is at its loosest.
+        g = np.sort(np.abs(g), axis=1) * np.where(rng.random((3, n)) < 0.5, -1.0, 1.0)
+    elif kind == "spikes":
+        g[:, rng.integers(0, n, 5)] = 1e30
+        g[0] = 0.0
+    _check_per_example(g.astype(dtype), k)
