@@ -447,6 +447,31 @@ def test_embedding_gradient_and_lazy_update(dtype):
     np.testing.assert_array_equal(emb.weight[untouched], before[untouched])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding_idx", [None, 0, 5])
+def test_embedding_gradient_sums_rows_in_order(dtype, padding_idx):
+    # Against np.unique + np.add.at (which adds in occurrence order): the
+    # same rows and bitwise the same sums, duplicates and padding included.
+    rng = np.random.default_rng(43)
+    emb = Embedding(9, 4, padding_idx=padding_idx, dtype=dtype, rng=44)
+    ids = rng.integers(0, 9, (3, 17))
+    ids[0, :3] = 5
+    emb.forward(ids, train=True)
+    grad_out = (rng.standard_normal(ids.shape + (4,)) * 10.0 ** rng.integers(-3, 4, ids.shape + (1,)))
+    grad_out = grad_out.astype(dtype)
+    emb.backward(grad_out)
+    (g,) = emb.grads()
+    flat_ids, flat_grad = ids.reshape(-1), grad_out.reshape(-1, 4)
+    if padding_idx is not None:
+        keep = flat_ids != padding_idx
+        flat_ids, flat_grad = flat_ids[keep], flat_grad[keep]
+    rows, inverse = np.unique(flat_ids, return_inverse=True)
+    expected = np.zeros((rows.size, 4), dtype=dtype)
+    np.add.at(expected, inverse, flat_grad)
+    assert g.rows.dtype == np.int64 and g.rows.tolist() == rows.tolist()
+    np.testing.assert_array_equal(g.values, expected)
+
+
 def test_embedding_validation():
     emb = Embedding(5, 2)
     with pytest.raises(IndexError, match="ids"):

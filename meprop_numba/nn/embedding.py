@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from .._kernels import sum_rows_by_id
 from .._validation import float_array, integer_k
 from ..sparse import RowSparse
 from .layers import Module
@@ -134,15 +135,11 @@ class Embedding(Module):
             raise ValueError(f"grad_out must have shape {self._ids.shape + (self.dim,)}, "
                              f"got {grad_out.shape}")
         start = time.perf_counter()
-        ids = self._ids.reshape(-1)
-        grad = grad_out.reshape(-1, self.dim)
-        if self.padding_idx is not None:
-            keep = ids != self.padding_idx
-            ids, grad = ids[keep], grad[keep]
-        rows, inverse = np.unique(ids, return_inverse=True)
-        values = np.zeros((rows.size, self.dim), dtype=self.weight.dtype)
-        np.add.at(values, inverse, grad)
-        self._grads = [RowSparse._trusted(rows.astype(np.int64), values, self.weight.shape)]
+        ids = np.ascontiguousarray(self._ids.reshape(-1), dtype=np.int64)
+        grad = grad_out.reshape(-1, self.dim).astype(self.weight.dtype, copy=False)
+        skip = -1 if self.padding_idx is None else self.padding_idx
+        rows, values = sum_rows_by_id(ids, grad, skip)
+        self._grads = [RowSparse._trusted(rows, values, self.weight.shape)]
         self._ids = None
         self.backward_seconds += time.perf_counter() - start
 
