@@ -2,7 +2,7 @@
 
 LLVM does not turn a loop that builds a bit mask from element-wise compares
 into the vector compare and mask move the CPU has for it (on AVX-512 one
-``vcmpps`` and ``kmov`` per 16 float32). These intrinsics write that IR
+``vpcmpd`` and ``kmov`` per 16 int32). These intrinsics write that IR
 directly: one vector load of a fixed number of lanes, the compare against a
 broadcast scalar, and the ``<lanes x i1>`` result read as an integer, bit c
 for lane c. LLVM lowers them on any x86-64 or ARM target (narrower vectors
@@ -15,9 +15,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["abs_ge_mask64", "gt_mask32", "eq_mask32", "popcount", "lowest_bit",
-           "masked_ge_mask64", "int_gt_mask64", "int_eq_mask64", "int_gt_mask32",
-           "int_eq_mask32"]
+__all__ = ["masked_ge_mask64", "int_gt_mask64", "int_eq_mask64", "int_gt_mask32",
+           "int_eq_mask32", "popcount", "lowest_bit"]
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -37,30 +36,22 @@ def _broadcast(builder, value, lanes):
                                   ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
 
 
-_FLOATS = (types.float32, types.float64)
 _INTS = (types.int32, types.int64)
 
 
-def _compare_mask(lanes, op, kind):
+def _compare_mask(lanes, op, masked):
     """An intrinsic whose uint64 result has bit c (c < lanes) set where lane c compares true.
 
-    `kind`:
-
-    - ``"float"``: ``(a, start, x)``, ``a[start + c] op x``; `a` a 1-D float
-      array, `x` a scalar of its dtype; ordered compares, so NaN lanes give 0;
-    - ``"magnitude"``: the same with ``|a[start + c]|``;
-    - ``"int"``: ``(a, start, x)``, a signed compare; `a` a 1-D int32/int64
-      array, `x` an integer, truncated to its dtype (it must fit);
-    - ``"masked"``: ``(a, start, m, x)``, ``(a[start + c] & m) op x``.
+    ``(a, start, x)``: ``a[start + c] op x``, a signed compare; `a` a 1-D
+    int32/int64 array (the kernels' magnitude bits), `x` an integer,
+    truncated to its dtype (it must fit). With `masked`, ``(a, start, m,
+    x)``: ``(a[start + c] & m) op x``.
     """
-    floats = kind in ("float", "magnitude")
 
     def check(a, start, scalars):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(start, types.Integer)):
-            return False
-        if floats:
-            return a.dtype in _FLOATS and all(s == a.dtype for s in scalars)
-        return a.dtype in _INTS and all(isinstance(s, types.Integer) for s in scalars)
+        return (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in _INTS
+                and isinstance(start, types.Integer)
+                and all(isinstance(s, types.Integer) for s in scalars))
 
     def codegen(context, builder, signature, args):
         arrty, startty = signature.args[:2]
@@ -68,19 +59,13 @@ def _compare_mask(lanes, op, kind):
         v = _load_lanes(context, builder, arrty, args[0], start_, lanes)
         scalars = [context.cast(builder, value, ty, arrty.dtype)
                    for value, ty in zip(args[2:], signature.args[2:])]
-        if kind == "magnitude":
-            name = f"llvm.fabs.v{lanes}f{arrty.dtype.bitwidth}"
-            fabs = cgutils.get_or_insert_function(builder.module,
-                                                  ir.FunctionType(v.type, [v.type]), name)
-            v = builder.call(fabs, [v])
-        elif kind == "masked":
+        if masked:
             v = builder.and_(v, _broadcast(builder, scalars[0], lanes))
-        x = _broadcast(builder, scalars[-1], lanes)
-        cmp = builder.fcmp_ordered(op, v, x) if floats else builder.icmp_signed(op, v, x)
+        cmp = builder.icmp_signed(op, v, _broadcast(builder, scalars[-1], lanes))
         bits = builder.bitcast(cmp, ir.IntType(lanes))
         return bits if lanes == 64 else builder.zext(bits, _I64)
 
-    if kind == "masked":
+    if masked:
         def typer(typingctx, a, start, m, x):
             return (types.uint64(a, start, m, x), codegen) if check(a, start, (m, x)) else None
     else:
@@ -90,22 +75,16 @@ def _compare_mask(lanes, op, kind):
     return intrinsic(typer)
 
 
-abs_ge_mask64 = _compare_mask(64, ">=", "magnitude")
-abs_ge_mask64.__doc__ = "Bit c of the uint64 result: ``|a[start + c]| >= x``, c < 64 (float `a`)."
-gt_mask32 = _compare_mask(32, ">", "float")
-gt_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] > x``, c < 32 (float `a`)."
-eq_mask32 = _compare_mask(32, "==", "float")
-eq_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] == x``, c < 32 (float `a`)."
-masked_ge_mask64 = _compare_mask(64, ">=", "masked")
-masked_ge_mask64.__doc__ = "Bit c of the uint64 result: ``(a[start + c] & m) >= x``, c < 64 (integer `a`)."
-int_gt_mask64 = _compare_mask(64, ">", "int")
-int_gt_mask64.__doc__ = "Bit c of the uint64 result: ``a[start + c] > x``, c < 64 (integer `a`)."
-int_eq_mask64 = _compare_mask(64, "==", "int")
-int_eq_mask64.__doc__ = "Bit c of the uint64 result: ``a[start + c] == x``, c < 64 (integer `a`)."
-int_gt_mask32 = _compare_mask(32, ">", "int")
-int_gt_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] > x``, c < 32 (integer `a`)."
-int_eq_mask32 = _compare_mask(32, "==", "int")
-int_eq_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] == x``, c < 32 (integer `a`)."
+masked_ge_mask64 = _compare_mask(64, ">=", True)
+masked_ge_mask64.__doc__ = "Bit c of the uint64 result: ``(a[start + c] & m) >= x``, c < 64."
+int_gt_mask64 = _compare_mask(64, ">", False)
+int_gt_mask64.__doc__ = "Bit c of the uint64 result: ``a[start + c] > x``, c < 64."
+int_eq_mask64 = _compare_mask(64, "==", False)
+int_eq_mask64.__doc__ = "Bit c of the uint64 result: ``a[start + c] == x``, c < 64."
+int_gt_mask32 = _compare_mask(32, ">", False)
+int_gt_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] > x``, c < 32."
+int_eq_mask32 = _compare_mask(32, "==", False)
+int_eq_mask32.__doc__ = "Bit c of the uint64 result: ``a[start + c] == x``, c < 32."
 
 
 def _bit_count(name, extra):

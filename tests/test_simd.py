@@ -5,17 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from meprop_numba._simd import abs_ge_mask64, eq_mask32, gt_mask32, lowest_bit, popcount
 from meprop_numba._simd import (int_eq_mask32, int_eq_mask64, int_gt_mask32, int_gt_mask64,
-                                masked_ge_mask64)
-from reference import examples, FLOAT_DTYPES
+                                lowest_bit, masked_ge_mask64, popcount)
+from reference import examples
 
 SETTINGS = settings(deadline=None, max_examples=examples(100))
-
-
-@njit
-def _masks(a, start, x):
-    return abs_ge_mask64(a, start, x), gt_mask32(a, start, x), eq_mask32(a, start, x)
 
 
 @njit
@@ -25,42 +19,6 @@ def _bits(x):
 
 def _as_mask(flags):
     return sum(1 << c for c, f in enumerate(flags) if f)
-
-
-@st.composite
-def _arrays_and_offsets(draw):
-    dtype = draw(st.sampled_from(FLOAT_DTYPES))
-    n = draw(st.integers(64, 100))
-    # Few distinct values so that ties (the == mask) are common; NaN and
-    # infinities included.
-    pool = draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32),
-                         min_size=1, max_size=6))
-    a = np.array(draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n)), dtype=dtype)
-    start = draw(st.integers(0, n - 64))
-    x = draw(st.one_of(st.sampled_from(pool), st.floats(allow_nan=False, width=32)))
-    return a, start, a.dtype.type(x)
-
-
-@SETTINGS
-@given(_arrays_and_offsets())
-def test_masks_match_numpy_compares(case):
-    a, start, x = case
-    ge, gt, eq = _masks(a, start, x)
-    with np.errstate(invalid="ignore"):
-        assert int(ge) == _as_mask(np.abs(a[start:start + 64]) >= x)
-        assert int(gt) == _as_mask(a[start:start + 32] > x)
-        assert int(eq) == _as_mask(a[start:start + 32] == x)
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_masks_read_only_their_lanes(dtype):
-    # Lanes past 64 (or 32) must not leak into the mask.
-    a = np.zeros(128, dtype=dtype)
-    a[64:] = 5
-    ge, gt, eq = _masks(a, 0, dtype(1))
-    assert (int(ge), int(gt), int(eq)) == (0, 0, 0)
-    ge, gt, eq = _masks(a, 1, dtype(1))
-    assert int(ge) == 1 << 63 and int(gt) == 0
 
 
 @SETTINGS

@@ -15,7 +15,7 @@ from numba import njit
 
 from .._config import JIT_OPTIONS
 from .._kernels import topk_row
-from .._simd import abs_ge_mask64, eq_mask32, gt_mask32, lowest_bit, popcount
+from .._simd import lowest_bit
 
 #: Selection rules of :func:`meprop_bptt`.
 SELECT_TOPK = 0
@@ -147,180 +147,6 @@ def _gather_rows_product(W, rows, coef, t, b, K, out):
         p += 1
 
 
-#: Sets per gate block whose maxima bound the k-th largest entry in the
-#: per-gate top-k (:func:`_gate_topk`), and the most candidates it ranks
-#: (beyond, it falls back to ``topk_row``). 16 was slower at h=500, k=10
-#: (a looser bound), 24 no faster. Fixed at 32: the rank counts compare all
-#: of it at once (``gt_mask32``).
-_LANES = 32
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _lane_maxima(a, nl, neg, lm):
-    """lm[c] = max |a[j]| over the entries j = c (mod nl) (disjoint sets), c < nl; neg after.
-
-    Row by row over a as (rows, nl): element-wise maxima, which vectorise
-    (a float max reduction does not without fast-math's no-NaN flag). Four
-    rows are reduced in registers before each update of `lm`, whose store
-    and reload otherwise bound the loop, and rows are read through slices:
-    with ``a[base + c]`` numba wraps negative indices, which LLVM turned
-    into gathers. Together: 0.16 -> 0.05 us for a block of 500 float32.
-    """
-    n = a.shape[0]
-    rows = n // nl
-    for c in range(nl):
-        lm[c] = abs(a[c])
-    r = 1
-    while r + 4 <= rows:
-        base = r * nl
-        a0 = a[base:base + nl]
-        a1 = a[base + nl:base + 2 * nl]
-        a2 = a[base + 2 * nl:base + 3 * nl]
-        a3 = a[base + 3 * nl:base + 4 * nl]
-        for c in range(nl):
-            x0 = abs(a0[c])
-            x1 = abs(a1[c])
-            x2 = abs(a2[c])
-            x3 = abs(a3[c])
-            x01 = x0 if x0 > x1 else x1
-            x23 = x2 if x2 > x3 else x3
-            x = x01 if x01 > x23 else x23
-            y = lm[c]
-            lm[c] = x if x > y else y
-        r += 4
-    while r < rows:
-        a0 = a[r * nl:(r + 1) * nl]
-        for c in range(nl):
-            x = abs(a0[c])
-            y = lm[c]
-            lm[c] = x if x > y else y
-        r += 1
-    a0 = a[rows * nl:]
-    for c in range(n - rows * nl):
-        x = abs(a0[c])
-        y = lm[c]
-        lm[c] = x if x > y else y
-    for c in range(nl, lm.shape[0]):
-        lm[c] = neg
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _kth_largest(v, n, k):
-    """The k-th largest of v[:n]; v holds _LANES (32) entries, those from n on all smaller.
-
-    Each entry's count of greater ones is one vector compare to a bit mask
-    and a popcount (:mod:`meprop_numba._simd`).
-    """
-    thr = v[0]
-    for i in range(1, n):
-        x = v[i]
-        thr = x if x > thr else thr
-    for i in range(n):
-        x = v[i]
-        thr = x if (popcount(gt_mask32(v, 0, x)) < k) & (x < thr) else thr
-    return thr
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _take_bits(bits, base, cand, count):
-    """Append base + the set bit positions of `bits`, ascending, to cand[count:]; -1 if they do not fit."""
-    while bits:
-        if count == cand.shape[0]:
-            return -1
-        cand[count] = base + lowest_bit(bits)
-        count += 1
-        bits &= bits - np.uint64(1)
-    return count
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _collect(a, thr, cand):
-    """Indices of the entries with ``|a| >= thr``, ascending, into `cand`; -1 if more than fit.
-
-    64 entries at a time as one bit mask; the last partial group is read as
-    the final 64 entries, shifted (a short `a` falls back to a scalar loop).
-    """
-    n = a.shape[0]
-    count = 0
-    for w in range(n >> 6):
-        count = _take_bits(abs_ge_mask64(a, w * 64, thr), w * 64, cand, count)
-        if count < 0:
-            return -1
-    tail = n & 63
-    if tail:
-        if n >= 64:
-            bits = abs_ge_mask64(a, n - 64, thr) >> np.uint64(64 - tail)
-        else:
-            bits = np.uint64(0)
-            for c in range(n):
-                bits |= np.uint64(abs(a[c]) >= thr) << np.uint64(c)
-        count = _take_bits(bits, n - tail, cand, count)
-    return count
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _place(a, k, count, neg, cand, cvals, sel_out, t, b, pos, off):
-    """sel_out[t, b, pos + r] = cand[i] + off for the candidates of rank r < k.
-
-    Rank: greater |a| first, equal ones by position (ties to the lower
-    index): the greater candidates plus the equal ones before it, each a
-    popcount of a vector compare over the _LANES (32) entries of `cvals`.
-    """
-    for i in range(count):
-        cvals[i] = abs(a[cand[i]])
-    for i in range(count, cvals.shape[0]):
-        cvals[i] = neg
-    for i in range(count):
-        x = cvals[i]
-        before = (np.uint64(1) << np.uint64(i)) - np.uint64(1)
-        r = popcount(gt_mask32(cvals, 0, x)) + popcount(eq_mask32(cvals, 0, x) & before)
-        if r < k:
-            sel_out[t, b, pos + r] = cand[i] + off
-
-
-@njit(**JIT_OPTIONS)
-def _gate_topk(da, off, n, k, nl, neg, sel_out, t, b, pos, bm, cand, cvals):
-    """Top-k of ``|da[off:off + n]|`` (one gate block), plus `off`, into ``sel_out[t, b, pos:pos + k]``.
-
-    Selects exactly what :func:`meprop_numba._kernels.topk_row` selects, in
-    the same order, but faster for a gate block of a few hundred entries:
-
-    1. the maxima of the ``nl`` disjoint sets of entries equal mod ``nl``
-       (:func:`_lane_maxima`); the k-th largest of them (:func:`_kth_largest`)
-       is at most the k-th largest entry, as k distinct entries reach it;
-    2. the entries reaching it (about 12 of 500 at k=10) are collected in
-       index order through 64-bit masks of a vector compare
-       (:func:`_collect`);
-    3. each is placed by its rank: greater magnitude first, equal ones by
-       position, so ties go to the lower index (:func:`_place`).
-
-    Returns False, with nothing written, when more than ``_LANES`` entries
-    reach the bound (many ties) or the bound is zero in a block that is not
-    all zero; the caller then uses ``topk_row``. Requires ``2k <= nl <=
-    _LANES`` and a finite gate block: magnitudes of finite floats order as
-    their sign-cleared bits, which ``topk_row`` compares. `bm` and `cvals`
-    are scratch of _LANES entries of da's dtype, `cand` of _LANES int64.
-    """
-    a = da[off:off + n]
-    _lane_maxima(a, nl, neg, bm)
-    thr = _kth_largest(bm, nl, k)
-    if thr == 0:
-        # Too few non-zero entries for the bound to help. An all-zero block
-        # (the forget gate at t = 0, where c_{-1} = 0) keeps its first k
-        # entries, as topk_row would; otherwise the caller falls back.
-        for i in range(nl):
-            if bm[i] != 0:
-                return False
-        for p in range(k):
-            sel_out[t, b, pos + p] = off + p
-        return True
-    count = _collect(a, thr, cand)
-    if count < 0:
-        return False
-    _place(a, k, count, neg, cand, cvals, sel_out, t, b, pos, off)
-    return True
-
-
 @njit(**JIT_OPTIONS)
 def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     """meProp back propagation through time (the recurrence).
@@ -354,11 +180,10 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
 
     The outputs are allocated here rather than by the caller: at one
     sentence per minibatch the interpreter's share of the layer's backward
-    is otherwise about a tenth. The per-gate top-k goes through :func:`_gate_topk` when ``2k <=
-    min(h, _LANES)`` and the step's gate gradient is finite, and through
-    ``topk_row`` otherwise (or when _gate_topk declines); both select the
-    same entries in the same order. The cell loop fuses dh, the gate
-    gradient, the bias gradient and dc and indexes the full arrays.
+    is otherwise about a tenth. The top-k of each gate block (or of the 4h
+    entries) is :func:`meprop_numba._kernels.topk_row` on its magnitude
+    bits. The cell loop fuses dh, the gate gradient, the bias gradient and
+    dc and indexes the full arrays.
     """
     T, B, h = dH.shape
     four_h = 4 * h
@@ -370,19 +195,11 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     dc_next = np.zeros((B, h), dtype=dH.dtype)
     da = da_bits.view(dH.dtype)
     one = np.ones(1, dtype=dH.dtype)[0]  # a literal 1 would widen float32 maths to float64
-    neg = -one
     cand_vals = np.empty(four_h, dtype=da_bits.dtype)
     cand_idx = np.empty(four_h, dtype=np.int64)
     ranks = np.empty(four_h, dtype=np.int32)
     maxima = np.empty(k, dtype=da_bits.dtype)
     perm = np.empty(four_h, dtype=np.int64)
-    # _gate_topk bounds the k-th largest entry of a gate block by its maxima
-    # over nl disjoint sets (entries equal mod nl).
-    nl = min(h, _LANES)
-    fast = per_gate and select == SELECT_TOPK and 2 * k <= nl
-    bm = np.empty(_LANES, dtype=dH.dtype)
-    cand = np.empty(_LANES, dtype=np.int64)
-    cvals = np.empty(_LANES, dtype=dH.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if t >= lengths[b]:
@@ -390,9 +207,7 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
                     sel_out[t, b, p] = -1
                     val_out[t, b, p] = 0
                 continue
-            # Gate gradient of the cell, bias gradient and dL/dc_{t-1}; chk turns
-            # non-finite with any non-finite entry (then the exact fallback top-k).
-            chk = one - one
+            # Gate gradient of the cell, bias gradient and dL/dc_{t-1}.
             for j in range(h):
                 gi = G[t, b, j]
                 gf = G[t, b, h + j]
@@ -413,16 +228,10 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
                 db[h + j] += a1
                 db[2 * h + j] += a2
                 db[3 * h + j] += a3
-                chk += a0 + a1 + a2 + a3
                 dc_next[b, j] = dc * gf
             if per_gate:
-                finite = chk - chk == 0
                 for q in range(4):
                     if select == SELECT_TOPK:
-                        if fast and finite and _gate_topk(
-                                da, q * h, h, k, nl, neg, sel_out, t, b, q * k,
-                                bm, cand, cvals):
-                            continue
                         out = sel_out[t, b, q * k:(q + 1) * k]
                         topk_row(da_bits[q * h:(q + 1) * h], k, mask, out,
                                  cand_vals, cand_idx, ranks, maxima)
