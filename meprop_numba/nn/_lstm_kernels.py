@@ -168,8 +168,8 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     select : SELECT_TOPK or SELECT_RANDOM.
     da_bits : (4h,) scratch of the integer type matching dH's float type,
         and `mask` the sign-clearing mask: the gate gradient is formed in
-        ``da_bits.view(float)``, so the fallback top-k runs on its magnitude
-        bits (:func:`meprop_numba._kernels.topk_row`).
+        ``da_bits.view(float)``, so the top-k runs on its magnitude bits
+        (:func:`meprop_numba._kernels.topk_row`).
 
     Returns
     -------
