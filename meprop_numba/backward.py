@@ -1,8 +1,9 @@
 """The sparse backward pass of a linear layer."""
 import numpy as np
 
-from . import _kernels
 from ._config import PARALLEL_MIN_BACKWARD, get_num_threads
+from ._cpu import linear as _cpu_linear
+from ._cpu import topk as _cpu_topk
 from ._validation import finite, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
 from .sparse import RowSparse
 from .topk import _topk_host
@@ -112,17 +113,17 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
         if k is None or k == n:
             return _dense_backward(x, W, g, need_dx)
         if unified:
-            db, abs_sums = _kernels.column_sums_and_abs_sums(g)
-            cols, g_sel = _kernels.select_and_gather_columns(g, abs_sums, k)
+            db, abs_sums = _cpu_topk.column_sums_and_abs_sums(g)
+            cols, g_sel = _cpu_topk.select_and_gather_columns(g, abs_sums, k)
             return _shared_products(x, W, cols, g_sel, db, need_dx)
         indices = _topk_host(g, k, False)
     if indices.ndim == 1:
         return _shared_backward(x, W, g, np.sort(indices), need_dx)
     need_dx = bool(need_dx)
     if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
-        dx, rows, values, db = _kernels.per_example_backward_parallel(x, W, g, indices, need_dx)
+        dx, rows, values, db = _cpu_linear.per_example_backward_parallel(x, W, g, indices, need_dx)
     else:
-        dx, rows, values, db = _kernels.per_example_backward(x, W, g, indices, need_dx)
+        dx, rows, values, db = _cpu_linear.per_example_backward(x, W, g, indices, need_dx)
     return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db
 
 
@@ -136,7 +137,7 @@ def _shared_backward(x, W, g, cols, need_dx):
     """Backward for one sorted column set shared by every example."""
     B, m = x.shape
     if B * cols.shape[0] * m < _BLAS_MIN_WORK:
-        dx, values, db = _kernels.shared_backward(x, W, g, cols)
+        dx, values, db = _cpu_linear.shared_backward(x, W, g, cols)
         return (dx if need_dx else None), RowSparse._trusted(cols, values, W.shape), db
     return _shared_products(x, W, cols, np.take(g, cols, axis=1), g.sum(axis=0), need_dx)
 

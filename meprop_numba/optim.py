@@ -10,7 +10,7 @@ the moments of the untouched rows.
 """
 import numpy as np
 
-from . import _optim_kernels as K
+from ._cpu import optim as K
 from ._validation import finite, float_array, is_cuda_array, positive_float, shape_dtype, unit_interval
 from .sparse import RowSparse
 

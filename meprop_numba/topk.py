@@ -3,8 +3,8 @@ import numbers
 
 import numpy as np
 
-from . import _kernels
 from ._config import PARALLEL_MIN_TOPK, get_num_threads
+from ._cpu import topk as _cpu_topk
 from ._validation import finite, float_array, integer_k, is_cuda_array, shape_dtype
 
 
@@ -68,14 +68,14 @@ def _shape(a):
 def _topk_host(g, k, unified):
     """Top-k of a validated, finite, C-contiguous host array (no checks)."""
     if unified:
-        return _kernels.top_columns(_kernels.column_sums_and_abs_sums(g)[1], k)
+        return _cpu_topk.top_columns(_cpu_topk.column_sums_and_abs_sums(g)[1], k)
     B, n = g.shape
-    bits, mask = _kernels.magnitude_bits(g)
+    bits, mask = _cpu_topk.magnitude_bits(g)
     out = np.empty((B, k), dtype=np.int64)
     if B > 1 and B * n >= PARALLEL_MIN_TOPK and get_num_threads() > 1:
-        _kernels.topk_rows_parallel(bits, k, mask, out)
+        _cpu_topk.topk_rows_parallel(bits, k, mask, out)
     else:
-        _kernels.topk_rows(bits, k, mask, out)
+        _cpu_topk.topk_rows(bits, k, mask, out)
     return out
 
 

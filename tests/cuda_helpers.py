@@ -1,7 +1,7 @@
-"""Helpers for the GPU tests: device transfers, an interface-only array, NumPy references.
+"""Helpers for the GPU tests: device transfers, an interface-only array, the PTX check.
 
-The references are plain NumPy written for clarity (float64 arithmetic); they
-share no code with ``meprop_numba``.
+The NumPy references the GPU results are compared with are those of the CPU
+tests, in ``reference.py``.
 """
 import numpy as np
 
@@ -44,92 +44,6 @@ class InterfaceArray:
         }
 
 
-# ------------------------------------------------------------------ selection
-def topk_reference(g, k):
-    """(B, k) indices by descending |g|, ties to the lower index (stable sort)."""
-    magnitude = np.abs(np.asarray(g, dtype=np.float64))
-    return np.argsort(-magnitude, axis=1, kind="stable")[:, :k]
-
-
-def unified_reference(g, k):
-    """(k,) columns with the largest sum_b |g[b, i]| (exact for small-integer data)."""
-    scores = np.abs(np.asarray(g, dtype=np.float64)).sum(axis=0)
-    return np.argsort(-scores, kind="stable")[:k]
-
-
-def selection_mask(shape, indices):
-    """Boolean mask of the selected entries; `indices` is (B, k) or shared (k,)."""
-    mask = np.zeros(shape, dtype=bool)
-    indices = np.asarray(indices)
-    if indices.ndim == 1:
-        mask[:, indices] = True
-    else:
-        np.put_along_axis(mask, indices, True, axis=1)
-    return mask
-
-
-def backward_reference(x, W, g, mask):
-    """(dx, rows, dW[rows], db) of y = x W^T + b with g kept only where `mask`."""
-    x, W, g = (np.asarray(a, dtype=np.float64) for a in (x, W, g))
-    kept = np.where(mask, g, 0.0)
-    rows = np.flatnonzero(mask.any(axis=0))
-    return kept @ W, rows, (kept.T @ x)[rows], g.sum(axis=0)
-
-
-# ------------------------------------------------------------------ optimizers
-def dense_grad(shape, grad):
-    """Dense float64 gradient from a dense array or a (rows, values) pair."""
-    if isinstance(grad, tuple):
-        out = np.zeros(shape)
-        out[np.asarray(grad[0])] = grad[1]
-        return out
-    return np.asarray(grad, dtype=np.float64)
-
-
-def touched_rows(shape, grad, lazy):
-    """Boolean per-row mask of what an update may change."""
-    touched = np.ones(shape[0], dtype=bool) if len(shape) == 2 else None
-    if isinstance(grad, tuple) and lazy:
-        touched[:] = False
-        touched[np.asarray(grad[0])] = True
-    return touched
-
-
-def sgd_reference(p, grad, vel, lr, momentum, lazy):
-    g = dense_grad(p.shape, grad)
-    rows = touched_rows(p.shape, grad, lazy)
-    p, vel = p.astype(np.float64), vel.astype(np.float64)
-    if momentum:
-        new_vel = momentum * vel + g
-        new_p = p - lr * new_vel
-    else:
-        new_vel, new_p = vel, p - lr * g
-    if rows is not None:
-        new_vel[~rows] = vel[~rows]
-        new_p[~rows] = p[~rows]
-    return new_p, new_vel
-
-
-def adam_reference(p, grad, m, v, step, lr, b1, b2, eps, lazy):
-    g = dense_grad(p.shape, grad)
-    rows = touched_rows(p.shape, grad, lazy)
-    p, m, v = (a.astype(np.float64) for a in (p, m, v))
-    new_m = b1 * m + (1 - b1) * g
-    new_v = b2 * v + (1 - b2) * g * g
-    new_p = p - lr * (new_m / (1 - b1**step)) / (np.sqrt(new_v / (1 - b2**step)) + eps)
-    if rows is not None:
-        for new, old in ((new_m, m), (new_v, v), (new_p, p)):
-            new[~rows] = old[~rows]
-    return new_p, new_m, new_v
-
-
-def adagrad_reference(p, grad, acc, lr, eps, lazy):
-    g = dense_grad(p.shape, grad)
-    p, acc = p.astype(np.float64), acc.astype(np.float64)
-    new_acc = acc + g * g
-    return p - lr * g / (np.sqrt(new_acc) + eps), new_acc
-
-
 # ------------------------------------------------------------------ PTX check
 def ptx_report():
     """Compile every kernel to PTX for sm_90 without a GPU and print one line per kernel.
@@ -162,31 +76,34 @@ def ptx_report():
         return types.Array(dt, nd, layout)
 
     i64, i32, u32, u64, b1 = types.int64, types.int32, types.uint32, types.uint64, types.boolean
-    generic = _cuda._kernels()
+    from meprop_numba._cuda import device, linear, optim, topk
+
+    common, selection, bookkeeping, updates = (device.common_kernels(), topk._kernels(), linear._kernels(),
+                                               optim._kernels())
     for fdt in (np.float32, np.float64):
         f = types.float32 if fdt == np.float32 else types.float64
         bits, mask = (u32, u32) if fdt == np.float32 else (u64, u64)
         g2 = arr(f, 2, "A")
         table = [
-            (generic, "topk_rows_shared", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2))),
-            (generic, "topk_rows_global", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2), arr(i32, 2), arr(i64, 2))),
-            (generic, "nonfinite_flag", (g2, arr(i64, 1))),
-            (generic, "column_partial_sums", (g2, b1, i64, arr(f, 2))),
-            (generic, "sum_partials", (arr(f, 2), arr(f, 1))),
-            (generic, "fill_1d", (arr(f, 1), f)),
-            (generic, "iota", (arr(i64, 1),)),
-            (generic, "mark_columns", (arr(i64, 1), arr(i32, 1))),
-            (generic, "mark_members", (arr(i64, 2), arr(i32, 2))),
-            (generic, "count_members", (arr(i32, 2), i64, arr(i32, 2))),
-            (generic, "scan_chunk_counts", (arr(i32, 2), arr(i32, 1))),
-            (generic, "rank_members", (arr(i32, 2), i64, arr(i32, 2))),
-            (generic, "scan_counts", (arr(i32, 1), arr(i64, 1), arr(i64, 1), arr(i64, 1))),
-            (generic, "fill_segments", (arr(i64, 2), g2, arr(i32, 2), arr(i64, 1), arr(i64, 1), arr(f, 1))),
-            (generic, "sgd_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), b1, f, f, f)),
-            (generic, "adam_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), arr(f, 2)) + (f,) * 7),
-            (generic, "adagrad_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), f, f)),
+            (selection, "topk_rows_shared", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2))),
+            (selection, "topk_rows_global", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2), arr(i32, 2), arr(i64, 2))),
+            (common, "nonfinite_flag", (g2, arr(i64, 1))),
+            (selection, "column_partial_sums", (g2, b1, i64, arr(f, 2))),
+            (selection, "sum_partials", (arr(f, 2), arr(f, 1))),
+            (common, "fill_1d", (arr(f, 1), f)),
+            (common, "iota", (arr(i64, 1),)),
+            (bookkeeping, "mark_columns", (arr(i64, 1), arr(i32, 1))),
+            (bookkeeping, "mark_members", (arr(i64, 2), arr(i32, 2))),
+            (bookkeeping, "count_members", (arr(i32, 2), i64, arr(i32, 2))),
+            (bookkeeping, "scan_chunk_counts", (arr(i32, 2), arr(i32, 1))),
+            (bookkeeping, "rank_members", (arr(i32, 2), i64, arr(i32, 2))),
+            (bookkeeping, "scan_counts", (arr(i32, 1), arr(i64, 1), arr(i64, 1), arr(i64, 1))),
+            (bookkeeping, "fill_segments", (arr(i64, 2), g2, arr(i32, 2), arr(i64, 1), arr(i64, 1), arr(f, 1))),
+            (updates, "sgd_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), b1, f, f, f)),
+            (updates, "adam_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), arr(f, 2)) + (f,) * 7),
+            (updates, "adagrad_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), f, f)),
         ]
-        typed = _cuda._typed_kernels(fdt)
+        typed = linear._typed_kernels(fdt)
         table += [
             (typed, "per_example_dx", (g2, g2, arr(i64, 2), arr(f, 2))),
             (typed, "gather_dx", (g2, g2, arr(i64, 1), arr(f, 2))),

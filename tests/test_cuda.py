@@ -1,4 +1,4 @@
-"""GPU kernels (``meprop_numba._cuda``) against NumPy references and the CPU path.
+"""GPU kernels (``meprop_numba._cuda``) against the NumPy references and the CPU path.
 
 Runs on a real GPU when one is present and under the CUDA simulator
 otherwise (``tests/conftest.py`` turns it on).  Blocks are made tiny (a few
@@ -15,22 +15,24 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import meprop_numba as mp
-from meprop_numba import _cuda, gpu
+from meprop_numba import _cuda, _validation, gpu
+from meprop_numba._cuda import device as cuda_device
+from meprop_numba._cuda import linear as cuda_linear
+from meprop_numba._cuda import topk as cuda_topk
 
 if not _cuda.cuda_available():  # pragma: no cover - the simulator is always there
     pytest.skip("no CUDA GPU and the CUDA simulator is off", allow_module_level=True)
 
-from cuda_helpers import (  # noqa: E402
-    InterfaceArray,
-    adagrad_reference,
-    adam_reference,
-    backward_reference,
-    dev,
-    host,
+from cuda_helpers import InterfaceArray, dev, host  # noqa: E402
+from reference import (  # noqa: E402
+    AdaGradReference,
+    AdamReference,
+    SGDReference,
+    densify,
+    masked_backward_reference,
     selection_mask,
-    sgd_reference,
     topk_reference,
-    unified_reference,
+    unified_topk_reference,
 )
 
 SIMULATOR = _cuda.is_simulator()
@@ -44,23 +46,24 @@ def small_launches():
     """Tiny blocks so small inputs span several of them; a short GIL switch interval
     (the simulator runs each CUDA thread as a Python thread and spends most of its
     time handing the GIL over at barriers)."""
-    names = ("THREADS_PER_BLOCK", "GEMM_TILE", "MAX_GRID_ROWS", "COLUMN_CHUNK")
-    saved = {name: getattr(_cuda, name) for name in names}
+    settings = ((cuda_device, "THREADS_PER_BLOCK", 8), (cuda_linear, "GEMM_TILE", 2),
+                (cuda_device, "MAX_GRID_ROWS", 3), (cuda_device, "COLUMN_CHUNK", 2))
+    saved = [(module, name, getattr(module, name)) for module, name, _ in settings]
     switch_interval = sys.getswitchinterval()
-    for name, value in zip(names, (8, 2, 3, 2)):
-        setattr(_cuda, name, value)
+    for module, name, value in settings:
+        setattr(module, name, value)
     if SIMULATOR:
         sys.setswitchinterval(1e-4)
     yield
-    for name, value in saved.items():
-        setattr(_cuda, name, value)
+    for module, name, value in saved:
+        setattr(module, name, value)
     sys.setswitchinterval(switch_interval)
 
 
 @pytest.fixture
 def threads(monkeypatch):
     def set_threads(n):
-        monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", n)
+        monkeypatch.setattr(cuda_device, "THREADS_PER_BLOCK", n)
 
     return set_threads
 
@@ -87,12 +90,12 @@ def gradients(draw, max_batch=5, max_n=40, ties=None):
 @given(gradients(), st.sampled_from([1, 3, 8]))
 def test_topk_rows_match_stable_sort(problem, tpb):
     g, k = problem
-    _cuda.THREADS_PER_BLOCK = tpb  # the module fixture restores it
+    cuda_device.THREADS_PER_BLOCK = tpb  # the module fixture restores it
     try:
         d = dev(g)
         got = _cuda.topk_indices(d, k, False)
     finally:
-        _cuda.THREADS_PER_BLOCK = 8
+        cuda_device.THREADS_PER_BLOCK = 8
     got = host(got)
     assert got.dtype == np.int64 and got.shape == (g.shape[0], k)
     np.testing.assert_array_equal(got, topk_reference(g, k))
@@ -105,7 +108,7 @@ def test_unified_topk_matches_reference(problem):
     g, k = problem
     got = host(_cuda.topk_indices(dev(g), k, True))
     assert got.dtype == np.int64 and got.shape == (k,)
-    np.testing.assert_array_equal(got, unified_reference(g, k))
+    np.testing.assert_array_equal(got, unified_topk_reference(g, k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -129,8 +132,8 @@ def test_topk_orders_special_magnitudes(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_large_k_sorts_in_global_scratch(monkeypatch, dtype):
     # k above SORT_CAPACITY takes the global-memory sort.
-    monkeypatch.setattr(_cuda, "SORT_CAPACITY", 4)
-    monkeypatch.setattr(_cuda, "_GLOBAL_SORT_MAX_BLOCKS", 2)  # two scratch rows reused by four rows
+    monkeypatch.setattr(cuda_topk, "SORT_CAPACITY", 4)
+    monkeypatch.setattr(cuda_topk, "_GLOBAL_SORT_MAX_BLOCKS", 2)  # two scratch rows reused by four rows
     g = np.random.default_rng(2).integers(-4, 5, size=(4, 23)).astype(dtype)
     for k in (5, 23):
         np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), k, False)), topk_reference(g, k))
@@ -166,9 +169,16 @@ def layers(draw):
     return x, W, g, k
 
 
+def _row_sparse_reference(x, W, g, mask):
+    """(dx, rows, dW[rows], db) of the masked dense reference; rows = the columns any example kept."""
+    rdx, rdW, rdb = masked_backward_reference(x, W, g, mask)[:3]
+    rows = np.flatnonzero(mask.any(axis=0))
+    return rdx, rows, rdW[rows], rdb
+
+
 def _check_backward(x, W, g, mask, got, dtype):
     dx, rows, values, db = (host(a) for a in got)
-    rdx, rrows, rvalues, rdb = backward_reference(x, W, g, mask)
+    rdx, rrows, rvalues, rdb = _row_sparse_reference(x, W, g, mask)
     for a in (dx, values, db):
         assert a.dtype == dtype
     assert rows.dtype == np.int64
@@ -187,7 +197,7 @@ def test_linear_backward_matches_masked_dense_reference(layer, unified):
     if k is None or (k == n and not unified):
         mask = np.ones(g.shape, dtype=bool)
     elif unified:
-        mask = selection_mask(g.shape, unified_reference(g, k))
+        mask = selection_mask(g.shape, unified_topk_reference(g, k))
     else:
         mask = selection_mask(g.shape, topk_reference(g, k))
     _check_backward(x, W, g, mask, got, x.dtype.type)
@@ -223,12 +233,12 @@ def test_linear_backward_agrees_with_cpu_path(dtype, unified):
 
 @pytest.mark.parametrize("tile", [1, 3])
 def test_tiled_products_with_other_block_shapes(monkeypatch, tile):
-    monkeypatch.setattr(_cuda, "GEMM_TILE", tile)
+    monkeypatch.setattr(cuda_linear, "GEMM_TILE", tile)
     rng = np.random.default_rng(15)
     x, W, g = (rng.normal(size=s) for s in ((7, 13), (11, 13), (7, 11)))
     for k in (None, 5):
         got = _cuda.linear_backward(dev(x), dev(W), dev(g), k, None, True)
-        mask = np.ones(g.shape, bool) if k is None else selection_mask(g.shape, unified_reference(g, k))
+        mask = np.ones(g.shape, bool) if k is None else selection_mask(g.shape, unified_topk_reference(g, k))
         _check_backward(x, W, g, mask, got, np.float64)
 
 
@@ -271,6 +281,15 @@ def _device_grad(grad):
     return (dev(grad[0]), dev(grad[1])) if isinstance(grad, tuple) else dev(grad)
 
 
+def _reference_step(reference, param64, grad, lazy):
+    """One reference step on float64 `param64` from a dense or (rows, values) gradient."""
+    if isinstance(grad, tuple):
+        rows, values = grad
+        reference.step(param64, densify(rows, values, param64.shape), rows=rows if lazy else None)
+    else:
+        reference.step(param64, grad.astype(np.float64))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lazy", [True, False])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -281,9 +300,11 @@ def test_sgd_step_matches_reference(dtype, lazy, momentum):
         vel = rng.normal(size=p.shape).astype(dtype) if momentum else np.zeros_like(p)
         dp, dvel = dev(p), dev(vel)
         _cuda.sgd_step(dp, _device_grad(grad), dvel if momentum else None, 0.1, momentum, lazy)
-        rp, rvel = sgd_reference(p, grad, vel, 0.1, momentum, lazy)
-        np.testing.assert_allclose(host(dp), rp, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
-        np.testing.assert_allclose(host(dvel), rvel, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+        reference, expected = SGDReference(p.shape, 0.1, momentum), p.astype(np.float64)
+        reference.velocity[:] = vel
+        _reference_step(reference, expected, grad, lazy)
+        np.testing.assert_allclose(host(dp), expected, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+        np.testing.assert_allclose(host(dvel), reference.velocity, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -291,13 +312,13 @@ def test_sgd_step_matches_reference(dtype, lazy, momentum):
 def test_adam_steps_match_reference(dtype, lazy):
     rng = np.random.default_rng(8)
     p = rng.normal(size=(7, 5)).astype(dtype)
-    m, v = np.zeros_like(p), np.zeros_like(p)
     dp, dm, dv = dev(p), _cuda.zeros_like(dev(p)), _cuda.zeros_like(dev(p))
-    for step in (1, 2, 3):
+    reference, expected = AdamReference(p.shape, lr=0.01, betas=(0.9, 0.999), eps=1e-8), p.astype(np.float64)
+    for _ in range(3):
         for kind, grad in _grad_variants(rng, dtype, p.shape):
-            _cuda.adam_step(dp, _device_grad(grad), dm, dv, step, 0.01, 0.9, 0.999, 1e-8, lazy)
-            p, m, v = adam_reference(p, grad, m, v, step, 0.01, 0.9, 0.999, 1e-8, lazy)
-            for d, r in ((dp, p), (dm, m), (dv, v)):
+            _cuda.adam_step(dp, _device_grad(grad), dm, dv, reference.t + 1, 0.01, 0.9, 0.999, 1e-8, lazy)
+            _reference_step(reference, expected, grad, lazy)
+            for d, r in ((dp, expected), (dm, reference.m), (dv, reference.v)):
                 np.testing.assert_allclose(host(d), r, rtol=10 * TOL[dtype], atol=10 * TOL[dtype], err_msg=kind)
 
 
@@ -306,13 +327,13 @@ def test_adam_steps_match_reference(dtype, lazy):
 def test_adagrad_steps_match_reference(dtype, lazy):
     rng = np.random.default_rng(9)
     p = rng.normal(size=(7, 5)).astype(dtype)
-    acc = np.zeros_like(p)
     dp, dacc = dev(p), _cuda.zeros_like(dev(p))
+    reference, expected = AdaGradReference(p.shape, lr=0.1, eps=1e-10), p.astype(np.float64)
     for kind, grad in _grad_variants(rng, dtype, p.shape) * 2:
         _cuda.adagrad_step(dp, _device_grad(grad), dacc, 0.1, 1e-10, lazy)
-        p, acc = adagrad_reference(p, grad, acc, 0.1, 1e-10, lazy)
-        np.testing.assert_allclose(host(dp), p, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
-        np.testing.assert_allclose(host(dacc), acc, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+        _reference_step(reference, expected, grad, lazy)
+        np.testing.assert_allclose(host(dp), expected, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
+        np.testing.assert_allclose(host(dacc), reference.sum_sq, rtol=TOL[dtype], atol=TOL[dtype], err_msg=kind)
 
 
 def test_updates_of_1d_parameters():
@@ -320,9 +341,10 @@ def test_updates_of_1d_parameters():
     b, g = rng.normal(size=11), rng.normal(size=11)
     db, dm, dv = dev(b), _cuda.zeros_like(dev(b)), _cuda.zeros_like(dev(b))
     _cuda.adam_step(db, dev(g), dm, dv, 1, 0.01, 0.9, 0.999, 1e-8, True)
-    rp, rm, rv = adam_reference(b, g, np.zeros(11), np.zeros(11), 1, 0.01, 0.9, 0.999, 1e-8, True)
-    np.testing.assert_allclose(host(db), rp, rtol=1e-12)
-    np.testing.assert_allclose(host(dm), rm, rtol=1e-12)
+    reference, expected = AdamReference(b.shape, lr=0.01, betas=(0.9, 0.999), eps=1e-8), b.copy()
+    reference.step(expected, g)
+    np.testing.assert_allclose(host(db), expected, rtol=1e-12)
+    np.testing.assert_allclose(host(dm), reference.m, rtol=1e-12)
 
 
 @pytest.mark.parametrize("step", ["sgd", "adam", "adagrad"])
@@ -361,7 +383,7 @@ def test_public_api_dispatches_interface_arrays():
     idx = mp.topk_indices(InterfaceArray(dev(g)), 3)
     np.testing.assert_array_equal(host(idx), topk_reference(g, 3))
     dx, dW, db = mp.linear_backward(InterfaceArray(dev(x)), InterfaceArray(dev(W)), InterfaceArray(dev(g)), k=3)
-    rdx, rrows, rvalues, rdb = backward_reference(x, W, g, selection_mask(g.shape, topk_reference(g, 3)))
+    rdx, rrows, rvalues, rdb = _row_sparse_reference(x, W, g, selection_mask(g.shape, topk_reference(g, 3)))
     np.testing.assert_allclose(host(dx), rdx, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(host(dW.rows), rrows)
     np.testing.assert_allclose(host(dW.values), rvalues, rtol=1e-5, atol=1e-5)
@@ -387,7 +409,7 @@ def test_host_arrays_are_refused_with_a_clear_error():
 
 
 def test_missing_cuda_names_what_to_install(monkeypatch):
-    monkeypatch.setattr(_cuda, "cuda_available", lambda: False)
+    monkeypatch.setattr(cuda_device, "cuda_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"numba-cuda\[cu12\]"):
         _cuda.topk_indices(object(), 1, False)
     with pytest.raises(RuntimeError, match="cuda13"):
@@ -398,13 +420,17 @@ def test_is_cuda_array_detection():
     assert gpu.is_cuda_array(dev(np.zeros(3)))
     assert gpu.is_cuda_array(InterfaceArray(dev(np.zeros(3))))
     assert not gpu.is_cuda_array(np.zeros(3))
+    # The public functions' own check sees simulator and interface arrays too.
+    assert _validation.is_cuda_array(dev(np.zeros(3)))
+    assert _validation.is_cuda_array(InterfaceArray(dev(np.zeros(3))))
+    assert not _validation.is_cuda_array(np.zeros(3))
 
 
 def test_zeros_like_and_launch_settings_are_checked(monkeypatch):
     z = _cuda.zeros_like(dev(np.ones((3, 4), np.float32)))
     assert z.dtype == np.float32
     np.testing.assert_array_equal(host(z), np.zeros((3, 4), np.float32))
-    monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4096)
+    monkeypatch.setattr(cuda_device, "THREADS_PER_BLOCK", 4096)
     with pytest.raises(ValueError, match="THREADS_PER_BLOCK"):
         _cuda.zeros_like(dev(np.ones(3)))
 
@@ -432,14 +458,6 @@ def test_kernels_compile_for_a_real_gpu_without_float64_in_float32_work(tmp_path
     assert not widened, f"float32 kernels with float64 arithmetic: {widened}"
 
 
-def _public_api_sees_device_arrays():
-    from meprop_numba import _validation
-
-    return _validation.is_cuda_array(dev(np.zeros(1)))
-
-
-@pytest.mark.skipif(not _public_api_sees_device_arrays(),
-                    reason="meprop_numba._validation.is_cuda_array does not recognise simulator device arrays")
 @pytest.mark.parametrize("unified", [False, True])
 def test_training_step_stays_on_the_device(unified):
     """Backward then a lazy Adam step through the public API, device arrays end to end."""
@@ -474,25 +492,17 @@ def test_empty_batch():
 @pytest.mark.parametrize("k", [1024, 4096])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_long_rows_and_large_k(dtype, k):  # pragma: no cover - GPU only
-    _cuda.THREADS_PER_BLOCK = 256  # the module fixture restores it
+    cuda_device.THREADS_PER_BLOCK = 256  # the module fixture restores it
     try:
         g = np.random.default_rng(17).integers(-100, 100, size=(6, 16384)).astype(dtype)
         got = host(_cuda.topk_indices(dev(g), k, False))
         unified = host(_cuda.topk_indices(dev(g), k, True))
     finally:
-        _cuda.THREADS_PER_BLOCK = 8
+        cuda_device.THREADS_PER_BLOCK = 8
     np.testing.assert_array_equal(got, topk_reference(g, k))
-    np.testing.assert_array_equal(unified, unified_reference(g, k))
+    np.testing.assert_array_equal(unified, unified_topk_reference(g, k))
 
 
-def _optimizer_checks_device_gradients_first():
-    import inspect
-
-    return "check_finite" in inspect.getsource(mp.optim.Optimizer._check_grads)
-
-
-@pytest.mark.skipif(not _optimizer_checks_device_gradients_first(),
-                    reason="Optimizer._check_grads does not yet check CUDA gradients on the device")
 def test_public_optimizer_checks_every_gradient_before_any_update():
     p1, p2 = np.ones((3, 2), np.float32), np.ones((3, 2), np.float32)
     d1, d2 = dev(p1), dev(p2)

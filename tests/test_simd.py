@@ -1,11 +1,11 @@
-"""The vector-compare intrinsics of meprop_numba._simd against plain NumPy."""
+"""The vector-compare intrinsics of meprop_numba._cpu.simd against plain NumPy."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from meprop_numba._simd import (int_eq_mask32, int_eq_mask64, int_gt_mask32, int_gt_mask64,
+from meprop_numba._cpu.simd import (int_eq_mask32, int_eq_mask64, int_gt_mask32, int_gt_mask64,
                                 lowest_bit, masked_ge_mask64, popcount)
 from reference import examples
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .._kernels import sum_rows_by_id
+from .._cpu.embedding import sum_rows_by_id
 from .._validation import float_array, integer_k
 from ..sparse import RowSparse
 from .layers import Module

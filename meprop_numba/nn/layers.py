@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import linear_backward, random_indices
 from .._validation import _FLOAT_DTYPES, choice, integer_k, unit_interval
-from . import _mlp_kernels
+from .._cpu import mlp as _mlp_kernels
 
 __all__ = ["Dropout", "Linear", "Module", "ReLU", "Sequential", "array_module"]
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .._validation import float_array
-from . import _mlp_kernels as _kernels
+from .._cpu import mlp as _kernels
 from .layers import array_module
 
 __all__ = ["log_softmax", "softmax_cross_entropy"]

@@ -11,7 +11,7 @@ returned as :class:`meprop_numba.RowSparse`. The bias gradient is dense
 (from the full ``dL/da_t``), as for the linear layers. ``k=None`` is exact
 dense BPTT.
 
-The time loops run in compiled code (:mod:`._lstm_kernels`); the input
+The time loops run in compiled code (:mod:`meprop_numba._cpu.lstm`); the input
 products of all steps are one BLAS call per layer and direction.
 """
 import numbers
@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from .._kernels import magnitude_bits
+from .._cpu import lstm as K
+from .._cpu.topk import magnitude_bits
 from .._validation import choice, float_array, integer_k
 from ..sparse import RowSparse
-from . import _lstm_kernels as K
 from .layers import _NO_TRAINING_FORWARD, Module
 
 __all__ = ["LSTM"]

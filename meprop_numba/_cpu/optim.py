@@ -16,7 +16,7 @@ change to any value is below ``tiny`` (1.2e-38 in float32).
 import numpy as np
 from numba import njit
 
-from ._config import JIT_OPTIONS
+from .._config import JIT_OPTIONS
 
 
 @njit(**JIT_OPTIONS)

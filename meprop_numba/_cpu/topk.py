@@ -1,8 +1,8 @@
-"""Compiled CPU kernels: top-k selection and the sparse linear backward.
+"""Compiled CPU kernels of the top-k selection (GPU twin: :mod:`meprop_numba._cuda.topk`).
 
 Every function here trusts its arguments (C-contiguous arrays of one float
-dtype, valid k and indices); the public wrappers in :mod:`meprop_numba.topk`
-and :mod:`meprop_numba.backward` check them first.  Each kernel comes as a
+dtype, valid k); the public wrappers in :mod:`meprop_numba.topk` and
+:mod:`meprop_numba.backward` check them first.  Each kernel comes as a
 serial version and, where large inputs pay for the thread pool, a
 ``_parallel`` twin with the same arithmetic.
 """
@@ -11,9 +11,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._config import JIT_OPTIONS
-from ._simd import (int_eq_mask32, int_eq_mask64, int_gt_mask32, int_gt_mask64, lowest_bit,
-                    masked_ge_mask64, popcount)
+from .._config import JIT_OPTIONS
+from .simd import (int_eq_mask32, int_eq_mask64, int_gt_mask32, int_gt_mask64, lowest_bit,
+                   masked_ge_mask64, popcount)
 
 # --------------------------------------------------------------------------- top-k
 #: Candidate counts up to this are placed by counting ranks (O(c^2) but
@@ -422,198 +422,3 @@ def select_and_gather_columns(g, abs_sums, k):
         for j in range(k):
             g_sel[b, j] = g[b, cols[j]]
     return cols, g_sel
-
-
-# ------------------------------------------------------------------- backward
-@njit(**JIT_OPTIONS)
-def _column_sums(g):
-    B, n = g.shape
-    db = np.zeros(n, dtype=g.dtype)
-    for b in range(B):
-        for i in range(n):
-            db[i] += g[b, i]
-    return db
-
-
-@njit(**JIT_OPTIONS)
-def _transpose_selection(idx, n):
-    """Group the (example, slot) pairs of a per-example selection by weight row.
-
-    Returns the sorted distinct rows, CSR offsets into `examples`, and for
-    each row the examples that selected it (in increasing order).
-    """
-    B, k = idx.shape
-    count = np.zeros(n, dtype=np.int64)
-    for b in range(B):
-        for j in range(k):
-            count[idx[b, j]] += 1
-    nnz = 0
-    for i in range(n):
-        if count[i] > 0:
-            nnz += 1
-    rows = np.empty(nnz, dtype=np.int64)
-    offsets = np.empty(nnz + 1, dtype=np.int64)
-    slot = np.empty(n, dtype=np.int64)  # next free position per row
-    p = 0
-    total = 0
-    for i in range(n):
-        if count[i] > 0:
-            rows[p] = i
-            offsets[p] = total
-            slot[i] = total
-            total += count[i]
-            p += 1
-    offsets[nnz] = total
-    examples = np.empty(total, dtype=np.int64)
-    for b in range(B):
-        for j in range(k):
-            i = idx[b, j]
-            examples[slot[i]] = b
-            slot[i] += 1
-    return rows, offsets, examples
-
-
-@njit(**JIT_OPTIONS)
-def _dx_example(W, g, idx, dx, b):
-    """dx[b] += sum_j g[b, idx[b, j]] W[idx[b, j]], four rows of W per pass over dx[b]."""
-    k = idx.shape[1]
-    m = W.shape[1]
-    d = dx[b]
-    j = 0
-    while j + 4 <= k:
-        i0, i1, i2, i3 = idx[b, j], idx[b, j + 1], idx[b, j + 2], idx[b, j + 3]
-        c0, c1, c2, c3 = g[b, i0], g[b, i1], g[b, i2], g[b, i3]
-        w0, w1, w2, w3 = W[i0], W[i1], W[i2], W[i3]
-        for t in range(m):
-            d[t] += c0 * w0[t] + c1 * w1[t] + c2 * w2[t] + c3 * w3[t]
-        j += 4
-    while j < k:
-        i = idx[b, j]
-        c = g[b, i]
-        w = W[i]
-        for t in range(m):
-            d[t] += c * w[t]
-        j += 1
-
-
-@njit(**JIT_OPTIONS)
-def _dw_row(x, g, rows, offsets, examples, values, p):
-    """values[p] = sum over the examples that selected rows[p] of g[b, rows[p]] x[b], four at a time."""
-    m = x.shape[1]
-    i = rows[p]
-    v = values[p]
-    e = offsets[p]
-    end = offsets[p + 1]
-    b = examples[e]
-    c = g[b, i]
-    xb = x[b]
-    for t in range(m):
-        v[t] = c * xb[t]
-    e += 1
-    while e + 4 <= end:
-        b0, b1, b2, b3 = examples[e], examples[e + 1], examples[e + 2], examples[e + 3]
-        c0, c1, c2, c3 = g[b0, i], g[b1, i], g[b2, i], g[b3, i]
-        x0, x1, x2, x3 = x[b0], x[b1], x[b2], x[b3]
-        for t in range(m):
-            v[t] += c0 * x0[t] + c1 * x1[t] + c2 * x2[t] + c3 * x3[t]
-        e += 4
-    while e < end:
-        b = examples[e]
-        c = g[b, i]
-        xb = x[b]
-        for t in range(m):
-            v[t] += c * xb[t]
-        e += 1
-
-
-@njit(**JIT_OPTIONS)
-def per_example_backward(x, W, g, idx, need_dx):
-    """Sparse backward with one selection per example.
-
-    Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i]
-    (an empty (0, m) array unless `need_dx`); values[p] = sum over the
-    examples b that selected rows[p] of g[b, rows[p]] x[b]; db = sum_b g[b].
-    dx is accumulated per example and values per distinct row, each in
-    passes that add four contributions at once, so every output row is
-    loaded and stored once per four inputs.
-    """
-    B, m = x.shape
-    rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
-    if need_dx:
-        for b in range(B):
-            _dx_example(W, g, idx, dx, b)
-    values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    for p in range(rows.shape[0]):
-        _dw_row(x, g, rows, offsets, examples, values, p)
-    return dx, rows, values, _column_sums(g)
-
-
-@njit(parallel=True, **JIT_OPTIONS)
-def per_example_backward_parallel(x, W, g, idx, need_dx):
-    """Parallel twin of :func:`per_example_backward`: examples, then distinct rows, over threads."""
-    B, m = x.shape
-    rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
-    if need_dx:
-        for b in prange(B):
-            _dx_example(W, g, idx, dx, b)
-    values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    for p in prange(rows.shape[0]):
-        _dw_row(x, g, rows, offsets, examples, values, p)
-    return dx, rows, values, _column_sums(g)
-
-
-@njit(**JIT_OPTIONS)
-def shared_backward(x, W, g, cols):
-    """Sparse backward with one sorted selection `cols` shared by the minibatch.
-
-    Returns ``(dx, values, db)`` with dx = g[:, cols] W[cols] and
-    values = g[:, cols]^T x.  Used for small layers, where the two dense
-    products of the gathered blocks cost less in one loop than in BLAS calls.
-    """
-    B, m = x.shape
-    k = cols.shape[0]
-    dx = np.zeros((B, m), dtype=x.dtype)
-    values = np.zeros((k, m), dtype=x.dtype)
-    for b in range(B):
-        for j in range(k):
-            i = cols[j]
-            c = g[b, i]
-            for t in range(m):
-                dx[b, t] += c * W[i, t]
-                values[j, t] += c * x[b, t]
-    return dx, values, _column_sums(g)
-
-
-# ------------------------------------------------------------------ embedding
-@njit(**JIT_OPTIONS)
-def sum_rows_by_id(ids, grad, skip):
-    """The distinct ids, ascending, without `skip` (-1: none), and per id the sum of its rows of `grad`.
-
-    ``ids`` (n,) int64, ``grad`` (n, dim).  Rows are added in the order they
-    come (a stable sort groups them), as ``np.add.at`` would.
-    """
-    n, dim = grad.shape
-    order = np.argsort(ids, kind="mergesort")
-    count = 0
-    for j in range(n):
-        i = ids[order[j]]
-        if i != skip and (j == 0 or i != ids[order[j - 1]]):
-            count += 1
-    rows = np.empty(count, dtype=np.int64)
-    values = np.zeros((count, dim), dtype=grad.dtype)
-    r = -1
-    for j in range(n):
-        p = order[j]
-        i = ids[p]
-        if i == skip:
-            continue
-        if r < 0 or rows[r] != i:
-            r += 1
-            rows[r] = i
-        out = values[r]
-        src = grad[p]
-        for c in range(dim):
-            out[c] += src[c]
-    return rows, values

@@ -14,8 +14,8 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT_OPTIONS
-from .._kernels import topk_row
-from .._simd import lowest_bit
+from .topk import topk_row
+from .simd import lowest_bit
 
 #: Selection rules of :func:`meprop_bptt`.
 SELECT_TOPK = 0
@@ -169,7 +169,7 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     da_bits : (4h,) scratch of the integer type matching dH's float type,
         and `mask` the sign-clearing mask: the gate gradient is formed in
         ``da_bits.view(float)``, so the top-k runs on its magnitude bits
-        (:func:`meprop_numba._kernels.topk_row`).
+        (:func:`meprop_numba._cpu.topk.topk_row`).
 
     Returns
     -------
@@ -181,7 +181,7 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     The outputs are allocated here rather than by the caller: at one
     sentence per minibatch the interpreter's share of the layer's backward
     is otherwise about a tenth. The top-k of each gate block (or of the 4h
-    entries) is :func:`meprop_numba._kernels.topk_row` on its magnitude
+    entries) is :func:`meprop_numba._cpu.topk.topk_row` on its magnitude
     bits. The cell loop fuses dh, the gate gradient, the bias gradient and
     dc and indexes the full arrays.
     """

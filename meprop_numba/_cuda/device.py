@@ -1,0 +1,341 @@
+"""The CUDA back end: the only module of the package that imports ``numba.cuda``.
+
+A switch to another CUDA back end (``numba-cuda-mlir``, say) touches this
+file only; the kernel modules :mod:`.topk`, :mod:`.linear` and :mod:`.optim`
+take ``cuda`` from here.  It holds availability checks, the wrapping of
+``__cuda_array_interface__`` objects, the launch settings, device fills and
+the NaN/Inf check shared by every entry point, and the device functions the
+kernel modules share.
+
+Launch settings are module attributes read at every call, so tests can make
+blocks small enough that tiny inputs span several of them:
+
+``THREADS_PER_BLOCK``
+    Threads of every 1-D block (at most ``MAX_THREADS``).
+``MAX_GRID_ROWS``
+    Cap on the grid's row dimension; kernels loop over the rows beyond it.
+``COLUMN_CHUNK``
+    Rows per chunk of the reductions over the batch (column sums, the
+    membership ranks), combined in a fixed order.
+"""
+import math
+
+import numpy as np
+
+try:
+    from numba import cuda
+except ImportError as exc:  # pragma: no cover - numba always ships a cuda module today
+    cuda = None
+    _CUDA_IMPORT_ERROR = exc
+else:
+    _CUDA_IMPORT_ERROR = None
+
+from numba import config as _numba_config
+
+#: Threads per block of the 1-D launches (top-k, backward, updates).
+THREADS_PER_BLOCK = 256
+#: Upper bound of ``THREADS_PER_BLOCK``; sizes the block-wide shared scratch.
+MAX_THREADS = 1024
+#: Cap on the number of blocks along a grid's row dimension.
+MAX_GRID_ROWS = 65535
+#: Rows per chunk of the column reductions (sums over the batch).
+COLUMN_CHUNK = 32
+
+_INSTALL_HINT = (
+    'install the CUDA extras with pip install "meprop_numba[cuda12]" (CUDA 12) or '
+    '"meprop_numba[cuda13]" (CUDA 13), i.e. numba-cuda[cu12] or numba-cuda[cu13], '
+    "and make sure the NVIDIA driver is loaded (nvidia-smi)"
+)
+
+
+# ------------------------------------------------------------------ availability
+def cuda_available():
+    """Return True if CUDA kernels can run here (a GPU, or the CUDA simulator).
+
+    Returns
+    -------
+    bool
+        False when ``numba.cuda`` cannot be imported or finds no usable
+        driver and device.
+
+    Examples
+    --------
+    >>> from meprop_numba._cuda import device
+    >>> isinstance(device.cuda_available(), bool)
+    True
+    """
+    if cuda is None:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver install raises instead of returning False
+        return False
+
+
+def is_simulator():
+    """Return True if numba runs CUDA kernels on the CPU simulator."""
+    return bool(getattr(_numba_config, "ENABLE_CUDASIM", False))
+
+
+def require_cuda():
+    """Raise ``RuntimeError`` naming what is missing unless CUDA can run.
+
+    Raises
+    ------
+    RuntimeError
+        If ``numba.cuda`` is missing or finds no GPU/driver.
+    """
+    if cuda is None:
+        raise RuntimeError(
+            f"CUDA arrays were given but numba.cuda cannot be imported ({_CUDA_IMPORT_ERROR}); {_INSTALL_HINT}"
+        )
+    if not cuda_available():
+        reason = ""
+        try:
+            cuda.detect()
+        except Exception as exc:  # pragma: no cover - depends on the driver
+            reason = f" ({exc})"
+        raise RuntimeError(f"CUDA arrays were given but no usable CUDA GPU/driver was found{reason}; {_INSTALL_HINT}")
+
+
+def _device_array_type():
+    if is_simulator():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    return DeviceNDArray
+
+
+def as_device(a, name="array"):
+    """Return `a` as a numba device array without copying its data.
+
+    Parameters
+    ----------
+    a : numba device array or object with ``__cuda_array_interface__``
+        The array (a CuPy array, a PyTorch CUDA tensor, ...).
+    name : str
+        Argument name used in the error message.
+
+    Raises
+    ------
+    TypeError
+        If `a` is neither.
+    """
+    if isinstance(a, _device_array_type()):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        if is_simulator():
+            return _simulated_from_interface(a)
+        return cuda.as_cuda_array(a)
+    raise TypeError(
+        f"{name} must be a CUDA array (numba device array or __cuda_array_interface__), got {type(a).__name__}"
+    )
+
+
+def _simulated_from_interface(obj):
+    """Simulator twin of ``cuda.as_cuda_array``: wrap the memory an interface points at.
+
+    Under the simulator "device" memory is host memory, so the interface's
+    pointer is wrapped in place (no copy), as a real GPU wraps device memory.
+    """
+    import ctypes
+
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    iface = obj.__cuda_array_interface__
+    shape = tuple(int(s) for s in iface["shape"])
+    dtype = np.dtype(iface["typestr"])
+    strides = iface.get("strides")
+    if strides is None:  # C-contiguous
+        strides, step = [], dtype.itemsize
+        for extent in reversed(shape):
+            strides.insert(0, step)
+            step *= extent
+    if any(s < 0 for s in strides):
+        raise ValueError("negative strides are not supported under the CUDA simulator")
+    ptr = int(iface["data"][0])
+    if ptr == 0 or 0 in shape:
+        return FakeCUDAArray(np.empty(shape, dtype=dtype))
+    span = dtype.itemsize + sum((n - 1) * s for n, s in zip(shape, strides))
+    buffer = (ctypes.c_byte * span).from_address(ptr)
+    return FakeCUDAArray(np.ndarray(shape, dtype=dtype, buffer=buffer, strides=strides))
+
+
+def to_device(a):
+    """Copy a host array to the GPU (a plain ``cuda.to_device``)."""
+    require_cuda()
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def synchronize():
+    """Wait until every kernel launched on the current device has finished."""
+    require_cuda()
+    cuda.synchronize()
+
+
+def device_name():
+    """Name of the current CUDA device (``"simulator"`` under the simulator)."""
+    require_cuda()
+    if is_simulator():
+        return "simulator"
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _tpb():
+    t = int(THREADS_PER_BLOCK)
+    if not 1 <= t <= MAX_THREADS:
+        raise ValueError(f"THREADS_PER_BLOCK must be in [1, {MAX_THREADS}], got {t}")
+    return t
+
+
+
+def _rows_grid(nrows):
+    return max(1, min(int(nrows), int(MAX_GRID_ROWS)))
+
+
+def _cols_grid(ncols, tpb):
+    return max(1, (int(ncols) + tpb - 1) // tpb)
+
+
+# ------------------------------------------------------------------ kernels
+_KERNELS = {}
+
+
+def common_kernels():
+    """Build (once) the device functions and kernels shared by the kernel modules."""
+    if "common" in _KERNELS:
+        return _KERNELS["common"]
+
+    @cuda.jit(device=True)
+    def smaller(a, b):
+        # min() of two integers of possibly different signedness (thread indices are unsigned).
+        return a if a < b else b
+
+    @cuda.jit(device=True)
+    def block_inclusive_scan(buf, tid, nthreads):
+        # Hillis-Steele scan over buf[:nthreads]; the caller syncs after writing buf.
+        offset = 1
+        while offset < nthreads:
+            add = 0
+            if tid >= offset:
+                add = buf[tid - offset]
+            cuda.syncthreads()
+            if tid >= offset:
+                buf[tid] += add
+            cuda.syncthreads()
+            offset *= 2
+
+    @cuda.jit
+    def nonfinite_flag(a, flag):
+        c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if c >= a.shape[1]:
+            return
+        for r in range(cuda.blockIdx.y, a.shape[0], cuda.gridDim.y):
+            v = a[r, c]
+            if math.isnan(v) or math.isinf(v):
+                flag[0] = 1  # every writer stores the same value
+
+    @cuda.jit
+    def fill_1d(a, value):
+        start = cuda.grid(1)
+        for t in range(start, a.shape[0], cuda.gridsize(1)):
+            a[t] = value
+
+    @cuda.jit
+    def iota(a):
+        start = cuda.grid(1)
+        for t in range(start, a.shape[0], cuda.gridsize(1)):
+            a[t] = t
+
+    ns = dict(locals())
+    _KERNELS["common"] = ns
+    return ns
+
+
+# ------------------------------------------------------------------ helpers
+def _as_2d(a):
+    """View a 1-D (n,) array as (1, n) and an N-D one as (shape[0], -1)."""
+    if a.ndim == 2:
+        return a
+    if a.ndim == 1:
+        return a.reshape(1, a.shape[0])
+    return a.reshape(a.shape[0], a.size // max(a.shape[0], 1))
+
+
+def _fill(a, value):
+    """Fill a C-contiguous device array with `value` (cast to its dtype)."""
+    if a.size == 0:
+        return a
+    flat = a.reshape(a.size)
+    tpb = _tpb()
+    blocks = min(_cols_grid(a.size, tpb), int(MAX_GRID_ROWS))
+    common_kernels()["fill_1d"][blocks, tpb](flat, a.dtype.type(value))
+    return a
+
+
+def zeros_like(a):
+    """Return a new zero-filled device array of `a`'s shape and dtype.
+
+    Parameters
+    ----------
+    a : CUDA array
+        Template (numba device array or ``__cuda_array_interface__`` object).
+
+    Returns
+    -------
+    numba device array
+        C-contiguous, filled on the device.
+    """
+    require_cuda()
+    a = as_device(a, "a")
+    return zeros(a.shape, a.dtype)
+
+
+def zeros(shape, dtype):
+    """Return a new C-contiguous device array of zeros (filled on the device)."""
+    require_cuda()
+    return _fill(cuda.device_array(shape, dtype=dtype), 0)
+
+
+def check_finite(a, name="g"):
+    """Raise ``ValueError`` if device array `a` holds NaN or Inf.
+
+    The test is a read-only kernel; only a one-element flag comes back to
+    the host.
+    """
+    require_cuda()
+    a = as_device(a, name)
+    status = zeros(1, np.int64)
+    _launch_nonfinite(a, status)
+    _raise_if_nonfinite(status.copy_to_host(), name)
+
+
+def _launch_nonfinite(a, status):
+    """Set ``status[0] = 1`` on the device if `a` holds NaN or Inf (no host transfer)."""
+    a = _as_2d(a)
+    if a.size == 0:
+        return
+    tpb = _tpb()
+    grid = (_cols_grid(a.shape[1], tpb), _rows_grid(a.shape[0]))
+    common_kernels()["nonfinite_flag"][grid, tpb](a, status)
+
+
+def _raise_if_nonfinite(host_status, name):
+    if int(host_status[0]):
+        raise ValueError(f"{name} contains NaN or Inf; refusing to propagate it into the model")
+
+
+
+def _row_chunks(batch):
+    """Split `batch` rows into chunks so column reductions run on many blocks.
+
+    A thread per column alone leaves most of the GPU idle when the batch is
+    long and the columns few; chunks of ``COLUMN_CHUNK`` rows multiply the
+    threads, and partial results are combined in a fixed order (the result
+    does not depend on scheduling).
+    """
+    chunk = max(1, int(COLUMN_CHUNK))
+    return chunk, (batch + chunk - 1) // chunk

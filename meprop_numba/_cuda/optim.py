@@ -1,0 +1,232 @@
+"""CUDA kernels of the in-place optimizer updates (CPU twin: :mod:`meprop_numba._cpu.optim`).
+
+One thread per element of the touched rows: a dense gradient, a lazy
+row-sparse one (only its rows), or a row-sparse one applied to every row
+(``lazy=False``), each row finding its gradient row by binary search in the
+sorted ``rows`` (absent rows see a zero gradient).
+"""
+import math
+
+import numpy as np
+
+from .device import _as_2d, _cols_grid, _rows_grid, _tpb, as_device, check_finite, cuda, require_cuda
+
+_KERNELS = {}
+
+
+def _kernels():
+    """Build (once) the update kernels."""
+    if "optim" in _KERNELS:
+        return _KERNELS["optim"]
+
+    @cuda.jit(device=True)
+    def gradient_row(mode, r, rows):
+        # Map launch row r to (parameter row, gradient row); gradient row -1 means a zero gradient.
+        # mode 0: dense gradient; 1: lazy, r walks the listed rows; 2: every row, looked up in rows.
+        if mode == 0:
+            return r, r
+        if mode == 1:
+            return rows[r], r
+        lo = 0
+        hi = rows.shape[0]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rows[mid] < r:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < rows.shape[0] and rows[lo] == r:
+            return r, lo
+        return r, -1
+
+    @cuda.jit
+    def sgd_update(param, grad, rows, n_launch_rows, mode, velocity, use_momentum, lr, momentum, zero):
+        c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if c >= param.shape[1]:
+            return
+        for r in range(cuda.blockIdx.y, n_launch_rows, cuda.gridDim.y):
+            prow, grow = gradient_row(mode, r, rows)
+            gv = grad[grow, c] if grow >= 0 else zero
+            if use_momentum:
+                v = momentum * velocity[prow, c] + gv
+                velocity[prow, c] = v
+                param[prow, c] -= lr * v
+            elif grow >= 0:
+                param[prow, c] -= lr * gv
+
+    @cuda.jit
+    def adam_update(param, grad, rows, n_launch_rows, mode, m, v, step_size, b1, b2, one_minus_b1, one_minus_b2, eps_hat, zero):
+        c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if c >= param.shape[1]:
+            return
+        for r in range(cuda.blockIdx.y, n_launch_rows, cuda.gridDim.y):
+            prow, grow = gradient_row(mode, r, rows)
+            gv = grad[grow, c] if grow >= 0 else zero
+            mv = b1 * m[prow, c] + one_minus_b1 * gv
+            vv = b2 * v[prow, c] + one_minus_b2 * gv * gv
+            m[prow, c] = mv
+            v[prow, c] = vv
+            param[prow, c] -= step_size * mv / (math.sqrt(vv) + eps_hat)
+
+    @cuda.jit
+    def adagrad_update(param, grad, rows, n_launch_rows, mode, accum, lr, eps):
+        c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if c >= param.shape[1]:
+            return
+        for r in range(cuda.blockIdx.y, n_launch_rows, cuda.gridDim.y):
+            prow, grow = gradient_row(mode, r, rows)
+            if grow >= 0:  # a zero gradient changes neither the sum nor the weight
+                gv = grad[grow, c]
+                a = accum[prow, c] + gv * gv
+                accum[prow, c] = a
+                param[prow, c] -= lr * gv / (math.sqrt(a) + eps)
+
+    ns = dict(locals())
+    _KERNELS["optim"] = ns
+    return ns
+
+
+def _update_plan(param, grad, lazy):
+    """Return (param2d, grad2d, rows, n_launch_rows, mode) for an update kernel."""
+    param = as_device(param, "param")
+    p2 = _as_2d(param)
+    if isinstance(grad, tuple):
+        rows = as_device(grad[0], "rows")
+        values = _as_2d(as_device(grad[1], "values"))
+        if lazy:
+            return p2, values, rows, rows.shape[0], 1
+        return p2, values, rows, p2.shape[0], 2
+    grad = _as_2d(as_device(grad, "grad"))
+    return p2, grad, _dummy_rows(), p2.shape[0], 0
+
+
+def _dummy_rows():
+    if "dummy_rows" not in _KERNELS:
+        _KERNELS["dummy_rows"] = cuda.to_device(np.zeros(1, dtype=np.int64))
+    return _KERNELS["dummy_rows"]
+
+
+def _grad_values(grad):
+    return grad[1] if isinstance(grad, tuple) else grad
+
+
+def _launch_update(name, p2, n_launch_rows, args):
+    if n_launch_rows == 0 or p2.shape[1] == 0:
+        return
+    tpb = _tpb()
+    _kernels()[name][(_cols_grid(p2.shape[1], tpb), _rows_grid(n_launch_rows)), tpb](*args)
+
+
+def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True):
+    """In-place SGD step ``v = momentum v + g; p -= lr v`` (``p -= lr g`` without momentum).
+
+    Parameters
+    ----------
+    param : CUDA array
+        Parameter, updated in place.
+    grad : CUDA array or tuple (rows, values)
+        Dense gradient of `param`'s shape, or a row-sparse one (2-D params).
+    velocity : CUDA array or None
+        Momentum buffer of `param`'s shape (from :func:`zeros_like`); None
+        or ``momentum == 0`` for plain SGD.
+    lr, momentum : float
+        Cast to `param`'s dtype.
+    lazy : bool
+        Row-sparse gradient: update only its rows (True) or every row,
+        decaying the velocity of the others (False).
+    check : bool
+        Check the gradient for NaN/Inf on the device first (skip when the
+        caller already did).
+
+    Raises
+    ------
+    ValueError
+        If the gradient holds NaN or Inf (nothing is modified).
+    """
+    require_cuda()
+    if check:
+        check_finite(_grad_values(grad), "grad")
+    p2, g2, rows, n_launch, mode = _update_plan(param, grad, lazy)
+    t = p2.dtype.type
+    use_momentum = velocity is not None and momentum != 0
+    v2 = _as_2d(as_device(velocity, "velocity")) if use_momentum else p2
+    _launch_update("sgd_update", p2, n_launch, (p2, g2, rows, n_launch, mode, v2, use_momentum, t(lr), t(momentum), t(0)))
+
+
+def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True):
+    """In-place bias-corrected Adam step (lazy: only the gradient's rows).
+
+    ``m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    p -= lr sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps sqrt(1-b2^t))``,
+    the form of :class:`meprop_numba.Adam` (equal to the textbook one).
+
+    Parameters
+    ----------
+    param : CUDA array
+        Parameter, updated in place.
+    grad : CUDA array or tuple (rows, values)
+        Dense gradient, or a row-sparse one for a 2-D parameter.
+    m, v : CUDA arrays
+        Moment buffers of `param`'s shape (from :func:`zeros_like`).
+    step : int
+        1-based index t of this update (the global step count).
+    lr, beta1, beta2, eps : float
+        Hyper-parameters, cast to `param`'s dtype.
+    lazy : bool
+        Row-sparse gradient: update only its rows (True) or every row, the
+        others with a zero gradient (False).
+    check : bool
+        Check the gradient for NaN/Inf on the device first.
+
+    Raises
+    ------
+    ValueError
+        If the gradient holds NaN or Inf (nothing is modified).
+    """
+    require_cuda()
+    if check:
+        check_finite(_grad_values(grad), "grad")
+    p2, g2, rows, n_launch, mode = _update_plan(param, grad, lazy)
+    t = p2.dtype.type
+    c2 = math.sqrt(1.0 - beta2**step)
+    step_size = lr * c2 / (1.0 - beta1**step)
+    m2 = _as_2d(as_device(m, "m"))
+    v2 = _as_2d(as_device(v, "v"))
+    b1, b2 = t(beta1), t(beta2)
+    args = (p2, g2, rows, n_launch, mode, m2, v2, t(step_size), b1, b2, t(1) - b1, t(1) - b2, t(eps * c2), t(0))
+    _launch_update("adam_update", p2, n_launch, args)
+
+
+def adagrad_step(param, grad, accum, lr, eps, lazy, check=True):
+    """In-place AdaGrad step ``a += g^2; p -= lr g / (sqrt(a) + eps)``.
+
+    A zero gradient changes neither `accum` nor `param`, so ``lazy=False``
+    with a row-sparse gradient gives the lazy result at dense cost.
+
+    Parameters
+    ----------
+    param : CUDA array
+        Parameter, updated in place.
+    grad : CUDA array or tuple (rows, values)
+        Dense gradient, or a row-sparse one for a 2-D parameter.
+    accum : CUDA array
+        Sum of squared gradients, `param`'s shape (from :func:`zeros_like`).
+    lr, eps : float
+        Cast to `param`'s dtype.
+    lazy : bool
+        Row-sparse gradient: launch over its rows only (True) or all rows.
+    check : bool
+        Check the gradient for NaN/Inf on the device first.
+
+    Raises
+    ------
+    ValueError
+        If the gradient holds NaN or Inf (nothing is modified).
+    """
+    require_cuda()
+    if check:
+        check_finite(_grad_values(grad), "grad")
+    p2, g2, rows, n_launch, mode = _update_plan(param, grad, lazy)
+    t = p2.dtype.type
+    a2 = _as_2d(as_device(accum, "accum"))
+    _launch_update("adagrad_update", p2, n_launch, (p2, g2, rows, n_launch, mode, a2, t(lr), t(eps)))

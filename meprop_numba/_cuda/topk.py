@@ -1,0 +1,270 @@
+"""CUDA kernels of the top-k selection (CPU twin: :mod:`meprop_numba._cpu.topk`).
+
+One block per row: a most-significant-digit radix select on the bit pattern
+of ``|g|`` (for non-negative IEEE floats the bit pattern, read as an
+integer, orders like the value) finds the k-th largest key ``T`` with a
+256-bin histogram in shared memory, 8 bits per pass.  Keys above ``T`` are
+then compacted with a shared atomic counter and keys equal to ``T`` in
+index order with a block scan (the lower index wins a tie), and the k
+candidates are sorted by (key descending, index ascending) with a bitonic
+sort in shared memory (in global scratch when k exceeds
+``SORT_CAPACITY``).  Unified selection sums ``|g|`` over the batch in
+fixed-order chunks and selects on that single row.
+"""
+import numpy as np
+from numba import int32, int64
+
+from .device import (MAX_THREADS, _cols_grid, _fill, _row_chunks, _rows_grid, _tpb, as_device, check_finite,
+                     common_kernels, cuda, require_cuda)
+
+#: Largest k whose candidates are sorted in shared memory (a power of two).
+SORT_CAPACITY = 2048
+_GLOBAL_SORT_MAX_BLOCKS = 1024
+RADIX_BITS = 8
+RADIX = 1 << RADIX_BITS
+_SENTINEL_INDEX = 2**31 - 1
+
+_KERNELS = {}
+
+
+def _kernels():
+    """Build (once) the top-k kernels and the column sums."""
+    if "topk" in _KERNELS:
+        return _KERNELS["topk"]
+    common = common_kernels()
+    block_inclusive_scan = common["block_inclusive_scan"]
+    smaller = common["smaller"]
+
+    @cuda.jit(device=True)
+    def bitonic_sort_desc(keys, idx, size, tid, nthreads):
+        # Sort keys[:size] (size a power of two) by key descending, index ascending.
+        half = size // 2
+        block = 2
+        while block <= size:
+            stride = block // 2
+            while stride > 0:
+                for t in range(tid, half, nthreads):
+                    low_bits = t & (stride - 1)
+                    lo = ((t - low_bits) << 1) + low_bits
+                    hi = lo + stride
+                    ka = keys[lo]
+                    kb = keys[hi]
+                    ia = idx[lo]
+                    ib = idx[hi]
+                    hi_first = kb > ka or (kb == ka and ib < ia)
+                    descending = (lo & block) == 0
+                    if hi_first == descending:
+                        keys[lo] = kb
+                        keys[hi] = ka
+                        idx[lo] = ib
+                        idx[hi] = ia
+                cuda.syncthreads()
+                stride //= 2
+            block *= 2
+
+    @cuda.jit(device=True)
+    def select_topk_row(bits, abs_mask, nbits, k, row, keys_buf, idx_buf, sort_size, hist, scan_buf, state, out):
+        # state: 0 prefix of the k-th key, 1 keys still wanted inside the prefix,
+        # 2 slots used by keys above the threshold, 3 equal keys seen, 4 equal keys in this tile.
+        tid = cuda.threadIdx.x
+        nthreads = cuda.blockDim.x
+        n = bits.shape[1]
+        if tid == 0:
+            state[0] = 0
+            state[1] = k
+            state[2] = 0
+            state[3] = 0
+            state[4] = 0
+        for p in range(nbits // RADIX_BITS):
+            shift = nbits - RADIX_BITS * (p + 1)
+            high = shift + RADIX_BITS
+            for d in range(tid, RADIX, nthreads):
+                hist[d] = 0
+            cuda.syncthreads()
+            prefix = state[0]
+            for i in range(tid, n, nthreads):
+                key = int64(bits[row, i] & abs_mask)
+                if p == 0 or (key >> high) == (prefix >> high):
+                    cuda.atomic.add(hist, int32((key >> shift) & (RADIX - 1)), 1)
+            cuda.syncthreads()
+            if tid == 0:
+                remaining = state[1]
+                above = int64(0)
+                d = RADIX - 1
+                while d > 0 and above + hist[d] < remaining:
+                    above += hist[d]
+                    d -= 1
+                state[0] = prefix | (int64(d) << shift)
+                state[1] = remaining - above
+            cuda.syncthreads()
+
+        threshold = state[0]
+        take_equal = state[1]
+        n_above = k - take_equal
+        for base in range(0, n, nthreads):
+            i = base + tid
+            is_equal = 0
+            key = int64(-1)
+            if i < n:
+                key = int64(bits[row, i] & abs_mask)
+                if key > threshold:
+                    slot = cuda.atomic.add(state, 2, 1)
+                    keys_buf[slot] = key
+                    idx_buf[slot] = i
+                elif key == threshold:
+                    is_equal = 1
+                    cuda.atomic.add(state, 4, 1)
+            cuda.syncthreads()
+            tile_equal = state[4]
+            taken = state[3]
+            cuda.syncthreads()
+            if tile_equal > 0 and taken < take_equal:
+                # Equal keys are taken in index order: rank them with a block scan.
+                scan_buf[tid] = is_equal
+                cuda.syncthreads()
+                block_inclusive_scan(scan_buf, tid, nthreads)
+                rank = taken + scan_buf[tid] - 1
+                if is_equal == 1 and rank < take_equal:
+                    keys_buf[n_above + rank] = key
+                    idx_buf[n_above + rank] = i
+            if tid == 0:
+                state[3] = taken + tile_equal
+                state[4] = 0
+            cuda.syncthreads()
+
+        for s in range(k + tid, sort_size, nthreads):
+            keys_buf[s] = -1
+            idx_buf[s] = _SENTINEL_INDEX
+        cuda.syncthreads()
+        bitonic_sort_desc(keys_buf, idx_buf, sort_size, tid, nthreads)
+        for s in range(tid, k, nthreads):
+            out[row, s] = idx_buf[s]
+        cuda.syncthreads()
+
+    @cuda.jit
+    def topk_rows_shared(bits, abs_mask, nbits, k, sort_size, out):
+        hist = cuda.shared.array(RADIX, int32)
+        scan_buf = cuda.shared.array(MAX_THREADS, int32)
+        state = cuda.shared.array(8, int64)
+        keys_buf = cuda.shared.array(SORT_CAPACITY, int64)
+        idx_buf = cuda.shared.array(SORT_CAPACITY, int32)
+        for row in range(cuda.blockIdx.x, bits.shape[0], cuda.gridDim.x):
+            select_topk_row(bits, abs_mask, nbits, k, row, keys_buf, idx_buf, sort_size, hist, scan_buf, state, out)
+
+    @cuda.jit
+    def topk_rows_global(bits, abs_mask, nbits, k, sort_size, keys_scratch, idx_scratch, out):
+        hist = cuda.shared.array(RADIX, int32)
+        scan_buf = cuda.shared.array(MAX_THREADS, int32)
+        state = cuda.shared.array(8, int64)
+        keys_buf = keys_scratch[cuda.blockIdx.x]
+        idx_buf = idx_scratch[cuda.blockIdx.x]
+        for row in range(cuda.blockIdx.x, bits.shape[0], cuda.gridDim.x):
+            select_topk_row(bits, abs_mask, nbits, k, row, keys_buf, idx_buf, sort_size, hist, scan_buf, state, out)
+
+    @cuda.jit
+    def column_partial_sums(g, absolute, chunk, partial):
+        # partial[r, c] = sum of g[b, c] (or |g[b, c]|) over the rows b of chunk r, in row order.
+        c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if c >= g.shape[1]:
+            return
+        for r in range(cuda.blockIdx.y, partial.shape[0], cuda.gridDim.y):
+            start = r * chunk
+            stop = smaller(start + chunk, g.shape[0])
+            acc = abs(g[start, c]) if absolute else g[start, c]
+            for b in range(start + 1, stop):
+                acc += abs(g[b, c]) if absolute else g[b, c]
+            partial[r, c] = acc
+
+    @cuda.jit
+    def sum_partials(partial, out):
+        c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if c < partial.shape[1]:
+            acc = partial[0, c]
+            for r in range(1, partial.shape[0]):
+                acc += partial[r, c]
+            out[c] = acc
+
+    ns = dict(locals())
+    _KERNELS["topk"] = ns
+    return ns
+
+
+def _column_sums(g, out, absolute):
+    """out[c] = sum_b g[b, c] (or |g[b, c]|), in g's dtype, deterministic."""
+    batch, n = g.shape
+    if batch == 0:
+        _fill(out, 0)
+        return
+    tpb = _tpb()
+    chunk, n_chunks = _row_chunks(batch)
+    partial = cuda.device_array((n_chunks, n), dtype=g.dtype)
+    K = _kernels()
+    K["column_partial_sums"][(_cols_grid(n, tpb), _rows_grid(n_chunks)), tpb](g, absolute, chunk, partial)
+    K["sum_partials"][_cols_grid(n, tpb), tpb](partial, out)
+
+
+def _key_bits(a):
+    """Reinterpret float array `a` as unsigned integers; return (bits, |x| mask, key width)."""
+    if a.dtype == np.float32:
+        return a.view(np.uint32), np.uint32(0x7FFFFFFF), 32
+    return a.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF), 64
+
+
+def _topk_rows(a, k):
+    """Top-k of each row of device array `a` (B, n) by |value|: (B, k) int64."""
+    batch = a.shape[0]
+    out = cuda.device_array((batch, k), dtype=np.int64)
+    bits, mask, nbits = _key_bits(a)
+    sort_size = 1 << max(0, int(k - 1).bit_length())
+    tpb = _tpb()
+    blocks = _rows_grid(batch)
+    K = _kernels()
+    if sort_size <= SORT_CAPACITY:
+        K["topk_rows_shared"][blocks, tpb](bits, mask, nbits, k, sort_size, out)
+    else:
+        blocks = min(blocks, _GLOBAL_SORT_MAX_BLOCKS)  # bounds the scratch; blocks loop over rows
+        keys_scratch = cuda.device_array((blocks, sort_size), dtype=np.int64)
+        idx_scratch = cuda.device_array((blocks, sort_size), dtype=np.int32)
+        K["topk_rows_global"][blocks, tpb](bits, mask, nbits, k, sort_size, keys_scratch, idx_scratch, out)
+    return out
+
+
+def _unified_topk(g, k):
+    n = g.shape[1]
+    scores = cuda.device_array((1, n), dtype=g.dtype)
+    _column_sums(g, scores.reshape(n), absolute=True)
+    return _topk_rows(scores, k).reshape(k)
+
+
+# ------------------------------------------------------------------ entry points
+def topk_indices(g, k, unified):
+    """Top-k selection on the GPU (see :func:`meprop_numba.topk_indices`).
+
+    Parameters
+    ----------
+    g : CUDA array, (B, n) float32/float64
+        Output gradient; checked for NaN/Inf on the device.
+    k : int
+        1 <= k <= n (validated by the caller).
+    unified : bool
+        One set for the minibatch (largest ``sum_b |g[b, i]|``) instead of
+        one set per example.
+
+    Returns
+    -------
+    numba device array
+        int64 ``(B, k)``, or ``(k,)`` when `unified`; indices by descending
+        magnitude, ties to the lower index.
+
+    Raises
+    ------
+    ValueError
+        If `g` holds NaN or Inf.
+    """
+    require_cuda()
+    g = as_device(g, "g")
+    check_finite(g, "g")
+    k = int(k)
+    if unified:
+        return _unified_topk(g, k)
+    return _topk_rows(g, k)
