@@ -9,10 +9,11 @@ layer parks its workers and does not interfere.  A user who sets
 ``NUMBA_THREADING_LAYER`` keeps their choice.
 """
 import os
+import threading
 
 import numba
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
+if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 
 #: LLVM fast-math flags for the kernels: reassociation and contraction let
@@ -29,6 +30,27 @@ PARALLEL_MIN_TOPK = 1 << 20
 #: Multiply-adds below which the per-example backward runs on one thread
 #: (measured: no gain at 32x40x2000, memory-bound; 1.5x at 256x32x4096).
 PARALLEL_MIN_BACKWARD = 1 << 24
+
+
+_PARALLEL_LAUNCH = threading.Lock()
+
+
+def launch(parallel, serial, *args):
+    """Run ``parallel(*args)``, or ``serial(*args)`` while another thread runs a threaded kernel.
+
+    Numba's ``workqueue`` layer aborts the process when two threads launch
+    parallel kernels at once; the other layers queue or oversubscribe.  The
+    package's threaded kernels go through this one lock, taken without
+    waiting: a call that finds it held runs the serial twin (the same
+    arithmetic, the same result) on its own thread instead, so concurrent
+    callers still overlap (every kernel releases the GIL).
+    """
+    if _PARALLEL_LAUNCH.acquire(blocking=False):
+        try:
+            return parallel(*args)
+        finally:
+            _PARALLEL_LAUNCH.release()
+    return serial(*args)
 
 
 def set_num_threads(n):

@@ -115,6 +115,29 @@ def integer_k(k, n, name="k"):
     return k
 
 
+def flag(value, name):
+    """Return `value` as a bool; only True/False (or NumPy bools) are accepted.
+
+    ``"no"`` or an array is refused instead of being read as true.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def generator(rng, name="rng"):
+    """Return a ``numpy.random.Generator`` from a Generator, a seed (int >= 0) or None."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is not None:
+        if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, numbers.Integral):
+            raise TypeError(f"{name} must be a numpy.random.Generator, an integer seed or None, "
+                            f"got {type(rng).__name__}")
+        if rng < 0:
+            raise ValueError(f"{name} must be a seed >= 0, got {rng}")
+    return np.random.default_rng(rng)
+
+
 def positive_float(value, name, *, allow_zero=False):
     """Return `value` as a float after checking it is finite and positive."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -145,12 +168,17 @@ def index_array(indices, B, n, name="indices"):
     Returns
     -------
     numpy.ndarray
-        C-contiguous int64 array of the same shape.
+        A new C-contiguous int64 array of the same shape (a copy, so the
+        caller's array may change afterwards without effect).
     """
     if type(indices) is not np.ndarray:
         indices = np.asarray(indices)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {indices.dtype}")
+    if indices.dtype.kind == "u" and indices.size and indices.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"{name} holds {indices.max()}, outside [0, {n})")
+    # Checked and used as a private copy: another thread may change the caller's array.
+    indices = np.array(indices, dtype=np.int64, order="C", copy=True)
     if indices.ndim == 2:
         if indices.shape[0] != B:
             raise ValueError(
@@ -170,7 +198,7 @@ def index_array(indices, B, n, name="indices"):
         ordered = np.sort(indices, axis=-1)
         if (ordered[..., 1:] == ordered[..., :-1]).any():
             raise ValueError(f"{name} repeats an index within a row; each selected entry must be distinct")
-    return np.ascontiguousarray(indices, dtype=np.int64)
+    return indices
 
 
 def choice(value, allowed, name):

@@ -1,10 +1,10 @@
 """The sparse backward pass of a linear layer."""
 import numpy as np
 
-from ._config import PARALLEL_MIN_BACKWARD, get_num_threads
+from ._config import PARALLEL_MIN_BACKWARD, get_num_threads, launch
 from ._cpu import linear as _cpu_linear
 from ._cpu import topk as _cpu_topk
-from ._validation import finite, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
+from ._validation import finite, flag, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
 from .sparse import RowSparse
 from .topk import _topk_host
 
@@ -55,7 +55,8 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     Raises
     ------
     TypeError
-        Non-float or mixed dtypes, non-integer `k` or `indices`.
+        Non-float or mixed dtypes, non-integer `k` or `indices`, `unified`
+        or `need_dx` not a bool.
     ValueError
         Wrong dimensions or mismatched shapes, `k` outside ``[1, n]``,
         `k` disagreeing with `indices`, `indices` of the wrong shape or with
@@ -79,6 +80,8 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     x = float_array(x, "x", 2)
     W = float_array(W, "W", 2)
     g = float_array(g, "g", 2)
+    unified = flag(unified, "unified")
+    need_dx = flag(need_dx, "need_dx")
     on_gpu = is_cuda_array(g)
     if on_gpu != is_cuda_array(x) or on_gpu != is_cuda_array(W):
         raise TypeError("x, W and g must be all host (NumPy) arrays or all CUDA arrays")
@@ -119,9 +122,9 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
         indices = _topk_host(g, k, False)
     if indices.ndim == 1:
         return _shared_backward(x, W, g, np.sort(indices), need_dx)
-    need_dx = bool(need_dx)
     if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
-        dx, rows, values, db = _cpu_linear.per_example_backward_parallel(x, W, g, indices, need_dx)
+        dx, rows, values, db = launch(_cpu_linear.per_example_backward_parallel,
+                                      _cpu_linear.per_example_backward, x, W, g, indices, need_dx)
     else:
         dx, rows, values, db = _cpu_linear.per_example_backward(x, W, g, indices, need_dx)
     return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db

@@ -8,10 +8,14 @@ gradient is expanded to a dense array and every element is updated, as the
 original meProp code did; for Adam and SGD with momentum this also decays
 the moments of the untouched rows.
 """
+import numbers
+import threading
+from collections.abc import Mapping
+
 import numpy as np
 
 from ._cpu import optim as K
-from ._validation import finite, float_array, is_cuda_array, positive_float, shape_dtype, unit_interval
+from ._validation import finite, flag, float_array, is_cuda_array, positive_float, shape_dtype, unit_interval
 from .sparse import RowSparse
 
 
@@ -25,10 +29,22 @@ class Optimizer:
     """Base class: parameter bookkeeping, gradient checks and checkpoints.
 
     Subclasses name their per-parameter state arrays in ``_state_names``
-    and implement ``_update(param, grad, state)``.
+    (those that must stay >= 0 in ``_nonnegative_state``), re-check their
+    hyper-parameters in ``_validate()``, give the update's scalars for step
+    t in ``_hyper(t)`` with a rule for each in ``_hyper_rules``, and
+    implement the ``_update_*`` kernels calls.
+
+    Thread contract: one optimizer may be used from several threads; each
+    :meth:`step`, :meth:`state_dict` and :meth:`load_state_dict` holds the
+    optimizer's lock, so steps are applied whole, one after another, in the
+    order the threads take the lock.  Two optimizers sharing a parameter
+    are not coordinated.
     """
 
     _state_names = ()
+    _nonnegative_state = ()
+    #: key of ``_hyper(t)`` -> (argument, "positive" or "unit", what it is)
+    _hyper_rules = {}
 
     def __init__(self, params, lazy=True):
         if isinstance(params, np.ndarray) or is_cuda_array(params):
@@ -48,27 +64,110 @@ class Optimizer:
                 raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
             if p.ndim not in (1, 2):
                 raise ValueError(f"{name} must be 1-D or 2-D, got shape {p.shape}")
+        _check_distinct(params)
         self.params = params
-        self.lazy = bool(lazy)
+        self.lazy = flag(lazy, "lazy")
+        self._params = tuple(params)
+        self._layout = tuple(shape_dtype(p) for p in params)
+        self._dtypes = tuple(dict.fromkeys(dt for _, dt in self._layout))
+        self._cast_hyper(1)
         self.step_count = 0
         self.state = [{s: self._zeros_like(p) for s in self._state_names} for p in params]
+        self._state = tuple(tuple(st.items()) for st in self.state)
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @staticmethod
     def _zeros_like(p):
         return _gpu().zeros_like(p) if is_cuda_array(p) else np.zeros_like(p)
 
-    def _hyper(self):
+    def _validate(self):
+        """Re-check the hyper-parameter attributes (they may have been reassigned)."""
         raise NotImplementedError
+
+    def _hyper(self, t):
+        raise NotImplementedError
+
+    def _cast_hyper(self, t):
+        """The update's scalars for step `t` in each parameter dtype, checked after the cast.
+
+        A value that is fine in float64 can overflow to Inf or round to 0
+        in float32 (``lr=1e39``, ``eps=1e-46``); such a value is refused
+        here, naming its argument, before any parameter changes.
+        """
+        self._validate()
+        self.lazy = flag(self.lazy, "lazy")
+        hyper = self._hyper(t)
+        cast_hyper = {}
+        for dtype in self._dtypes:
+            cast = dtype.type
+            h = {}
+            with np.errstate(over="ignore", under="ignore"):
+                for key, val in hyper.items():
+                    c = cast(val)
+                    arg, rule, what = self._hyper_rules[key]
+                    ok = np.isfinite(c) and (c > 0 if rule == "positive" else 0 <= c < 1)
+                    if not ok:
+                        need = "finite and > 0" if rule == "positive" else "in [0, 1)"
+                        raise ValueError(
+                            f"{arg} cannot be used with {dtype} parameters: the update's {what} is "
+                            f"{float(val):.6g} at step {t}, which is {c} in {dtype} (it must be {need}); "
+                            f"change {arg} or use float64 parameters")
+                    h[key] = c
+            h["tiny"] = cast(np.finfo(dtype).tiny)
+            cast_hyper[dtype] = h
+        return cast_hyper
+
+    def _check_owned(self):
+        """Raise unless params and state are still the arrays, shapes and dtypes built with."""
+        params = self.params
+        if not isinstance(params, list) or len(params) != len(self._params):
+            n = len(params) if isinstance(params, list) else type(params).__name__
+            raise ValueError(
+                f"params holds {n} arrays but this optimizer was built with {len(self._params)}; "
+                "build a new optimizer for another parameter list")
+        for j, (p, mine, (shape, dtype)) in enumerate(zip(params, self._params, self._layout)):
+            if p is not mine:
+                raise ValueError(
+                    f"params[{j}] was replaced after the optimizer was built; update the array in "
+                    "place (p[...] = new) or build a new optimizer")
+            if is_cuda_array(p):
+                ok = shape_dtype(p) == (shape, dtype)
+            else:
+                ok = p.shape == shape and p.dtype == dtype
+                if ok and not (p.flags.writeable and p.flags.c_contiguous):
+                    raise ValueError(f"params[{j}] is no longer a writeable C-contiguous array")
+            if not ok:
+                now = shape_dtype(p)
+                raise ValueError(f"params[{j}] now has shape {now[0]} and dtype {now[1]}; it was built "
+                                 f"with shape {shape} and dtype {dtype}")
+        state = self.state
+        if not isinstance(state, list) or len(state) != len(self._state) or any(
+                not isinstance(st, dict) or len(st) != len(mine) or any(st.get(s) is not a for s, a in mine)
+                for st, mine in zip(state, self._state)):
+            raise ValueError("the optimizer state was replaced; restore a state with load_state_dict")
+        for j, mine in enumerate(self._state):
+            for s, a in mine:
+                if shape_dtype(a) != self._layout[j]:
+                    raise ValueError(f"state[{j}][{s!r}] was reshaped; restore a state with load_state_dict")
 
     def _check_grads(self, grads):
         """Validate every gradient before any parameter is touched."""
         if isinstance(grads, (np.ndarray, RowSparse)) or is_cuda_array(grads):
             raise TypeError("grads must be a list aligned with params, not a single gradient")
         grads = list(grads)
-        if len(grads) != len(self.params):
-            raise ValueError(f"grads must hold {len(self.params)} entries (one per parameter), got {len(grads)}")
+        if len(grads) != len(self._params):
+            raise ValueError(f"grads must hold {len(self._params)} entries (one per parameter), got {len(grads)}")
         checked = []
-        for j, (p, gr) in enumerate(zip(self.params, grads)):
+        for j, (p, gr) in enumerate(zip(self._params, grads)):
             if gr is None:
                 checked.append(None)
                 continue
@@ -89,10 +188,14 @@ class Optimizer:
                     raise TypeError(f"{name} has dtype {gr.dtype}, expected {pdtype} like params[{j}]")
                 if is_cuda_array(gr.values) != is_cuda_array(p):
                     raise TypeError(f"{name} and params[{j}] must both be on the host or both on the GPU")
+                # values are the caller's array: re-check what may have changed since construction
+                vshape = tuple(shape_dtype(gr.values)[0])
+                if vshape != (gr.nnz_rows, pshape[1]):
+                    raise ValueError(f"{name}.values has shape {vshape}, expected {(gr.nnz_rows, pshape[1])}")
                 if is_cuda_array(gr.values):
                     _gpu().check_finite(gr.values, name)
                 else:
-                    finite(gr.values, name)
+                    finite(np.ascontiguousarray(gr.values), name)
                 checked.append(gr)
                 continue
             gr = float_array(gr, name, len(pshape))
@@ -124,30 +227,31 @@ class Optimizer:
         ------
         TypeError, ValueError
             If an entry has the wrong shape, dtype or type, or holds
-            NaN/Inf. Checked for all entries before anything changes.
+            NaN/Inf; if ``params`` was replaced, extended, reshaped or made
+            read-only since construction; if a hyper-parameter (possibly
+            reassigned) is out of range in the parameters' dtype.  Everything
+            is checked before anything changes (``step_count`` included).
         """
-        grads = self._check_grads(grads)
-        self.step_count += 1
-        hyper = self._hyper()
-        cast_hyper = {}  # the hyperparameters in each parameter dtype, cast once a step
-        for p, gr, st in zip(self.params, grads, self.state):
-            if gr is None:
-                continue
-            if is_cuda_array(p):
-                self._update_gpu(p, gr, st, hyper)
-                continue
-            h = cast_hyper.get(p.dtype)
-            if h is None:
-                cast = p.dtype.type
-                h = {key: cast(val) for key, val in hyper.items()}
-                h["tiny"] = cast(np.finfo(p.dtype).tiny)
-                cast_hyper[p.dtype] = h
-            if isinstance(gr, RowSparse) and not self.lazy:
-                gr = gr.to_dense()
-            if isinstance(gr, RowSparse):
-                self._update_rows(p, gr.rows, gr.values, st, h)
-            else:
-                self._update_flat(p.reshape(-1), gr.reshape(-1), {s: a.reshape(-1) for s, a in st.items()}, h)
+        with self._lock:
+            self._check_owned()
+            grads = self._check_grads(grads)
+            t = self.step_count + 1
+            cast_hyper = self._cast_hyper(t)
+            hyper = self._hyper(t)
+            self.step_count = t
+            for p, gr, st in zip(self._params, grads, self.state):
+                if gr is None:
+                    continue
+                if is_cuda_array(p):
+                    self._update_gpu(p, gr, st, hyper)
+                    continue
+                h = cast_hyper[p.dtype]
+                if isinstance(gr, RowSparse) and not self.lazy:
+                    gr = gr.to_dense()
+                if isinstance(gr, RowSparse):
+                    self._update_rows(p, gr.rows, np.ascontiguousarray(gr.values), st, h)
+                else:
+                    self._update_flat(p.reshape(-1), gr.reshape(-1), {s: a.reshape(-1) for s, a in st.items()}, h)
 
     def state_dict(self):
         """Return a checkpointable copy of the optimizer state.
@@ -161,49 +265,134 @@ class Optimizer:
         def host(a):
             return a.copy_to_host() if hasattr(a, "copy_to_host") else np.array(a, copy=True)
 
-        return {
-            "type": type(self).__name__,
-            "step": self.step_count,
-            "lazy": self.lazy,
-            "hyper": self._config(),
-            "state": [{s: host(a) for s, a in st.items()} for st in self.state],
-        }
+        with self._lock:
+            return {
+                "type": type(self).__name__,
+                "step": self.step_count,
+                "lazy": self.lazy,
+                "hyper": self._config(),
+                "state": [{s: host(a) for s, a in st.items()} for st in self.state],
+            }
 
     def load_state_dict(self, state):
         """Restore a state produced by :meth:`state_dict`.
 
-        Everything is checked before anything is copied, so a mismatched
-        checkpoint leaves the optimizer unchanged.
+        A checkpoint restores the optimizer's state (its moments and step
+        count), not its configuration: the saved ``lazy`` flag and
+        hyper-parameters must equal this optimizer's (build it with the
+        checkpoint's ``state["hyper"]``; change ``lr`` afterwards if
+        wanted).  Everything is checked before anything is copied, so a
+        bad checkpoint leaves the optimizer unchanged.
+
+        Parameters
+        ----------
+        state : dict
+            As returned by :meth:`state_dict`.
 
         Raises
         ------
+        TypeError
+            If `state` is not a dict, ``step`` not an integer, ``lazy`` not
+            a bool, or a state entry not a dict of real arrays.
         ValueError
-            If the optimizer type, the number of parameters, a state array's
-            name or shape does not match.
+            If a key is missing, the optimizer type, ``lazy``, a
+            hyper-parameter, the number of parameters or a state array's
+            name or shape does not match, ``step`` is negative, or a state
+            array holds NaN/Inf (after the cast to the parameter dtype) or
+            a negative second moment.
         """
-        if state.get("type") != type(self).__name__:
-            raise ValueError(f"state is for {state.get('type')!r}, not {type(self).__name__!r}")
+        with self._lock:
+            self._check_owned()
+            step, arrays = self._checked_checkpoint(state)
+            for mine, theirs in zip(self.state, arrays):
+                for s, a in theirs.items():
+                    if is_cuda_array(mine[s]):
+                        mine[s].copy_to_device(a)
+                    else:
+                        mine[s][...] = a
+            self.step_count = step
+
+    def _checked_checkpoint(self, state):
+        """``(step, arrays)`` of a validated checkpoint; arrays cast to the parameter dtypes."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict returned by state_dict(), got {type(state).__name__}")
+        missing = [key for key in ("type", "step", "lazy", "hyper", "state") if key not in state]
+        if missing:
+            raise ValueError(f"state is missing {', '.join(map(repr, missing))}")
+        if state["type"] != type(self).__name__:
+            raise ValueError(f"state is for {state['type']!r}, not {type(self).__name__!r}")
+        step = state["step"]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"state['step'] must be an integer, got {step!r} of type {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"state['step'] must be >= 0, got {step}")
+        if not isinstance(state["lazy"], (bool, np.bool_)):
+            raise TypeError(f"state['lazy'] must be a bool, got {state['lazy']!r}")
+        if bool(state["lazy"]) != self.lazy:
+            raise ValueError(f"state['lazy'] is {bool(state['lazy'])} but this optimizer has lazy={self.lazy}; "
+                             "build it with the checkpoint's setting")
+        _same_hyper(state["hyper"], self._config())
         entries = state["state"]
+        if not isinstance(entries, (list, tuple)):
+            raise TypeError(f"state['state'] must be a list of dicts, got {type(entries).__name__}")
         if len(entries) != len(self.state):
             raise ValueError(f"state holds {len(entries)} parameters, this optimizer has {len(self.state)}")
+        arrays = []
         for j, (mine, theirs) in enumerate(zip(self.state, entries)):
+            if not isinstance(theirs, Mapping):
+                raise TypeError(f"state['state'][{j}] must be a dict of arrays, got {type(theirs).__name__}")
             if set(mine) != set(theirs):
-                raise ValueError(f"state[{j}] holds {sorted(theirs)}, expected {sorted(mine)}")
-            for s, a in theirs.items():
-                a = np.asarray(a)
-                if a.shape != tuple(shape_dtype(mine[s])[0]):
-                    raise ValueError(f"state[{j}][{s!r}] has shape {a.shape}, expected {shape_dtype(mine[s])[0]}")
-        step = int(state["step"])
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        for mine, theirs in zip(self.state, entries):
-            for s, a in theirs.items():
-                if is_cuda_array(mine[s]):
-                    mine[s].copy_to_device(np.ascontiguousarray(a, dtype=shape_dtype(mine[s])[1]))
-                else:
-                    mine[s][...] = a
-        self.step_count = step
-        self.lazy = bool(state.get("lazy", self.lazy))
+                raise ValueError(f"state['state'][{j}] holds {sorted(map(str, theirs))}, expected {sorted(mine)}")
+            shape, dtype = self._layout[j]
+            cast = {}
+            for s in mine:
+                name = f"state['state'][{j}][{s!r}]"
+                a = theirs[s]
+                a = a if isinstance(a, np.ndarray) else np.asarray(a) if isinstance(a, (list, tuple)) else None
+                if a is None or a.dtype.kind not in "fiu":
+                    raise TypeError(f"{name} must be an array of real numbers, got {type(theirs[s]).__name__}")
+                if a.shape != shape:
+                    raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+                with np.errstate(over="ignore", invalid="ignore"):
+                    a = np.array(a, dtype=dtype, order="C", copy=True)
+                if not np.isfinite(a).all():
+                    raise ValueError(f"{name} holds NaN or Inf (in {dtype})")
+                if s in self._nonnegative_state and (a < 0).any():
+                    raise ValueError(f"{name} holds negative values; a sum of squares is >= 0")
+                cast[s] = a
+            arrays.append(cast)
+        return int(step), arrays
+
+
+def _same_hyper(theirs, mine):
+    """Raise unless the checkpoint's hyper-parameters equal this optimizer's."""
+    if not isinstance(theirs, Mapping):
+        raise TypeError(f"state['hyper'] must be a dict, got {type(theirs).__name__}")
+    if set(theirs) != set(mine):
+        raise ValueError(f"state['hyper'] holds {sorted(map(str, theirs))}, expected {sorted(mine)}")
+    for key, value in mine.items():
+        saved = theirs[key]
+        try:
+            same = np.array_equal(np.asarray(saved, dtype=np.float64), np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TypeError(f"state['hyper'][{key!r}] must be a number or a list of numbers, got {saved!r}") from None
+        if not same:
+            raise ValueError(f"state['hyper'][{key!r}] is {saved!r} but this optimizer has {key}={value!r}; "
+                             "build it with the checkpoint's hyper-parameters (state['hyper'])")
+
+
+def _check_distinct(params):
+    """Refuse a parameter listed twice or two parameters sharing memory (each would be updated twice)."""
+    for j, p in enumerate(params):
+        for i in range(j):
+            q = params[i]
+            same = p is q
+            if not same and not is_cuda_array(p) and not is_cuda_array(q):
+                same = np.may_share_memory(p, q)  # exact for C-contiguous arrays
+            elif not same and hasattr(p, "__cuda_array_interface__") and hasattr(q, "__cuda_array_interface__"):
+                same = p.__cuda_array_interface__["data"][0] == q.__cuda_array_interface__["data"][0]
+            if same:
+                raise ValueError(f"params[{j}] is (or shares memory with) params[{i}]; list each parameter once")
 
 
 class SGD(Optimizer):
@@ -246,16 +435,26 @@ class SGD(Optimizer):
            [1. , 1. ]])
     """
 
+    _hyper_rules = {"lr": ("lr", "positive", "learning rate"), "mu": ("momentum", "unit", "momentum")}
+
     def __init__(self, params, lr, momentum=0.0, lazy=True):
-        self.lr = positive_float(lr, "lr")
-        self.momentum = unit_interval(momentum, "momentum")
+        self.lr, self.momentum = lr, momentum
+        self._validate()
         self._state_names = ("velocity",) if self.momentum > 0 else ()
         super().__init__(params, lazy)
+
+    def _validate(self):
+        self.lr = positive_float(self.lr, "lr")
+        momentum = unit_interval(self.momentum, "momentum")
+        if "_state_names" in self.__dict__ and (momentum > 0) != bool(self._state_names):
+            raise ValueError("momentum cannot be switched between 0 and > 0 after construction "
+                             "(the velocity state exists only with momentum); build a new optimizer")
+        self.momentum = momentum
 
     def _config(self):
         return {"lr": self.lr, "momentum": self.momentum}
 
-    def _hyper(self):
+    def _hyper(self, t):
         return {"lr": self.lr, "mu": self.momentum}
 
     def _update_flat(self, p, g, st, h):
@@ -319,21 +518,32 @@ class Adam(Optimizer):
     """
 
     _state_names = ("m", "v")
+    _nonnegative_state = ("v",)
+    _hyper_rules = {
+        "step_size": ("lr", "positive", "step size lr*sqrt(1-beta2**t)/(1-beta1**t)"),
+        "b1": ("betas[0]", "unit", "beta1"),
+        "b2": ("betas[1]", "unit", "beta2"),
+        "eps_hat": ("eps", "positive", "denominator term eps*sqrt(1-beta2**t)"),
+    }
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, lazy=True):
-        self.lr = positive_float(lr, "lr")
-        if len(betas) != 2:
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self._validate()
+        super().__init__(params, lazy)
+
+    def _validate(self):
+        self.lr = positive_float(self.lr, "lr")
+        betas = self.betas
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (unit_interval(betas[0], "betas[0]"), unit_interval(betas[1], "betas[1]"))
-        self.eps = positive_float(eps, "eps")
-        super().__init__(params, lazy)
+        self.eps = positive_float(self.eps, "eps")
 
     def _config(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps}
 
-    def _hyper(self):
+    def _hyper(self, t):
         b1, b2 = self.betas
-        t = self.step_count
         c2 = np.sqrt(1.0 - b2**t)
         return {"step_size": self.lr * c2 / (1.0 - b1**t), "b1": b1, "b2": b2, "eps_hat": self.eps * c2}
 
@@ -387,16 +597,22 @@ class AdaGrad(Optimizer):
     """
 
     _state_names = ("sum_sq",)
+    _nonnegative_state = ("sum_sq",)
+    _hyper_rules = {"lr": ("lr", "positive", "learning rate"), "eps": ("eps", "positive", "eps")}
 
     def __init__(self, params, lr=1e-2, eps=1e-10, lazy=True):
-        self.lr = positive_float(lr, "lr")
-        self.eps = positive_float(eps, "eps")
+        self.lr, self.eps = lr, eps
+        self._validate()
         super().__init__(params, lazy)
+
+    def _validate(self):
+        self.lr = positive_float(self.lr, "lr")
+        self.eps = positive_float(self.eps, "eps")
 
     def _config(self):
         return {"lr": self.lr, "eps": self.eps}
 
-    def _hyper(self):
+    def _hyper(self, t):
         return {"lr": self.lr, "eps": self.eps}
 
     def _update_flat(self, p, g, st, h):

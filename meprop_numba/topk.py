@@ -3,9 +3,9 @@ import numbers
 
 import numpy as np
 
-from ._config import PARALLEL_MIN_TOPK, get_num_threads
+from ._config import PARALLEL_MIN_TOPK, get_num_threads, launch
 from ._cpu import topk as _cpu_topk
-from ._validation import finite, float_array, integer_k, is_cuda_array, shape_dtype
+from ._validation import finite, float_array, flag, generator, integer_k, is_cuda_array, shape_dtype
 
 
 def _gpu():
@@ -38,7 +38,8 @@ def topk_indices(g, k, *, unified=False):
     Raises
     ------
     TypeError
-        If `g` is not float32/float64 or `k` is not an integer.
+        If `g` is not float32/float64, `k` is not an integer or `unified`
+        is not a bool.
     ValueError
         If `g` is not 2-D, `k` is outside ``[1, n]``, or `g` holds NaN/Inf.
 
@@ -53,6 +54,7 @@ def topk_indices(g, k, *, unified=False):
     array([1])
     """
     g = float_array(g, "g", 2)
+    unified = flag(unified, "unified")
     B, n = _shape(g)
     k = integer_k(k, n)
     if is_cuda_array(g):
@@ -73,7 +75,7 @@ def _topk_host(g, k, unified):
     bits, mask = _cpu_topk.magnitude_bits(g)
     out = np.empty((B, k), dtype=np.int64)
     if B > 1 and B * n >= PARALLEL_MIN_TOPK and get_num_threads() > 1:
-        _cpu_topk.topk_rows_parallel(bits, k, mask, out)
+        launch(_cpu_topk.topk_rows_parallel, _cpu_topk.topk_rows, bits, k, mask, out)
     else:
         _cpu_topk.topk_rows(bits, k, mask, out)
     return out
@@ -102,9 +104,11 @@ def random_indices(n, k, *, batch=None, rng=None):
     Raises
     ------
     TypeError
-        If `n`, `k` or `batch` is not an integer.
+        If `n`, `k` or `batch` is not an integer, or `rng` is neither a
+        Generator, an integer seed nor None.
     ValueError
-        If ``n < 1``, `k` is outside ``[1, n]`` or ``batch < 1``.
+        If ``n < 1``, `k` is outside ``[1, n]``, ``batch < 1`` or the seed
+        is negative.
 
     Examples
     --------
@@ -125,8 +129,7 @@ def random_indices(n, k, *, batch=None, rng=None):
             raise TypeError(f"batch must be an integer or None, got {type(batch).__name__}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(rng)
+    rng = generator(rng)
     rows = 1 if batch is None else int(batch)
     keys = rng.random((rows, int(n)))
     idx = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (rows, 1))

@@ -365,6 +365,11 @@ def server():
     s.close()
 
 
+def _listing(directory):
+    """The files of a cache directory, without the lock files concurrent callers share."""
+    return sorted(name for name in os.listdir(directory) if not name.endswith(".lock"))
+
+
 def _payload(n=200_000):
     return np.random.default_rng(5).integers(0, 256, n, dtype=np.uint8).tobytes()
 
@@ -375,7 +380,7 @@ def test_download_verifies_and_renames(server, tmp_path):
     digest = hashlib.sha256(body).hexdigest()
     path = download(server.url + "/f.bin", tmp_path, digest)
     assert pathlib.Path(path).read_bytes() == body
-    assert sorted(os.listdir(tmp_path)) == ["f.bin"]
+    assert _listing(tmp_path) == ["f.bin"]
     # A second call finds the verified file and makes no request.
     n_requests = len(server.requests)
     assert download(server.url + "/f.bin", tmp_path, digest) == path
@@ -413,7 +418,7 @@ def test_checksum_failure_leaves_nothing(server, tmp_path):
     server.files["/f.bin"] = _payload()
     with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
         download(server.url + "/f.bin", tmp_path, "0" * 64)
-    assert os.listdir(tmp_path) == []
+    assert _listing(tmp_path) == []
 
 
 def test_corrupt_final_file_is_replaced(server, tmp_path):
@@ -441,5 +446,5 @@ def test_load_dataset_downloads_missing_files(server, tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "mnist", (("http://127.0.0.1:9/dead/", server.url + "/mnist/"), files))
     monkeypatch.delenv("MEPROP_NUMBA_DATA_DIR", raising=False)
     data = load_dataset("mnist", data_dir=tmp_path / "cache", dev_size=2)
-    assert sorted(os.listdir(tmp_path / "cache")) == sorted(files)
+    assert _listing(tmp_path / "cache") == sorted(files)
     np.testing.assert_array_equal(data.y_test, arrays["t10k-labels-idx1-ubyte"])

@@ -111,6 +111,11 @@ class Embedding(Module):
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must have an integer dtype, got {ids.dtype}")
+        if ids.size and ids.dtype.kind == "u" and ids.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"ids holds {ids.max()}, outside [0, {self.num_embeddings})")
+        # A private copy, checked after copying: backward reads it later and
+        # the caller may change its own array in between.
+        ids = np.array(ids, dtype=np.int64, copy=True)
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
             bad = ids.min() if ids.min() < 0 else ids.max()
             raise IndexError(f"ids holds {bad}, outside [0, {self.num_embeddings})")
