@@ -7,6 +7,11 @@ the update costs O(k m) instead of O(n m).  With ``lazy=False`` the
 gradient is expanded to a dense array and every element is updated, as the
 original meProp code did; for Adam and SGD with momentum this also decays
 the moments of the untouched rows.
+
+An optimizer owns the parameter list it was built with: replacing,
+adding, reshaping or freezing a parameter afterwards makes the next
+:meth:`~Optimizer.step` raise before anything changes.  Steps from several
+threads are applied whole, one at a time (see the threads how-to).
 """
 import numbers
 import threading
@@ -432,10 +437,13 @@ class SGD(Optimizer):
     ------
     TypeError
         If `params` is a single array or holds something other than NumPy or
-        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+        CUDA float32/float64 arrays, a hyperparameter is not a real number,
+        or `lazy` is not a bool.
     ValueError
-        If `params` is empty or an array is not writeable, C-contiguous, 1-D
-        or 2-D; or a hyperparameter is out of range (lr finite and > 0, momentum in [0, 1)).
+        If `params` is empty, lists an array twice (or two arrays sharing
+        memory), or an array is not writeable, C-contiguous, 1-D or 2-D; or
+        a hyperparameter is out of range, also after the cast to the
+        parameters' dtype (e.g. ``lr=1e39`` overflows float32) (lr finite and > 0, momentum in [0, 1)).
 
     Examples
     --------
@@ -515,10 +523,13 @@ class Adam(Optimizer):
     ------
     TypeError
         If `params` is a single array or holds something other than NumPy or
-        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+        CUDA float32/float64 arrays, a hyperparameter is not a real number,
+        or `lazy` is not a bool.
     ValueError
-        If `params` is empty or an array is not writeable, C-contiguous, 1-D
-        or 2-D; or a hyperparameter is out of range (lr and eps finite and > 0, betas in [0, 1)).
+        If `params` is empty, lists an array twice (or two arrays sharing
+        memory), or an array is not writeable, C-contiguous, 1-D or 2-D; or
+        a hyperparameter is out of range, also after the cast to the
+        parameters' dtype (e.g. ``lr=1e39`` overflows float32) (lr and eps finite and > 0, betas in [0, 1)).
 
     Examples
     --------
@@ -598,10 +609,13 @@ class AdaGrad(Optimizer):
     ------
     TypeError
         If `params` is a single array or holds something other than NumPy or
-        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+        CUDA float32/float64 arrays, a hyperparameter is not a real number,
+        or `lazy` is not a bool.
     ValueError
-        If `params` is empty or an array is not writeable, C-contiguous, 1-D
-        or 2-D; or a hyperparameter is out of range (lr and eps finite and > 0).
+        If `params` is empty, lists an array twice (or two arrays sharing
+        memory), or an array is not writeable, C-contiguous, 1-D or 2-D; or
+        a hyperparameter is out of range, also after the cast to the
+        parameters' dtype (e.g. ``lr=1e39`` overflows float32) (lr and eps finite and > 0).
 
     Examples
     --------
