@@ -5,8 +5,16 @@ runs.  A training step alternates BLAS products (forward) with numba
 parallel kernels (backward); under numba's default OpenMP layer the idle
 OpenMP workers spin and starve OpenBLAS's threads (measured: a 100x500 @
 500x500 product went from 0.5 ms to 8.4 ms per step).  The ``workqueue``
-layer parks its workers and does not interfere.  A user who sets
-``NUMBA_THREADING_LAYER`` keeps their choice.
+layer parks its workers and does not interfere.
+
+This is a process-wide numba setting: importing the package selects
+``workqueue`` for the user's own ``parallel=True`` functions too, unless
+the user chose a layer first (``NUMBA_THREADING_LAYER``, or
+``numba.config.THREADING_LAYER`` set before the import); setting
+``numba.config.THREADING_LAYER`` after the import and before the first
+parallel kernel runs also wins.  ``workqueue`` aborts the process when two
+threads launch parallel kernels at once, so the package's own threaded
+kernels go through :func:`launch`; see ``docs/howto/threads.md``.
 """
 import os
 import threading

@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INF = float("inf")
 
 
 def is_cuda_array(a):
@@ -140,6 +141,8 @@ def generator(rng, name="rng"):
 
 def positive_float(value, name, *, allow_zero=False):
     """Return `value` as a float after checking it is finite and positive."""
+    if type(value) is float and 0.0 < value < _INF:
+        return value  # the common case, checked without the ABC test below
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)

@@ -7,6 +7,11 @@ the update costs O(k m) instead of O(n m).  With ``lazy=False`` the
 gradient is expanded to a dense array and every element is updated, as the
 original meProp code did; for Adam and SGD with momentum this also decays
 the moments of the untouched rows.
+
+An optimizer owns the parameter list it was built with: replacing,
+adding, reshaping or freezing a parameter afterwards makes the next
+:meth:`~Optimizer.step` raise before anything changes.  Steps from several
+threads are applied whole, one at a time (see the threads how-to).
 """
 import numbers
 import threading
@@ -17,6 +22,8 @@ import numpy as np
 from ._cpu import optim as K
 from ._validation import finite, flag, float_array, is_cuda_array, positive_float, shape_dtype, unit_interval
 from .sparse import RowSparse
+
+_INF = float("inf")
 
 
 def _gpu():
@@ -45,6 +52,10 @@ class Optimizer:
     _nonnegative_state = ()
     #: key of ``_hyper(t)`` -> (argument, "positive" or "unit", what it is)
     _hyper_rules = {}
+    #: the hyper-parameter attributes, re-validated whenever one changes
+    _hyper_attrs = ()
+    #: whether ``_hyper(t)`` depends on the step (else its cast values are reused)
+    _hyper_uses_step = False
 
     def __init__(self, params, lazy=True):
         if isinstance(params, np.ndarray) or is_cuda_array(params):
@@ -68,8 +79,10 @@ class Optimizer:
         self.params = params
         self.lazy = flag(lazy, "lazy")
         self._params = tuple(params)
+        self._checked = (None, None)  # (hyper-parameters last validated, their cast values)
         self._layout = tuple(shape_dtype(p) for p in params)
-        self._dtypes = tuple(dict.fromkeys(dt for _, dt in self._layout))
+        self._casts = tuple((dt, dt.type, float(np.finfo(dt).max), dt.type(np.finfo(dt).tiny))
+                            for dt in dict.fromkeys(dt for _, dt in self._layout))
         self._cast_hyper(1)
         self.step_count = 0
         self.state = [{s: self._zeros_like(p) for s in self._state_names} for p in params]
@@ -103,27 +116,33 @@ class Optimizer:
         in float32 (``lr=1e39``, ``eps=1e-46``); such a value is refused
         here, naming its argument, before any parameter changes.
         """
-        self._validate()
-        self.lazy = flag(self.lazy, "lazy")
+        key = tuple(getattr(self, a) for a in self._hyper_attrs) + (self.lazy,)
+        if key != self._checked[0]:
+            self._validate()
+            self.lazy = flag(self.lazy, "lazy")
+            self._checked = (tuple(getattr(self, a) for a in self._hyper_attrs) + (self.lazy,), None)
+        elif self._checked[1] is not None and not self._hyper_uses_step:
+            return self._checked[1]
         hyper = self._hyper(t)
         cast_hyper = {}
-        for dtype in self._dtypes:
-            cast = dtype.type
+        for dtype, cast, largest, tiny in self._casts:
             h = {}
-            with np.errstate(over="ignore", under="ignore"):
-                for key, val in hyper.items():
-                    c = cast(val)
-                    arg, rule, what = self._hyper_rules[key]
-                    ok = np.isfinite(c) and (c > 0 if rule == "positive" else 0 <= c < 1)
-                    if not ok:
-                        need = "finite and > 0" if rule == "positive" else "in [0, 1)"
-                        raise ValueError(
-                            f"{arg} cannot be used with {dtype} parameters: the update's {what} is "
-                            f"{float(val):.6g} at step {t}, which is {c} in {dtype} (it must be {need}); "
-                            f"change {arg} or use float64 parameters")
-                    h[key] = c
-            h["tiny"] = cast(np.finfo(dtype).tiny)
+            for key, val in hyper.items():
+                val = float(val)
+                # Checked as Python floats: a cast beyond the largest value would warn.
+                c = cast(val) if abs(val) <= largest else None
+                cf = float(c) if c is not None else float("inf")
+                arg, rule, what = self._hyper_rules[key]
+                if not (0.0 < cf < _INF if rule == "positive" else 0.0 <= cf < 1.0):
+                    need = "finite and > 0" if rule == "positive" else "in [0, 1)"
+                    raise ValueError(
+                        f"{arg} cannot be used with {dtype} parameters: the update's {what} is "
+                        f"{val:.6g} at step {t}, which is {cf} in {dtype} (it must be {need}); "
+                        f"change {arg} or use float64 parameters")
+                h[key] = c
+            h["tiny"] = tiny
             cast_hyper[dtype] = h
+        self._checked = (self._checked[0], cast_hyper)
         return cast_hyper
 
     def _check_owned(self):
@@ -155,8 +174,9 @@ class Optimizer:
                 for st, mine in zip(state, self._state)):
             raise ValueError("the optimizer state was replaced; restore a state with load_state_dict")
         for j, mine in enumerate(self._state):
+            shape, dtype = self._layout[j]
             for s, a in mine:
-                if shape_dtype(a) != self._layout[j]:
+                if (a.shape != shape or a.dtype != dtype) if type(a) is np.ndarray else shape_dtype(a) != (shape, dtype):
                     raise ValueError(f"state[{j}][{s!r}] was reshaped; restore a state with load_state_dict")
 
     def _check_grads(self, grads):
@@ -417,10 +437,13 @@ class SGD(Optimizer):
     ------
     TypeError
         If `params` is a single array or holds something other than NumPy or
-        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+        CUDA float32/float64 arrays, a hyperparameter is not a real number,
+        or `lazy` is not a bool.
     ValueError
-        If `params` is empty or an array is not writeable, C-contiguous, 1-D
-        or 2-D; or a hyperparameter is out of range (lr finite and > 0, momentum in [0, 1)).
+        If `params` is empty, lists an array twice (or two arrays sharing
+        memory), or an array is not writeable, C-contiguous, 1-D or 2-D; or
+        a hyperparameter is out of range, also after the cast to the
+        parameters' dtype (e.g. ``lr=1e39`` overflows float32) (lr finite and > 0, momentum in [0, 1)).
 
     Examples
     --------
@@ -436,6 +459,7 @@ class SGD(Optimizer):
     """
 
     _hyper_rules = {"lr": ("lr", "positive", "learning rate"), "mu": ("momentum", "unit", "momentum")}
+    _hyper_attrs = ("lr", "momentum")
 
     def __init__(self, params, lr, momentum=0.0, lazy=True):
         self.lr, self.momentum = lr, momentum
@@ -499,10 +523,13 @@ class Adam(Optimizer):
     ------
     TypeError
         If `params` is a single array or holds something other than NumPy or
-        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+        CUDA float32/float64 arrays, a hyperparameter is not a real number,
+        or `lazy` is not a bool.
     ValueError
-        If `params` is empty or an array is not writeable, C-contiguous, 1-D
-        or 2-D; or a hyperparameter is out of range (lr and eps finite and > 0, betas in [0, 1)).
+        If `params` is empty, lists an array twice (or two arrays sharing
+        memory), or an array is not writeable, C-contiguous, 1-D or 2-D; or
+        a hyperparameter is out of range, also after the cast to the
+        parameters' dtype (e.g. ``lr=1e39`` overflows float32) (lr and eps finite and > 0, betas in [0, 1)).
 
     Examples
     --------
@@ -525,6 +552,8 @@ class Adam(Optimizer):
         "b2": ("betas[1]", "unit", "beta2"),
         "eps_hat": ("eps", "positive", "denominator term eps*sqrt(1-beta2**t)"),
     }
+    _hyper_attrs = ("lr", "betas", "eps")
+    _hyper_uses_step = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, lazy=True):
         self.lr, self.betas, self.eps = lr, betas, eps
@@ -580,10 +609,13 @@ class AdaGrad(Optimizer):
     ------
     TypeError
         If `params` is a single array or holds something other than NumPy or
-        CUDA float32/float64 arrays, or a hyperparameter is not a real number.
+        CUDA float32/float64 arrays, a hyperparameter is not a real number,
+        or `lazy` is not a bool.
     ValueError
-        If `params` is empty or an array is not writeable, C-contiguous, 1-D
-        or 2-D; or a hyperparameter is out of range (lr and eps finite and > 0).
+        If `params` is empty, lists an array twice (or two arrays sharing
+        memory), or an array is not writeable, C-contiguous, 1-D or 2-D; or
+        a hyperparameter is out of range, also after the cast to the
+        parameters' dtype (e.g. ``lr=1e39`` overflows float32) (lr and eps finite and > 0).
 
     Examples
     --------
@@ -599,6 +631,7 @@ class AdaGrad(Optimizer):
     _state_names = ("sum_sq",)
     _nonnegative_state = ("sum_sq",)
     _hyper_rules = {"lr": ("lr", "positive", "learning rate"), "eps": ("eps", "positive", "eps")}
+    _hyper_attrs = ("lr", "eps")
 
     def __init__(self, params, lr=1e-2, eps=1e-10, lazy=True):
         self.lr, self.eps = lr, eps

@@ -5,7 +5,9 @@ import http.server
 import os
 import pathlib
 import threading
+import time
 
+import filelock
 import numpy as np
 import pytest
 
@@ -313,6 +315,8 @@ class _Server:
     def __init__(self):
         self.files = {}
         self.cut_after = None      # bytes to send before dropping the connection
+        self.drip = None           # (bytes, seconds): send the body that many bytes at a time
+        self.send_length = True    # False: no Content-Length, the body ends when the connection closes
         self.honour_range = True
         self.requests = []
         server = self
@@ -339,8 +343,19 @@ class _Server:
                 else:
                     self.send_response(200)
                 chunk = body[start:]
-                self.send_header("Content-Length", str(len(chunk)))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(chunk)))
                 self.end_headers()
+                if server.drip is not None:
+                    size, pause = server.drip
+                    try:
+                        for i in range(0, len(chunk), size):
+                            self.wfile.write(chunk[i:i + size])
+                            self.wfile.flush()
+                            time.sleep(pause)
+                    except OSError:  # the client gave up
+                        pass
+                    return
                 if server.cut_after is not None:
                     self.wfile.write(chunk[: server.cut_after])
                     self.wfile.flush()
@@ -448,3 +463,98 @@ def test_load_dataset_downloads_missing_files(server, tmp_path, monkeypatch):
     data = load_dataset("mnist", data_dir=tmp_path / "cache", dev_size=2)
     assert _listing(tmp_path / "cache") == sorted(files)
     np.testing.assert_array_equal(data.y_test, arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_concurrent_downloads_of_one_file_all_get_the_verified_file(server, tmp_path):
+    # Before the lock: two callers appended to one .part file, leaving a
+    # corrupt file, and the second was told it had succeeded.
+    body = _payload(300_000)
+    server.files["/f.bin"] = body
+    server.drip = (20_000, 0.01)  # slow enough for the calls to overlap
+    digest = hashlib.sha256(body).hexdigest()
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(download(server.url + "/f.bin", tmp_path, digest, deadline=60))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    assert (tmp_path / "f.bin").read_bytes() == body
+    assert len(server.requests) == 1  # the later callers found the verified file
+    assert _listing(tmp_path) == ["f.bin"]
+
+
+def test_a_planted_part_link_is_removed_not_written_through(server, tmp_path):
+    body = _payload(5000)
+    server.files["/f.bin"] = body
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(outside, cache / "f.bin.part")
+    path = download(server.url + "/f.bin", cache, hashlib.sha256(body).hexdigest())
+    assert outside.read_bytes() == b"precious"
+    assert pathlib.Path(path).read_bytes() == body and not os.path.islink(path)
+    assert not os.path.lexists(cache / "f.bin.part")
+
+
+def test_a_planted_lock_link_is_refused_not_written_through(server, tmp_path):
+    server.files["/f.bin"] = _payload(100)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(outside, cache / "f.bin.lock")
+    with pytest.raises(OSError):
+        download(server.url + "/f.bin", cache, "0" * 64)
+    assert outside.read_bytes() == b"precious" and server.requests == []
+
+
+def test_a_slow_server_is_cut_off_at_the_deadline(server, tmp_path):
+    # One byte every 0.3 s never trips a 0.5 s socket timeout; the deadline ends the call.
+    body = _payload(1000)
+    server.files["/f.bin"] = body
+    server.drip = (1, 0.3)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="deadline"):
+        download(server.url + "/f.bin", tmp_path, hashlib.sha256(body).hexdigest(), timeout=0.5, deadline=1.5)
+    assert time.monotonic() - start < 1.5 + 0.5 + 3  # deadline + one read + slack for a loaded machine
+    assert 0 < (tmp_path / "f.bin.part").stat().st_size < len(body)  # kept for a resume
+
+
+def test_a_held_lock_is_waited_for_only_until_the_deadline(server, tmp_path):
+    server.files["/f.bin"] = _payload(100)
+    with filelock.FileLock(str(tmp_path / "f.bin.lock")):
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="lock"):
+            download(server.url + "/f.bin", tmp_path, "0" * 64, deadline=0.5)
+        assert time.monotonic() - start < 0.5 + 3
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("send_length", [True, False])
+def test_files_over_the_size_cap_are_refused_and_removed(server, tmp_path, send_length):
+    body = _payload(200_000)
+    server.files["/f.bin"] = body
+    server.send_length = send_length
+    with pytest.raises(OSError, match="max_bytes"):
+        download(server.url + "/f.bin", tmp_path, hashlib.sha256(body).hexdigest(), max_bytes=100_000)
+    assert _listing(tmp_path) == []
+    path = download(server.url + "/f.bin", tmp_path, hashlib.sha256(body).hexdigest(), max_bytes=200_000)
+    assert pathlib.Path(path).read_bytes() == body
+
+
+@pytest.mark.parametrize("kwargs, error", [(dict(deadline=0), ValueError), (dict(timeout="1"), TypeError),
+                                           (dict(timeout=-1.0), ValueError), (dict(max_bytes=1.5), TypeError),
+                                           (dict(max_bytes=0), ValueError), (dict(filename="../x"), ValueError)])
+def test_download_rejects_bad_limits(tmp_path, kwargs, error):
+    with pytest.raises(error):
+        download("http://127.0.0.1:9/f", tmp_path, "0" * 64, **kwargs)
+    assert _listing(tmp_path) == []
