@@ -99,16 +99,22 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     if k is not None:
         k = integer_k(k, n)
     if indices is not None:
-        indices = index_array(indices, B, n)
+        if on_gpu and is_cuda_array(indices):
+            from . import _cuda
+
+            indices = _cuda.check_indices(indices, B, n)  # range and repeats checked on the device
+        else:
+            indices = index_array(indices, B, n)
         if unified and indices.ndim == 2:
             raise ValueError("indices of shape (B, k) are per-example; pass shape (k,) with unified=True")
-        if k is not None and k != indices.shape[-1]:
-            raise ValueError(f"k={k} disagrees with indices selecting {indices.shape[-1]} entries per row")
+        per_set = indices.shape[indices.ndim - 1]  # (simulated device arrays take no negative index)
+        if k is not None and k != per_set:
+            raise ValueError(f"k={k} disagrees with indices selecting {per_set} entries per row")
     if on_gpu:
         from . import _cuda
 
-        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified)
-        return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db
+        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified, need_dx=bool(need_dx))
+        return dx, RowSparse._trusted(rows, values, (n, m)), db
     finite(g, "g")
     finite(x, "x")
 

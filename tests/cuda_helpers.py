@@ -23,36 +23,121 @@ class InterfaceArray:
 
     On a GPU it forwards the interface of a numba device array; under the
     CUDA simulator, where device memory is host memory, it describes the
-    simulator array's host buffer the same way.
+    simulator array's host buffer the same way.  `stream` is put in the
+    interface (version 3), as CuPy puts its current stream there.
     """
 
-    def __init__(self, device_array):
+    def __init__(self, device_array, stream=None):
         self._device_array = device_array
+        self._stream = stream
 
     @property
     def __cuda_array_interface__(self):
         if not _cuda.is_simulator():
-            return self._device_array.__cuda_array_interface__
-        data = self._device_array._ary
-        strides = None if data.flags.c_contiguous else data.strides
-        return {
-            "shape": data.shape,
-            "typestr": data.dtype.str,
-            "data": (data.ctypes.data, False),
-            "strides": strides,
-            "version": 3,
-        }
+            iface = dict(self._device_array.__cuda_array_interface__)
+        else:
+            data = self._device_array._ary
+            iface = {
+                "shape": data.shape,
+                "typestr": data.dtype.str,
+                "data": (data.ctypes.data, False),
+                "strides": None if data.flags.c_contiguous else data.strides,
+                "version": 3,
+            }
+        if self._stream is not None:
+            iface["stream"] = self._stream
+        return iface
 
 
 # ------------------------------------------------------------------ PTX check
-def ptx_report():
-    """Compile every kernel to PTX for sm_90 without a GPU and print one line per kernel.
+def max_threads_for_registers(regs, registers_per_block=65536, granularity=256, limit=1024):
+    """Largest block (whole warps) a kernel using `regs` registers per thread can launch with (sm_90 rules)."""
+    per_warp = -(-max(regs, 1) * 32 // granularity) * granularity
+    return min(limit, registers_per_block // per_warp * 32)
+
+
+def _ptxas_resources(ptx, cc):
+    """(registers, static shared bytes) from ``ptxas -v``, or None when ptxas is absent."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    ptxas = shutil.which("ptxas") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-500:])
+    regs = re.search(r"Used (\d+) registers", proc.stderr)
+    smem = re.search(r"(\d+) bytes smem", proc.stderr)
+    return int(regs.group(1)) if regs else 0, int(smem.group(1)) if smem else 0
+
+
+def kernel_table(fdt):
+    """(name, dispatcher, numba signature, configured block size) of every kernel, for float dtype `fdt`."""
+    from numba import types
+
+    from meprop_numba._cuda import device, linear, optim, topk
+
+    def arr(dt, nd, layout="C"):
+        return types.Array(dt, nd, layout)
+
+    i64, i32, u32, u64, b1 = types.int64, types.int32, types.uint32, types.uint64, types.boolean
+    f = types.float32 if fdt == np.float32 else types.float64
+    bits, mask = (u32, u32) if fdt == np.float32 else (u64, u64)
+    g2 = arr(f, 2, "A")
+    common, selection = device.common_kernels(), topk._kernels()
+    bookkeeping, updates = linear._kernels(), optim._kernels()
+    typed, tile = linear._typed_kernels(fdt), linear._tile()
+    tiled = linear._tiled_kernels(fdt, tile)
+    table = [
+        (selection, "topk_rows_shared", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2))),
+        (selection, "topk_rows_global", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2), arr(i32, 2), arr(i64, 2))),
+        (selection, "scan_columns", (g2, i64, arr(f, 2), arr(f, 2), arr(i64, 1))),
+        (selection, "sum_partials", (arr(f, 2), arr(f, 1))),
+        (common, "nonfinite_flag", (g2, arr(i64, 1), i64)),
+        (common, "fill_1d", (arr(f, 1), f)),
+        (common, "iota", (arr(i64, 1),)),
+        (common, "cast_copy", (arr(i32, 1, "A"), arr(i64, 1))),
+        (bookkeeping, "count_indices", (arr(i64, 2, "A"), i64, arr(i32, 2), arr(i64, 1))),
+        (bookkeeping, "mark_columns", (arr(i64, 1), arr(i32, 1))),
+        (bookkeeping, "mark_members", (arr(i64, 2), arr(i32, 2))),
+        (bookkeeping, "count_members", (arr(i32, 2), i64, arr(i32, 2))),
+        (bookkeeping, "scan_chunk_counts", (arr(i32, 2), arr(i32, 1))),
+        (bookkeeping, "rank_members", (arr(i32, 2), i64, arr(i32, 2))),
+        (bookkeeping, "scan_counts", (arr(i32, 1), arr(i64, 1), arr(i64, 1), arr(i64, 1))),
+        (bookkeeping, "fill_segments", (arr(i64, 2), g2, arr(i32, 2), arr(i64, 1), arr(i64, 1), arr(f, 1))),
+        (updates, "check_rows", (arr(i64, 1), i64, arr(i64, 1))),
+        (updates, "sgd_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), b1, f, f, f)),
+        (updates, "adam_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), arr(f, 2)) + (f,) * 7),
+        (updates, "adagrad_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), f, f)),
+        (typed, "per_example_dx", (g2, g2, arr(i64, 2), arr(f, 2))),
+        (typed, "segment_values", (g2, arr(i64, 1), arr(i64, 1), arr(i64, 1), arr(f, 1), arr(f, 2))),
+    ]
+    rows = [(name, kernels[name], sig, device._tpb()) for kernels, name, sig in table]
+    rows += [(name, tiled[name], (g2, g2, arr(i64, 1), arr(f, 2)), tile * tile) for name in ("gather_dx", "gather_values")]
+    return rows
+
+
+def ptx_report(cc=(9, 0)):
+    """Compile every kernel to PTX and cubin for `cc` without a GPU; print one line per kernel.
 
     Run in a fresh process with ``NUMBA_ENABLE_CUDASIM=0``; needs NVVM (the
     ``numba-cuda[cu12]``/``[cu13]`` extras) but no driver.  This applies the
-    real CUDA typing rules, which the simulator skips, and shows whether a
-    float32 kernel does any float64 arithmetic.  Lines: ``ok NAME DTYPE
-    F64_OPS`` or ``FAIL NAME DTYPE ERROR``; exit status 3 if NVVM is missing.
+    real CUDA typing rules, which the simulator skips, shows whether a
+    float32 kernel does any float64 arithmetic and, through ``ptxas -v``,
+    the registers and static shared memory of each kernel, so whether it can
+    launch with the block size the package configures for it.  Lines:
+    ``ok NAME DTYPE F64_OPS REGS SMEM BLOCK MAX_THREADS`` (``-`` for the last
+    four without ptxas), ``FAIL NAME DTYPE ERROR``; exit status 3 if NVVM is
+    missing.
     """
     import re
 
@@ -62,7 +147,7 @@ def ptx_report():
         import numba.cuda.dispatcher as dispatcher
 
         class _Device:  # device functions ask the current device for its compute capability
-            compute_capability = (9, 0)
+            compute_capability = cc
 
         dispatcher.get_current_device = lambda: _Device()
         from numba.cuda.cudadrv import nvvm
@@ -72,51 +157,20 @@ def ptx_report():
         print(f"SKIP {exc}")
         raise SystemExit(3)
 
-    def arr(dt, nd, layout="C"):
-        return types.Array(dt, nd, layout)
-
-    i64, i32, u32, u64, b1 = types.int64, types.int32, types.uint32, types.uint64, types.boolean
-    from meprop_numba._cuda import device, linear, optim, topk
-
-    common, selection, bookkeeping, updates = (device.common_kernels(), topk._kernels(), linear._kernels(),
-                                               optim._kernels())
     for fdt in (np.float32, np.float64):
-        f = types.float32 if fdt == np.float32 else types.float64
-        bits, mask = (u32, u32) if fdt == np.float32 else (u64, u64)
-        g2 = arr(f, 2, "A")
-        table = [
-            (selection, "topk_rows_shared", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2))),
-            (selection, "topk_rows_global", (arr(bits, 2, "A"), mask, i64, i64, i64, arr(i64, 2), arr(i32, 2), arr(i64, 2))),
-            (common, "nonfinite_flag", (g2, arr(i64, 1))),
-            (selection, "column_partial_sums", (g2, b1, i64, arr(f, 2))),
-            (selection, "sum_partials", (arr(f, 2), arr(f, 1))),
-            (common, "fill_1d", (arr(f, 1), f)),
-            (common, "iota", (arr(i64, 1),)),
-            (bookkeeping, "mark_columns", (arr(i64, 1), arr(i32, 1))),
-            (bookkeeping, "mark_members", (arr(i64, 2), arr(i32, 2))),
-            (bookkeeping, "count_members", (arr(i32, 2), i64, arr(i32, 2))),
-            (bookkeeping, "scan_chunk_counts", (arr(i32, 2), arr(i32, 1))),
-            (bookkeeping, "rank_members", (arr(i32, 2), i64, arr(i32, 2))),
-            (bookkeeping, "scan_counts", (arr(i32, 1), arr(i64, 1), arr(i64, 1), arr(i64, 1))),
-            (bookkeeping, "fill_segments", (arr(i64, 2), g2, arr(i32, 2), arr(i64, 1), arr(i64, 1), arr(f, 1))),
-            (updates, "sgd_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), b1, f, f, f)),
-            (updates, "adam_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), arr(f, 2)) + (f,) * 7),
-            (updates, "adagrad_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), f, f)),
-        ]
-        typed = linear._typed_kernels(fdt)
-        table += [
-            (typed, "per_example_dx", (g2, g2, arr(i64, 2), arr(f, 2))),
-            (typed, "gather_dx", (g2, g2, arr(i64, 1), arr(f, 2))),
-            (typed, "gather_values", (g2, g2, arr(i64, 1), arr(f, 2))),
-            (typed, "segment_values", (g2, arr(i64, 1), arr(i64, 1), arr(i64, 1), arr(f, 1), arr(f, 2))),
-        ]
-        for kernels, name, sig in table:
+        for name, kernel, sig, block in kernel_table(fdt):
             try:
-                ptx, _ = cuda.compile_ptx(kernels[name].py_func, types.void(*sig), cc=(9, 0))
+                ptx, _ = cuda.compile_ptx(kernel.py_func, types.void(*sig), cc=cc)
+                resources = _ptxas_resources(ptx, cc)
             except Exception as exc:
                 print(f"FAIL {name} {np.dtype(fdt).name} {type(exc).__name__}: {str(exc)[:300]!r}")
                 continue
-            print(f"ok {name} {np.dtype(fdt).name} {len(re.findall(r'[.]f64', ptx))}")
+            f64 = len(re.findall(r"[.]f64", ptx))
+            if resources is None:
+                print(f"ok {name} {np.dtype(fdt).name} {f64} - - - -")
+                continue
+            regs, smem = resources
+            print(f"ok {name} {np.dtype(fdt).name} {f64} {regs} {smem} {block} {max_threads_for_registers(regs)}")
 
 
 if __name__ == "__main__":

@@ -15,25 +15,32 @@ arrays:
 * :func:`sgd_step`, :func:`adam_step`, :func:`adagrad_step` -- in-place
   updates from a dense gradient or a row-sparse ``(rows, values)`` pair,
   lazy (only the listed rows) or dense;
-* :func:`zeros_like`, :func:`check_finite`, :func:`cuda_available`.
+* :func:`check_gradient` (NaN/Inf, and the rows of a row-sparse gradient:
+  sorted, distinct, in range), :func:`check_indices` (explicit device
+  selections), :func:`check_finite`, :func:`zeros_like`,
+  :func:`cuda_available`.
 
 Inputs are numba device arrays or any object exposing
 ``__cuda_array_interface__`` (wrapped without a copy); outputs are numba
-device arrays.  Data never goes to the host; one small status array does,
-once per call: the non-finite flag of ``g`` (the error must be raised
-before anything the caller owns changes) and, for per-example selection,
-the number of distinct rows of ``dW`` (it sizes ``values``).
+device arrays.  Kernels go to the stream the inputs come from (PyTorch's
+current stream, the stream of a CuPy array's interface, a numba array's
+stream) or to an explicit ``stream=``.  Data never goes to the host; one
+small status array does, once per call, at its end: the NaN/Inf flags of
+``g`` and ``x`` (inputs are only read, so raising then leaves everything the
+caller owns unchanged) and, for per-example selection, the number of
+distinct rows of ``dW`` (it sizes ``values``).  ``check_finite=False``
+skips the flags and the wait.
 
 All arithmetic stays in the input's dtype: scalars are cast on the host,
 accumulators start from typed zeros, so float32 work never falls onto the
 slow FP64 units.
 """
 from .device import (as_device, check_finite, cuda_available, device_name, is_simulator, require_cuda,
-                     synchronize, to_device, zeros, zeros_like)
-from .linear import linear_backward
-from .optim import adagrad_step, adam_step, sgd_step
+                     stream_handle, synchronize, to_device, zeros, zeros_like)
+from .linear import check_indices, linear_backward
+from .optim import adagrad_step, adam_step, check_gradient, sgd_step
 from .topk import topk_indices
 
-__all__ = ["adagrad_step", "adam_step", "as_device", "check_finite", "cuda_available", "device_name",
-           "is_simulator", "linear_backward", "require_cuda", "sgd_step", "synchronize", "to_device",
-           "topk_indices", "zeros", "zeros_like"]
+__all__ = ["adagrad_step", "adam_step", "as_device", "check_finite", "check_gradient", "check_indices",
+           "cuda_available", "device_name", "is_simulator", "linear_backward", "require_cuda", "sgd_step",
+           "stream_handle", "synchronize", "to_device", "topk_indices", "zeros", "zeros_like"]

@@ -7,18 +7,27 @@ take ``cuda`` from here.  It holds availability checks, the wrapping of
 the NaN/Inf check shared by every entry point, and the device functions the
 kernel modules share.
 
-Launch settings are module attributes read at every call, so tests can make
-blocks small enough that tiny inputs span several of them:
+Launch settings are module attributes read at every call (tests make blocks
+small enough that tiny inputs span several of them):
 
 ``THREADS_PER_BLOCK``
-    Threads of every 1-D block (at most ``MAX_THREADS``).
+    Preferred threads of the 1-D blocks, at most ``MAX_THREADS``.  Each
+    kernel launches with the smaller of this and its own limit (the compiled
+    kernel's maximum threads per block, set by its registers), so no
+    setting gives a launch that cannot run.
 ``MAX_GRID_ROWS``
-    Cap on the grid's row dimension; kernels loop over the rows beyond it.
+    Cap on the grid's row dimension, at most 65535 (the hardware limit);
+    kernels loop over the rows beyond it.
 ``COLUMN_CHUNK``
     Rows per chunk of the reductions over the batch (column sums, the
     membership ranks), combined in a fixed order.
+
+Kernels run on the stream of the arrays that came in (see
+:func:`launch_stream`), so they are ordered with the work of the library
+that made them.
 """
 import math
+import sys
 
 import numpy as np
 
@@ -32,12 +41,16 @@ else:
 
 from numba import config as _numba_config
 
-#: Threads per block of the 1-D launches (top-k, backward, updates).
+#: Preferred threads per block of the 1-D launches (top-k, backward, updates).
 THREADS_PER_BLOCK = 256
-#: Upper bound of ``THREADS_PER_BLOCK``; sizes the block-wide shared scratch.
+#: Hardware limit on threads per block; sizes the block-wide shared scratch.
 MAX_THREADS = 1024
 #: Cap on the number of blocks along a grid's row dimension.
 MAX_GRID_ROWS = 65535
+#: Hardware limit of a grid's y and z dimensions.
+GRID_ROWS_LIMIT = 65535
+#: Static shared memory a block may declare (bytes).
+STATIC_SHARED_LIMIT = 48 * 1024
 #: Rows per chunk of the column reductions (sums over the batch).
 COLUMN_CHUNK = 32
 
@@ -128,7 +141,8 @@ def as_device(a, name="array"):
     if hasattr(a, "__cuda_array_interface__"):
         if is_simulator():
             return _simulated_from_interface(a)
-        return cuda.as_cuda_array(a)
+        # No host wait on the producer's stream: the kernels are launched on it (launch_stream).
+        return cuda.as_cuda_array(a, sync=False)
     raise TypeError(
         f"{name} must be a CUDA array (numba device array or __cuda_array_interface__), got {type(a).__name__}"
     )
@@ -191,13 +205,133 @@ def _tpb():
     return t
 
 
-
 def _rows_grid(nrows):
-    return max(1, min(int(nrows), int(MAX_GRID_ROWS)))
+    cap = int(MAX_GRID_ROWS)
+    if not 1 <= cap <= GRID_ROWS_LIMIT:
+        raise ValueError(f"MAX_GRID_ROWS must be in [1, {GRID_ROWS_LIMIT}], got {cap}")
+    return max(1, min(int(nrows), cap))
 
 
 def _cols_grid(ncols, tpb):
     return max(1, (int(ncols) + tpb - 1) // tpb)
+
+
+# ------------------------------------------------------------------ streams
+def stream_handle(arrays, stream=None):
+    """The stream the kernels of one call go to: explicit, or the producer's.
+
+    Parameters
+    ----------
+    arrays : sequence
+        The call's CUDA inputs, in order.
+    stream : optional
+        A numba stream, an object with a ``cuda_stream`` (PyTorch) or
+        ``ptr`` (CuPy) attribute, or a raw ``CUstream`` handle (int).
+
+    Returns
+    -------
+    numba stream, int or None
+        `stream` (a numba stream is kept as it is, other kinds give their
+        handle); else the stream of the first input that names one: PyTorch's
+        current stream for a PyTorch tensor, the ``stream`` of a version-3
+        ``__cuda_array_interface__`` (CuPy), the stream a numba device array
+        is bound to; else None (the legacy default stream).
+    """
+    if stream is not None:
+        return _explicit_handle(stream)
+    for a in arrays:
+        if a is None:
+            continue
+        module = type(a).__module__.partition(".")[0]
+        if module == "torch" and getattr(a, "is_cuda", False):
+            torch = sys.modules["torch"]
+            return int(torch.cuda.current_stream(a.device).cuda_stream)
+        iface = getattr(a, "__cuda_array_interface__", None)
+        if isinstance(iface, dict) and iface.get("stream") is not None:
+            return int(iface["stream"])
+        bound = getattr(a, "stream", 0)
+        if bound not in (0, None) and not isinstance(bound, int):
+            return bound
+    return None
+
+
+def _explicit_handle(stream):
+    if isinstance(stream, (bool, np.bool_)):
+        raise TypeError("stream must be a CUDA stream or a stream handle, got a bool")
+    if isinstance(stream, (int, np.integer)):
+        return int(stream)
+    for attr in ("cuda_stream", "ptr"):
+        value = getattr(stream, attr, None)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+    if hasattr(stream, "synchronize"):  # a numba stream (or the simulator's)
+        return stream
+    raise TypeError(f"stream must be a CUDA stream or a stream handle, got {type(stream).__name__}")
+
+
+def launch_stream(arrays, stream=None):
+    """The numba stream for :func:`stream_handle`'s choice (0 for the default stream)."""
+    handle = stream_handle(arrays, stream)
+    if handle is None or handle == 0:
+        return 0
+    if not isinstance(handle, int):
+        return handle
+    if is_simulator():  # one simulated stream: kernels run in call order anyway
+        return 0
+    return cuda.external_stream(handle)
+
+
+def read_status(status, stream):
+    """Copy a small device status array to the host once the stream's work is done."""
+    if stream == 0:
+        return status.copy_to_host()
+    host = status.copy_to_host(stream=stream)
+    stream.synchronize()
+    return host
+
+
+# ------------------------------------------------------------------ launches
+_LIMITS = {}
+
+
+def kernel_max_threads(kernel, args):
+    """The most threads per block `kernel` can launch with for `args`.
+
+    The compiled kernel's own limit on the current device (registers and
+    shared memory decide it); ``MAX_THREADS`` under the simulator.  The
+    first call for a signature compiles the kernel (as its launch would).
+    """
+    if is_simulator():
+        return MAX_THREADS
+    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+    key = (id(kernel), argtypes, cuda.get_current_device().id)
+    limit = _LIMITS.get(key)
+    if limit is None:
+        limit = int(kernel.compile(argtypes).max_threads_per_block)
+        _LIMITS[key] = limit
+    return limit
+
+
+def fit_block(preferred, limit):
+    """The block size to launch with: `preferred`, or below `limit` a whole number of warps."""
+    if preferred <= limit:
+        return preferred
+    return limit - limit % 32 if limit >= 32 else limit
+
+
+def launch_1d(kernel, grid, args, stream, threads=None):
+    """Launch a kernel with 1-D blocks of ``min(THREADS_PER_BLOCK, its own limit)`` threads.
+
+    `grid` maps the block size to the grid; `threads` overrides the
+    preferred size.
+    """
+    block = fit_block(_tpb() if threads is None else threads, kernel_max_threads(kernel, args))
+    launch(kernel, grid(block), block, stream, args)
+
+
+def launch(kernel, grid, block, stream, args):
+    """The one place kernels are launched (``kernel[grid, block, stream](*args)``)."""
+    kernel[grid, block, stream](*args)
 
 
 # ------------------------------------------------------------------ kernels
@@ -229,20 +363,26 @@ def common_kernels():
             offset *= 2
 
     @cuda.jit
-    def nonfinite_flag(a, flag):
+    def nonfinite_flag(a, flag, slot):
         c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         if c >= a.shape[1]:
             return
         for r in range(cuda.blockIdx.y, a.shape[0], cuda.gridDim.y):
             v = a[r, c]
             if math.isnan(v) or math.isinf(v):
-                flag[0] = 1  # every writer stores the same value
+                flag[slot] = 1  # every writer stores the same value
 
     @cuda.jit
     def fill_1d(a, value):
         start = cuda.grid(1)
         for t in range(start, a.shape[0], cuda.gridsize(1)):
             a[t] = value
+
+    @cuda.jit
+    def cast_copy(src, dst):
+        start = cuda.grid(1)
+        for t in range(start, src.shape[0], cuda.gridsize(1)):
+            dst[t] = src[t]
 
     @cuda.jit
     def iota(a):
@@ -265,24 +405,25 @@ def _as_2d(a):
     return a.reshape(a.shape[0], a.size // max(a.shape[0], 1))
 
 
-def _fill(a, value):
+def _fill(a, value, stream=0):
     """Fill a C-contiguous device array with `value` (cast to its dtype)."""
     if a.size == 0:
         return a
     flat = a.reshape(a.size)
-    tpb = _tpb()
-    blocks = min(_cols_grid(a.size, tpb), int(MAX_GRID_ROWS))
-    common_kernels()["fill_1d"][blocks, tpb](flat, a.dtype.type(value))
+    launch_1d(common_kernels()["fill_1d"], lambda tpb: min(_cols_grid(a.size, tpb), int(MAX_GRID_ROWS)),
+              (flat, a.dtype.type(value)), stream)
     return a
 
 
-def zeros_like(a):
+def zeros_like(a, stream=None):
     """Return a new zero-filled device array of `a`'s shape and dtype.
 
     Parameters
     ----------
     a : CUDA array
         Template (numba device array or ``__cuda_array_interface__`` object).
+    stream : optional
+        Where to fill it (see :func:`stream_handle`); default `a`'s stream.
 
     Returns
     -------
@@ -290,43 +431,43 @@ def zeros_like(a):
         C-contiguous, filled on the device.
     """
     require_cuda()
+    s = launch_stream([a], stream)
     a = as_device(a, "a")
-    return zeros(a.shape, a.dtype)
+    return zeros(a.shape, a.dtype, s)
 
 
-def zeros(shape, dtype):
+def zeros(shape, dtype, stream=0):
     """Return a new C-contiguous device array of zeros (filled on the device)."""
     require_cuda()
-    return _fill(cuda.device_array(shape, dtype=dtype), 0)
+    return _fill(cuda.device_array(shape, dtype=dtype, stream=stream), 0, stream)
 
 
-def check_finite(a, name="g"):
+def check_finite(a, name="g", stream=None):
     """Raise ``ValueError`` if device array `a` holds NaN or Inf.
 
-    The test is a read-only kernel; only a one-element flag comes back to
-    the host.
+    The test is a read-only kernel on `a`'s stream; only a one-element flag
+    comes back to the host.
     """
     require_cuda()
+    s = launch_stream([a], stream)
     a = as_device(a, name)
-    status = zeros(1, np.int64)
-    _launch_nonfinite(a, status)
-    _raise_if_nonfinite(status.copy_to_host(), name)
+    status = zeros(1, np.int64, s)
+    launch_nonfinite(a, status, 0, s)
+    raise_if_nonfinite(read_status(status, s), name)
 
 
-def _launch_nonfinite(a, status):
-    """Set ``status[0] = 1`` on the device if `a` holds NaN or Inf (no host transfer)."""
+def launch_nonfinite(a, status, slot, stream):
+    """Set ``status[slot] = 1`` on the device if `a` holds NaN or Inf (no host transfer)."""
     a = _as_2d(a)
     if a.size == 0:
         return
-    tpb = _tpb()
-    grid = (_cols_grid(a.shape[1], tpb), _rows_grid(a.shape[0]))
-    common_kernels()["nonfinite_flag"][grid, tpb](a, status)
+    launch_1d(common_kernels()["nonfinite_flag"], lambda tpb: (_cols_grid(a.shape[1], tpb), _rows_grid(a.shape[0])),
+              (a, status, slot), stream)
 
 
-def _raise_if_nonfinite(host_status, name):
-    if int(host_status[0]):
+def raise_if_nonfinite(host_status, name, slot=0):
+    if int(host_status[slot]):
         raise ValueError(f"{name} contains NaN or Inf; refusing to propagate it into the model")
-
 
 
 def _row_chunks(batch):

@@ -13,22 +13,36 @@ register tile of outputs per thread.
 ``GEMM_TILE``
     Side of the square thread block of the tiled products (at most
     ``GEMM_MAX_TILE``); each thread computes ``GEMM_MICRO`` x ``GEMM_MICRO``
-    outputs.
+    outputs.  The tile is a compile-time constant of the product kernels
+    (built once per value and dtype), so their loops unroll and the shared
+    tiles have exactly its size.
+
+When the inputs are all PyTorch tensors or all CuPy arrays, the two dense
+sub-products of a shared selection (``g[:, S] @ W[S]`` and
+``g[:, S].T @ x``) go through that library's matmul (cuBLAS) on its current
+stream instead of the tiled kernels.
 """
+import math
+
 import numpy as np
 from numba import float32, float64, int64
 
+from . import device as _device
 from . import topk as _topk
-from .device import (MAX_GRID_ROWS, MAX_THREADS, _cols_grid, _fill, _launch_nonfinite, _raise_if_nonfinite,
-                     _row_chunks, _rows_grid, _tpb, as_device, common_kernels, cuda, require_cuda, zeros)
+from .device import (MAX_GRID_ROWS, MAX_THREADS, STATIC_SHARED_LIMIT, _as_2d, _cols_grid, _row_chunks, _rows_grid,
+                     as_device, common_kernels, cuda, launch_1d, launch_nonfinite,
+                     launch_stream, raise_if_nonfinite, read_status, require_cuda, zeros)
 
 #: Side of the square thread block of the tiled products.
 GEMM_TILE = 16
-#: Upper bound of ``GEMM_TILE``; sizes the shared tiles.
+#: Upper bound of ``GEMM_TILE``.
 GEMM_MAX_TILE = 16
 #: Each thread of a tiled product computes GEMM_MICRO x GEMM_MICRO outputs (compile-time).
 GEMM_MICRO = 4
-_GEMM_MAX_SPAN = GEMM_MICRO * GEMM_MAX_TILE
+
+# Slots of the status array of one call: NaN/Inf in g, len(rows), number of
+# (example, row) pairs, NaN/Inf in x, an index out of range, a repeated index.
+_G_BAD, _N_ROWS, _N_PAIRS, _X_BAD, _OUT_OF_RANGE, _REPEATED = range(6)
 
 _KERNELS = {}
 
@@ -40,6 +54,10 @@ def _tile():
     return t
 
 
+def tiled_shared_bytes(tile, itemsize):
+    """Static shared memory of a tiled product kernel built for `tile`."""
+    span = GEMM_MICRO * tile
+    return itemsize * tile * ((span + 1) + span)
 
 
 def _kernels():
@@ -49,6 +67,20 @@ def _kernels():
     common = common_kernels()
     block_inclusive_scan = common["block_inclusive_scan"]
     smaller = common["smaller"]
+
+    @cuda.jit
+    def count_indices(indices, n, counts, status):
+        # indices (B, k): counts[b, i] = how often example b selects i; flags out-of-range
+        # entries (status[4]) and repeats within a row (status[5]); out-of-range ones are not counted.
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if j >= indices.shape[1]:
+            return
+        for b in range(cuda.blockIdx.y, indices.shape[0], cuda.gridDim.y):
+            i = indices[b, j]
+            if i < 0 or i >= n:
+                status[4] = 1
+            elif cuda.atomic.add(counts, (b, i), 1) > 0:
+                status[5] = 1
 
     @cuda.jit
     def mark_columns(indices, counts):
@@ -160,12 +192,11 @@ def _kernels():
 
 
 def _typed_kernels(dtype):
-    """Build (once per float dtype) the kernels holding float values in shared memory."""
+    """Build (once per float dtype) the per-example kernels holding float values in shared memory."""
     dtype = np.dtype(dtype)
     key = dtype.name
     if key in _KERNELS:
         return _KERNELS[key]
-    ftype = float32 if dtype == np.float32 else float64
     ftype = float32 if dtype == np.float32 else float64
     smaller = common_kernels()["smaller"]
 
@@ -194,103 +225,6 @@ def _typed_kernels(dtype):
                 cuda.syncthreads()
             if c < m:
                 dx[b, c] = acc
-
-    @cuda.jit(device=True)
-    def multiply_tiles(sh_a, sh_b, depth, tile, ty, tx, acc):
-        # acc[i, j] += sum_p sh_a[p, ty + i*tile] * sh_b[p, tx + j*tile]: each thread owns a
-        # GEMM_MICRO x GEMM_MICRO register tile, strided so shared reads are broadcast or consecutive.
-        for p in range(depth):
-            a = cuda.local.array(GEMM_MICRO, ftype)
-            for i in range(GEMM_MICRO):
-                a[i] = sh_a[p, ty + i * tile]
-            for j in range(GEMM_MICRO):
-                b = sh_b[p, tx + j * tile]
-                for i in range(GEMM_MICRO):
-                    acc[i, j] += a[i] * b
-
-    @cuda.jit
-    def gather_dx(g, W, rows, dx):
-        # dx = g[:, rows] @ W[rows, :].  Block: tile x tile threads computing a
-        # (GEMM_MICRO*tile)^2 block of dx, stepping through the selection tile rows at a time.
-        sh_a = cuda.shared.array((GEMM_MAX_TILE, _GEMM_MAX_SPAN), ftype)
-        sh_b = cuda.shared.array((GEMM_MAX_TILE, _GEMM_MAX_SPAN), ftype)
-        acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
-        tile = cuda.blockDim.x
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * tile + tx
-        nthreads = tile * tile
-        span = GEMM_MICRO * tile
-        b0 = cuda.blockIdx.y * span
-        c0 = cuda.blockIdx.x * span
-        batch = g.shape[0]
-        m = W.shape[1]
-        k = rows.shape[0]
-        for i in range(GEMM_MICRO):
-            for j in range(GEMM_MICRO):
-                acc[i, j] = ftype(0)
-        for p0 in range(0, k, tile):
-            for e in range(tid, span * tile, nthreads):
-                # sh_a[p, r] = g[b0 + r, rows[p0 + p]]: consecutive threads, consecutive selected columns.
-                p = e % tile
-                r = e // tile
-                b = b0 + r
-                sh_a[p, r] = g[b, rows[p0 + p]] if (b < batch and p0 + p < k) else ftype(0)
-                # sh_b[p, c] = W[rows[p0 + p], c0 + c]: consecutive threads, consecutive columns.
-                c = e % span
-                q = e // span
-                sh_b[q, c] = W[rows[p0 + q], c0 + c] if (p0 + q < k and c0 + c < m) else ftype(0)
-            cuda.syncthreads()
-            multiply_tiles(sh_a, sh_b, tile, tile, ty, tx, acc)
-            cuda.syncthreads()
-        for i in range(GEMM_MICRO):
-            b = b0 + ty + i * tile
-            if b < batch:
-                for j in range(GEMM_MICRO):
-                    c = c0 + tx + j * tile
-                    if c < m:
-                        dx[b, c] = acc[i, j]
-
-    @cuda.jit
-    def gather_values(g, x, rows, values):
-        # values = g[:, rows].T @ x, i.e. values[r, c] = sum_b g[b, rows[r]] * x[b, c]; same tiling.
-        sh_a = cuda.shared.array((GEMM_MAX_TILE, _GEMM_MAX_SPAN), ftype)
-        sh_b = cuda.shared.array((GEMM_MAX_TILE, _GEMM_MAX_SPAN), ftype)
-        acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
-        tile = cuda.blockDim.x
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * tile + tx
-        nthreads = tile * tile
-        span = GEMM_MICRO * tile
-        r0 = cuda.blockIdx.y * span
-        c0 = cuda.blockIdx.x * span
-        batch = g.shape[0]
-        m = x.shape[1]
-        k = rows.shape[0]
-        for i in range(GEMM_MICRO):
-            for j in range(GEMM_MICRO):
-                acc[i, j] = ftype(0)
-        for p0 in range(0, batch, tile):
-            for e in range(tid, span * tile, nthreads):
-                # sh_a[p, r] = g[p0 + p, rows[r0 + r]]: consecutive threads, consecutive selected columns.
-                r = e % span
-                p = e // span
-                b = p0 + p
-                sh_a[p, r] = g[b, rows[r0 + r]] if (b < batch and r0 + r < k) else ftype(0)
-                # sh_b[p, c] = x[p0 + p, c0 + c]
-                c = r
-                sh_b[p, c] = x[b, c0 + c] if (b < batch and c0 + c < m) else ftype(0)
-            cuda.syncthreads()
-            multiply_tiles(sh_a, sh_b, tile, tile, ty, tx, acc)
-            cuda.syncthreads()
-        for i in range(GEMM_MICRO):
-            r = r0 + ty + i * tile
-            if r < k:
-                for j in range(GEMM_MICRO):
-                    c = c0 + tx + j * tile
-                    if c < m:
-                        values[r, c] = acc[i, j]
 
     @cuda.jit
     def segment_values(x, rows, offsets, seg_example, seg_grad, values):
@@ -323,94 +257,328 @@ def _typed_kernels(dtype):
     _KERNELS[key] = ns
     return ns
 
-def _sorted_unique_columns(indices, n):
+def _tiled_kernels(dtype, tile):
+    """Build (once per float dtype and tile) the tiled gather-products.
+
+    `tile` is a compile-time constant: the shared tiles have its exact size
+    (the first padded by one column so that its column-wise stores hit
+    distinct banks) and the loops over it unroll.
+    """
+    dtype = np.dtype(dtype)
+    key = ("tiled", dtype.name, tile)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    shared = tiled_shared_bytes(tile, dtype.itemsize)
+    if shared > STATIC_SHARED_LIMIT:
+        raise ValueError(f"GEMM_TILE={tile} needs {shared} bytes of static shared memory per block; "
+                         f"the limit is {STATIC_SHARED_LIMIT}")
+    ftype = float32 if dtype == np.float32 else float64
+    span = GEMM_MICRO * tile
+    padded = span + 1  # a closure constant: shared array shapes must be compile-time constants
+    nthreads = tile * tile
+
+    @cuda.jit(device=True)
+    def multiply_tiles(sh_a, sh_b, ty, tx, acc):
+        # acc[i, j] += sum_p sh_a[p, ty + i*tile] * sh_b[p, tx + j*tile]: each thread owns a
+        # GEMM_MICRO x GEMM_MICRO register tile, strided so shared reads are broadcast or consecutive.
+        for p in range(tile):
+            a = cuda.local.array(GEMM_MICRO, ftype)
+            for i in range(GEMM_MICRO):
+                a[i] = sh_a[p, ty + i * tile]
+            for j in range(GEMM_MICRO):
+                b = sh_b[p, tx + j * tile]
+                for i in range(GEMM_MICRO):
+                    acc[i, j] += a[i] * b
+
+    @cuda.jit(device=True)
+    def zero_tile(acc):
+        for i in range(GEMM_MICRO):
+            for j in range(GEMM_MICRO):
+                acc[i, j] = ftype(0)
+
+    @cuda.jit(device=True)
+    def store_tile(out, acc, r0, c0, ty, tx):
+        # out[r0 + ty + i*tile, c0 + tx + j*tile] = acc[i, j], inside out.
+        for i in range(GEMM_MICRO):
+            r = r0 + ty + i * tile
+            if r < out.shape[0]:
+                for j in range(GEMM_MICRO):
+                    c = c0 + tx + j * tile
+                    if c < out.shape[1]:
+                        out[r, c] = acc[i, j]
+
+    @cuda.jit
+    def gather_dx(g, W, rows, dx):
+        # dx = g[:, rows] @ W[rows, :].  Block: tile x tile threads computing a span x span
+        # block of dx, stepping through the selection tile rows at a time; the blocks of a
+        # grid column loop over the row blocks beyond the grid (grid-stride in y).
+        sh_a = cuda.shared.array((tile, padded), ftype)
+        sh_b = cuda.shared.array((tile, span), ftype)
+        acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tile + tx
+        c0 = cuda.blockIdx.x * span
+        batch = g.shape[0]
+        m = W.shape[1]
+        k = rows.shape[0]
+        for by in range(cuda.blockIdx.y, (batch + span - 1) // span, cuda.gridDim.y):
+            b0 = by * span
+            zero_tile(acc)
+            for p0 in range(0, k, tile):
+                for e in range(tid, span * tile, nthreads):
+                    # sh_a[p, r] = g[b0 + r, rows[p0 + p]]: consecutive threads, consecutive selected columns.
+                    p = e % tile
+                    r = e // tile
+                    b = b0 + r
+                    sh_a[p, r] = g[b, rows[p0 + p]] if (b < batch and p0 + p < k) else ftype(0)
+                    # sh_b[q, c] = W[rows[p0 + q], c0 + c]: consecutive threads, consecutive columns.
+                    c = e % span
+                    q = e // span
+                    sh_b[q, c] = W[rows[p0 + q], c0 + c] if (p0 + q < k and c0 + c < m) else ftype(0)
+                cuda.syncthreads()
+                multiply_tiles(sh_a, sh_b, ty, tx, acc)
+                cuda.syncthreads()
+            store_tile(dx, acc, b0, c0, ty, tx)
+
+    @cuda.jit
+    def gather_values(g, x, rows, values):
+        # values = g[:, rows].T @ x, i.e. values[r, c] = sum_b g[b, rows[r]] * x[b, c]; same tiling.
+        sh_a = cuda.shared.array((tile, padded), ftype)
+        sh_b = cuda.shared.array((tile, span), ftype)
+        acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tile + tx
+        c0 = cuda.blockIdx.x * span
+        batch = g.shape[0]
+        m = x.shape[1]
+        k = rows.shape[0]
+        for ry in range(cuda.blockIdx.y, (k + span - 1) // span, cuda.gridDim.y):
+            r0 = ry * span
+            zero_tile(acc)
+            for p0 in range(0, batch, tile):
+                for e in range(tid, span * tile, nthreads):
+                    # sh_a[p, r] = g[p0 + p, rows[r0 + r]]: consecutive threads, consecutive selected columns.
+                    r = e % span
+                    p = e // span
+                    b = p0 + p
+                    sh_a[p, r] = g[b, rows[r0 + r]] if (b < batch and r0 + r < k) else ftype(0)
+                    # sh_b[p, c] = x[p0 + p, c0 + c]
+                    sh_b[p, r] = x[b, c0 + r] if (b < batch and c0 + r < m) else ftype(0)
+                cuda.syncthreads()
+                multiply_tiles(sh_a, sh_b, ty, tx, acc)
+                cuda.syncthreads()
+            store_tile(values, acc, r0, c0, ty, tx)
+
+    ns = dict(locals())
+    _KERNELS[key] = ns
+    return ns
+
+
+def _sorted_unique_columns(indices, n, stream):
     """Sorted copy of the distinct (k,) column set `indices`."""
     k = indices.shape[0]
-    counts = cuda.device_array(n, dtype=np.int32)
-    _fill(counts, 0)
-    tpb = _tpb()
+    counts = zeros(n, np.int32, stream)
     K = _kernels()
-    K["mark_columns"][_cols_grid(k, tpb), tpb](indices, counts)
-    offsets = cuda.device_array(n + 1, dtype=np.int64)
-    rows = cuda.device_array(k, dtype=np.int64)
-    totals = cuda.device_array(2, dtype=np.int64)
-    K["scan_counts"][1, tpb](counts, offsets, rows, totals)
+    launch_1d(K["mark_columns"], lambda tpb: _cols_grid(k, tpb), (indices, counts), stream)
+    offsets = cuda.device_array(n + 1, dtype=np.int64, stream=stream)
+    rows = cuda.device_array(k, dtype=np.int64, stream=stream)
+    totals = cuda.device_array(2, dtype=np.int64, stream=stream)
+    launch_1d(K["scan_counts"], lambda tpb: 1, (counts, offsets, rows, totals), stream)
     return rows
 
 
-def _shared_backward(x, W, g, rows):
-    """dx and dW values for one sorted column set `rows` shared by the batch."""
+def _launch_tiled(name, dtype, grid, args, stream):
+    """Launch a tiled product with (T, T) blocks, T = GEMM_TILE or less where the kernel's limit demands."""
+    tile = _tile()
+    while True:
+        kernel = _tiled_kernels(dtype, tile)[name]
+        limit = _device.kernel_max_threads(kernel, args)
+        if tile == 1 or tile * tile <= limit:
+            break
+        tile = max(1, math.isqrt(limit))
+    _device.launch(kernel, grid(GEMM_MICRO * tile), (tile, tile), stream, args)
+
+
+def _grid_2d(ncols, nrows):
+    # Blocks beyond MAX_GRID_ROWS along y are covered by the kernels' grid-stride loops.
+    return lambda span: (_cols_grid(ncols, span), _rows_grid(_cols_grid(nrows, span)))
+
+
+def _shared_backward(x, W, g, rows, need_dx, stream):
+    """dx (None unless `need_dx`) and dW values for one sorted column set `rows` shared by the batch."""
     batch, m = x.shape
     k = rows.shape[0]
-    T = _tile()
-    TK = _typed_kernels(g.dtype)
-    dx = cuda.device_array((batch, m), dtype=g.dtype)
-    span = GEMM_MICRO * T
-    TK["gather_dx"][(_cols_grid(m, span), _cols_grid(batch, span)), (T, T)](g, W, rows, dx)
-    values = cuda.device_array((k, m), dtype=g.dtype)
-    TK["gather_values"][(_cols_grid(m, span), _cols_grid(k, span)), (T, T)](g, x, rows, values)
+    dx = None
+    if need_dx:
+        dx = cuda.device_array((batch, m), dtype=g.dtype, stream=stream)
+        _launch_tiled("gather_dx", g.dtype, _grid_2d(m, batch), (g, W, rows, dx), stream)
+    values = cuda.device_array((k, m), dtype=g.dtype, stream=stream)
+    _launch_tiled("gather_values", g.dtype, _grid_2d(m, k), (g, x, rows, values), stream)
     return dx, values
 
 
-def _per_example_backward(x, W, g, indices, status):
-    """dx, rows and dW values for per-example column sets `indices` (B, k).
+def _library(arrays):
+    """``"torch"`` or ``"cupy"`` when every array is that library's CUDA array, else None."""
+    roots = {type(a).__module__.partition(".")[0] for a in arrays}
+    if len(roots) == 1:
+        root = roots.pop()
+        if root in _LIBRARY_PRODUCTS:
+            return root
+    return None
 
-    ``status[0]`` holds the non-finite flag of `g` (set by the caller's
-    check kernel); it comes back to the host with the number of distinct
-    rows in a single transfer, and the error is raised before ``values`` is
-    allocated.  Inputs are never written, so computing on a bad `g` before
-    raising changes nothing the caller owns.
+
+def _torch_products(x, W, g, rows, need_dx, dense):
+    import torch
+
+    if dense:
+        g_sel, W_sel = g, W
+    else:
+        sel = torch.as_tensor(rows, device=g.device)
+        g_sel, W_sel = g.index_select(1, sel), W.index_select(0, sel)
+    return (g_sel @ W_sel if need_dx else None), g_sel.T @ x
+
+
+def _cupy_products(x, W, g, rows, need_dx, dense):
+    import cupy
+
+    if dense:
+        g_sel, W_sel = g, W
+    else:
+        sel = cupy.asarray(rows)
+        g_sel, W_sel = cupy.take(g, sel, axis=1), cupy.take(W, sel, axis=0)
+    return (g_sel @ W_sel if need_dx else None), g_sel.T @ x
+
+
+#: The caller library's matmul for the two dense sub-products of a shared selection.
+_LIBRARY_PRODUCTS = {"torch": _torch_products, "cupy": _cupy_products}
+
+
+def _per_example_backward(x, W, g, indices, status, need_dx, check_finite, stream):
+    """dx (None unless `need_dx`), rows and dW values for per-example column sets `indices` (B, k).
+
+    ``status`` holds the non-finite flags of `g` and `x` (set by the
+    caller's check kernels); it comes back to the host with the number of
+    distinct rows in a single transfer, and the error is raised before
+    ``values`` is allocated.  Inputs are never written, so computing on a
+    bad `g` before raising changes nothing the caller owns.
     """
     batch, m = x.shape
     n = W.shape[0]
     k = indices.shape[1]
-    tpb = _tpb()
     K = _kernels()
     TK = _typed_kernels(g.dtype)
 
-    dx = cuda.device_array((batch, m), dtype=g.dtype)
-    TK["per_example_dx"][(_cols_grid(m, tpb), _rows_grid(batch)), tpb](g, W, indices, dx)
+    dx = None
+    if need_dx:
+        dx = cuda.device_array((batch, m), dtype=g.dtype, stream=stream)
+        launch_1d(TK["per_example_dx"], lambda tpb: (_cols_grid(m, tpb), _rows_grid(batch)), (g, W, indices, dx),
+                  stream)
 
-    member = cuda.device_array((batch, n), dtype=np.int32)
-    _fill(member, 0)
-    grid_bk = (_cols_grid(k, tpb), _rows_grid(batch))
-    K["mark_members"][grid_bk, tpb](indices, member)
+    member = zeros((batch, n), np.int32, stream)
+    grid_bk = lambda tpb: (_cols_grid(k, tpb), _rows_grid(batch))  # noqa: E731
+    launch_1d(K["mark_members"], grid_bk, (indices, member), stream)
     chunk, n_chunks = _row_chunks(batch)
-    chunk_counts = cuda.device_array((n_chunks, n), dtype=np.int32)
-    counts = cuda.device_array(n, dtype=np.int32)
-    grid_chunks = (_cols_grid(n, tpb), _rows_grid(n_chunks))
-    K["count_members"][grid_chunks, tpb](member, chunk, chunk_counts)
-    K["scan_chunk_counts"][_cols_grid(n, tpb), tpb](chunk_counts, counts)
-    K["rank_members"][grid_chunks, tpb](member, chunk, chunk_counts)
-    offsets = cuda.device_array(n + 1, dtype=np.int64)
-    rows_all = cuda.device_array(min(n, batch * k), dtype=np.int64)
-    K["scan_counts"][1, tpb](counts, offsets, rows_all, status[1:3])
-    seg_example = cuda.device_array(batch * k, dtype=np.int64)
-    seg_grad = cuda.device_array(batch * k, dtype=g.dtype)
-    K["fill_segments"][grid_bk, tpb](indices, g, member, offsets, seg_example, seg_grad)
+    chunk_counts = cuda.device_array((n_chunks, n), dtype=np.int32, stream=stream)
+    counts = cuda.device_array(n, dtype=np.int32, stream=stream)
+    grid_chunks = lambda tpb: (_cols_grid(n, tpb), _rows_grid(n_chunks))  # noqa: E731
+    launch_1d(K["count_members"], grid_chunks, (member, chunk, chunk_counts), stream)
+    launch_1d(K["scan_chunk_counts"], lambda tpb: _cols_grid(n, tpb), (chunk_counts, counts), stream)
+    launch_1d(K["rank_members"], grid_chunks, (member, chunk, chunk_counts), stream)
+    offsets = cuda.device_array(n + 1, dtype=np.int64, stream=stream)
+    rows_all = cuda.device_array(min(n, batch * k), dtype=np.int64, stream=stream)
+    launch_1d(K["scan_counts"], lambda tpb: 1, (counts, offsets, rows_all, status[_N_ROWS:_N_PAIRS + 1]), stream)
+    seg_example = cuda.device_array(batch * k, dtype=np.int64, stream=stream)
+    seg_grad = cuda.device_array(batch * k, dtype=g.dtype, stream=stream)
+    launch_1d(K["fill_segments"], grid_bk, (indices, g, member, offsets, seg_example, seg_grad), stream)
 
-    host_status = status.copy_to_host()  # the flag and len(rows), which sizes `values`
-    _raise_if_nonfinite(host_status, "g")
-    n_rows = int(host_status[1])
+    host_status = read_status(status, stream)  # the flags and len(rows), which sizes `values`
+    if check_finite:
+        _raise_for_status(host_status)
+    n_rows = int(host_status[_N_ROWS])
     rows = rows_all[:n_rows]
-    values = cuda.device_array((n_rows, m), dtype=g.dtype)
+    values = cuda.device_array((n_rows, m), dtype=g.dtype, stream=stream)
     if n_rows:
-        TK["segment_values"][(_cols_grid(m, tpb), _rows_grid(n_rows)), tpb](
-            x, rows, offsets, seg_example, seg_grad, values
-        )
+        launch_1d(TK["segment_values"], lambda tpb: (_cols_grid(m, tpb), _rows_grid(n_rows)),
+                  (x, rows, offsets, seg_example, seg_grad, values), stream)
     return dx, rows, values
 
 
-def _device_indices(indices):
+def _raise_for_status(host_status):
+    raise_if_nonfinite(host_status, "g", _G_BAD)
+    raise_if_nonfinite(host_status, "x", _X_BAD)
+
+
+def check_indices(indices, batch, n, name="indices", stream=None):
+    """Validate device selection indices on the device; return them as a 2-D-able numba array.
+
+    Shape and dtype are checked on the host, range and repeats by a kernel
+    whose two flags come back in one transfer (before any kernel reads
+    through the indices).
+
+    Parameters
+    ----------
+    indices : CUDA array, (batch, k) or (k,), integer
+        A numba device array, CuPy array or PyTorch CUDA tensor.
+    batch, n : int
+        The gradient's shape.
+
+    Returns
+    -------
+    numba device array
+        `indices` (int64, no copy when it already is) .
+
+    Raises
+    ------
+    TypeError
+        Not an integer dtype.
+    ValueError
+        Wrong shape, or an index repeated within a set.
+    IndexError
+        An index outside ``[0, n)``.
+    """
+    require_cuda()
+    s = launch_stream([indices], stream)
+    d = as_device(indices, name)
+    if np.dtype(d.dtype).kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {d.dtype}")
+    if d.ndim == 2:
+        if d.shape[0] != batch:
+            raise ValueError(f"{name} of shape {d.shape} must have one row per example: expected ({batch}, k)")
+    elif d.ndim != 1:
+        raise ValueError(f"{name} must have shape ({batch}, k) or (k,), got {d.shape}")
+    k = d.shape[d.ndim - 1]
+    if not 1 <= k <= n:
+        raise ValueError(f"{name} must select between 1 and {n} entries per row, got {k}")
+    two_d = _as_2d(d)
+    status = zeros(6, np.int64, s)
+    counts = zeros((two_d.shape[0], n), np.int32, s)
+    launch_1d(_kernels()["count_indices"], lambda tpb: (_cols_grid(k, tpb), _rows_grid(two_d.shape[0])),
+              (two_d, n, counts, status), s)
+    host = read_status(status, s)
+    if host[_OUT_OF_RANGE]:
+        raise IndexError(f"{name} holds an index outside [0, {n})")
+    if host[_REPEATED]:
+        raise ValueError(f"{name} repeats an index within a row; each selected entry must be distinct")
+    if d.dtype != np.int64:
+        out = cuda.device_array(d.shape, dtype=np.int64, stream=s)
+        launch_1d(common_kernels()["cast_copy"], lambda tpb: min(_cols_grid(d.size, tpb), int(MAX_GRID_ROWS)),
+                  (d.reshape(d.size), out.reshape(d.size)), s)
+        d = out
+    return d
+
+
+def _device_indices(indices, stream):
     if isinstance(indices, np.ndarray):
-        return cuda.to_device(np.ascontiguousarray(indices, dtype=np.int64))
+        return cuda.to_device(np.ascontiguousarray(indices, dtype=np.int64), stream=stream)
     indices = as_device(indices, "indices")
     if indices.dtype != np.int64:
         raise TypeError(f"indices on the GPU must have dtype int64, got {indices.dtype}")
     return indices
 
 
-def linear_backward(x, W, g, k, indices, unified):
+def linear_backward(x, W, g, k, indices, unified, need_dx=True, stream=None, check_finite=True):
     """Sparse (or dense) backward of ``y = x W^T + b`` on the GPU.
 
     Parameters
@@ -420,65 +588,88 @@ def linear_backward(x, W, g, k, indices, unified):
     W : CUDA array, (n, m)
         Weights, stored (out, in).
     g : CUDA array, (B, n)
-        ``dL/dy``, same dtype as `x` and `W`; checked for NaN/Inf on the
-        device (inputs are only read, so a refused call changes nothing).
+        ``dL/dy``, same dtype as `x` and `W`.
     k : int or None
         Entries kept per example (or for the batch when `unified`); None
         (or n with no `indices`) gives the exact dense backward.
     indices : array or None
         Explicit selection overriding top-k: ``(B, k)`` per example or
-        ``(k,)`` shared, int64, each set distinct (validated by the caller).
-        A host array is copied to the device.
+        ``(k,)`` shared, int64, each set distinct (validated by the caller,
+        on the device for device indices: :func:`check_indices`).  A host
+        array is copied to the device.
     unified : bool
         Select one column set for the whole minibatch.
+    need_dx : bool
+        Compute ``dx``; False returns None for it and skips its kernels.
+    stream : optional
+        Stream for the kernels (see :func:`.device.stream_handle`); default
+        the stream the inputs come from.
+    check_finite : bool
+        Check `g` and `x` for NaN/Inf in the pass that sums `g` and raise
+        (the flags come back once, at the end; inputs are only read, so a
+        refused call changes nothing).  False raises nothing for them and,
+        except for per-example selection (whose row count sizes
+        ``dW.values``), returns without waiting for the device.
 
     Returns
     -------
-    dx : numba device array, (B, m)
+    dx : device array, (B, m), or None
     rows : numba device array, int64
         Sorted distinct rows of ``dW`` that are non-zero by selection.
-    values : numba device array, (len(rows), m)
+    values : device array, (len(rows), m)
         ``dW[rows]``.
     db : numba device array, (n,)
         ``g.sum(axis=0)`` from the full gradient.
 
+    ``dx`` and ``values`` are arrays of the inputs' library (PyTorch or
+    CuPy) when a shared selection's products went through its matmul,
+    numba device arrays otherwise.
+
     Raises
     ------
     ValueError
-        If `g` holds NaN or Inf.
+        If `g` or `x` holds NaN or Inf.
     """
     require_cuda()
+    s = launch_stream([g, x, W], stream)
+    library = _library((x, W, g))
+    originals = (x, W, g)
     x = as_device(x, "x")
     W = as_device(W, "W")
     g = as_device(g, "g")
     n = W.shape[0]
-    tpb = _tpb()
+    need_dx = bool(need_dx)
     dense = indices is None and (k is None or int(k) == n)
     if indices is not None:
         per_example = indices.ndim == 2
     else:
         per_example = not dense and not unified
-    status = zeros(3, np.int64)  # non-finite flag of g, len(rows), number of (example, row) pairs
-    _launch_nonfinite(g, status)
-    if not per_example:
-        # One transfer now; the rest of the call is then queued without waiting.
-        _raise_if_nonfinite(status.copy_to_host(), "g")
-
-    db = cuda.device_array(n, dtype=g.dtype)
-    _topk._column_sums(g, db, absolute=False)
+    status = zeros(6, np.int64, s)
+    if check_finite:
+        launch_nonfinite(x, status, _X_BAD, s)
+    # One pass over g: db, the unified scores and the NaN/Inf flag.
+    want_scores = unified and indices is None and not dense
+    db, scores = _topk.scan_gradient(g, status, s, want_sum=True, want_abs=want_scores)
 
     if dense:
-        rows = cuda.device_array(n, dtype=np.int64)
-        common_kernels()["iota"][min(_cols_grid(n, tpb), int(MAX_GRID_ROWS)), tpb](rows)
-        dx, values = _shared_backward(x, W, g, rows)
-        return dx, rows, values, db
-    if indices is None:
-        indices = _topk._unified_topk(g, int(k)) if unified else _topk._topk_rows(g, int(k))
+        rows = cuda.device_array(n, dtype=np.int64, stream=s)
+        launch_1d(common_kernels()["iota"], lambda tpb: min(_cols_grid(n, tpb), int(MAX_GRID_ROWS)), (rows,), s)
+    elif indices is None:
+        if unified:
+            rows = _sorted_unique_columns(_topk.unified_topk(scores, int(k), s), n, s)
+        else:
+            indices = _topk.topk_rows(g, int(k), s)
     else:
-        indices = _device_indices(indices)
-    if indices.ndim == 1:
-        rows = _sorted_unique_columns(indices, n)
-        dx, values = _shared_backward(x, W, g, rows)
+        indices = _device_indices(indices, s)
+        if indices.ndim == 1:
+            rows = _sorted_unique_columns(indices, n, s)
+    if per_example:
+        dx, rows, values = _per_example_backward(x, W, g, indices, status, need_dx, check_finite, s)
         return dx, rows, values, db
-    dx, rows, values = _per_example_backward(x, W, g, indices, status)
+    if library is not None:
+        dx, values = _LIBRARY_PRODUCTS[library](*originals, rows, need_dx, dense)
+    else:
+        dx, values = _shared_backward(x, W, g, rows, need_dx, s)
+    if check_finite:
+        _raise_for_status(read_status(status, s))
     return dx, rows, values, db

@@ -4,12 +4,18 @@ One thread per element of the touched rows: a dense gradient, a lazy
 row-sparse one (only its rows), or a row-sparse one applied to every row
 (``lazy=False``), each row finding its gradient row by binary search in the
 sorted ``rows`` (absent rows see a zero gradient).
+
+The rows of a row-sparse gradient are checked on the device before any
+write (sorted, distinct, inside the parameter): a repeat would race, an
+unsorted list would be missed by the binary search, and a row outside the
+parameter would write out of bounds.
 """
 import math
 
 import numpy as np
 
-from .device import _as_2d, _cols_grid, _rows_grid, _tpb, as_device, check_finite, cuda, require_cuda
+from .device import (MAX_GRID_ROWS, _as_2d, _cols_grid, _rows_grid, as_device, cuda, launch_1d, launch_nonfinite, launch_stream,
+                     raise_if_nonfinite, read_status, require_cuda, zeros)
 
 _KERNELS = {}
 
@@ -18,6 +24,17 @@ def _kernels():
     """Build (once) the update kernels."""
     if "optim" in _KERNELS:
         return _KERNELS["optim"]
+
+    @cuda.jit
+    def check_rows(rows, nrows, status):
+        # status[1] = 1 if a row lies outside [0, nrows); status[2] = 1 unless rows increase strictly.
+        start = cuda.grid(1)
+        for t in range(start, rows.shape[0], cuda.gridsize(1)):
+            r = rows[t]
+            if r < 0 or r >= nrows:
+                status[1] = 1
+            if t > 0 and rows[t - 1] >= r:
+                status[2] = 1
 
     @cuda.jit(device=True)
     def gradient_row(mode, r, rows):
@@ -93,31 +110,86 @@ def _update_plan(param, grad, lazy):
     if isinstance(grad, tuple):
         rows = as_device(grad[0], "rows")
         values = _as_2d(as_device(grad[1], "values"))
+        if rows.ndim != 1 or np.dtype(rows.dtype).kind not in "iu":
+            raise TypeError(f"rows must be a 1-D integer array, got {rows.ndim}-D {rows.dtype}")
+        if values.shape[0] != rows.shape[0] or values.shape[1] != p2.shape[1]:
+            raise ValueError(f"values must have shape ({rows.shape[0]}, {p2.shape[1]}), got {tuple(values.shape)}")
         if lazy:
             return p2, values, rows, rows.shape[0], 1
         return p2, values, rows, p2.shape[0], 2
     grad = _as_2d(as_device(grad, "grad"))
-    return p2, grad, _dummy_rows(), p2.shape[0], 0
-
-
-def _dummy_rows():
-    if "dummy_rows" not in _KERNELS:
-        _KERNELS["dummy_rows"] = cuda.to_device(np.zeros(1, dtype=np.int64))
-    return _KERNELS["dummy_rows"]
+    # Dense mode never reads `rows`: an empty array (no allocation, nothing cached per context).
+    return p2, grad, cuda.device_array(0, dtype=np.int64), p2.shape[0], 0
 
 
 def _grad_values(grad):
     return grad[1] if isinstance(grad, tuple) else grad
 
 
-def _launch_update(name, p2, n_launch_rows, args):
+def check_gradient(grad, nrows, name="grad", finite=True, stream=None):
+    """Check a gradient on the device before an update; one small transfer back.
+
+    Parameters
+    ----------
+    grad : CUDA array or tuple (rows, values)
+        A dense gradient or a row-sparse one.
+    nrows : int
+        Rows of the parameter.
+    name : str
+        Used in the messages.
+    finite : bool
+        Also check the values for NaN/Inf.
+    stream : optional
+        Default: the gradient's stream.
+
+    Raises
+    ------
+    ValueError
+        NaN/Inf in the values, or rows not sorted and distinct.
+    IndexError
+        A row outside ``[0, nrows)``.
+    """
+    require_cuda()
+    values = _grad_values(grad)
+    s = launch_stream([values], stream)
+    _check(grad, nrows, name, finite, s)
+
+
+def _check(grad, nrows, name, finite, stream):
+    rows = grad[0] if isinstance(grad, tuple) else None
+    if not finite and (rows is None or rows.shape[0] == 0):
+        return
+    status = zeros(3, np.int64, stream)
+    if finite:
+        launch_nonfinite(as_device(_grad_values(grad), name), status, 0, stream)
+    if rows is not None and rows.shape[0]:
+        rows = as_device(rows, "rows")
+        launch_1d(_kernels()["check_rows"], lambda tpb: min(_cols_grid(rows.shape[0], tpb), int(MAX_GRID_ROWS)),
+                  (rows, nrows, status), stream)
+    host = read_status(status, stream)
+    raise_if_nonfinite(host, name)
+    if host[1]:
+        raise IndexError(f"{name}.rows holds a row outside [0, {nrows})")
+    if host[2]:
+        raise ValueError(f"{name}.rows must be sorted in increasing order without repeats")
+
+
+def _prepare(param, grad, lazy, check, stream):
+    """Stream, launch plan and the device checks of one update, before anything is written."""
+    require_cuda()
+    s = launch_stream([param, _grad_values(grad)], stream)
+    plan = _update_plan(param, grad, lazy)
+    _check(grad if not isinstance(grad, tuple) else (plan[2], grad[1]), plan[0].shape[0], "grad", check, s)
+    return s, plan
+
+
+def _launch_update(name, p2, n_launch_rows, args, stream):
     if n_launch_rows == 0 or p2.shape[1] == 0:
         return
-    tpb = _tpb()
-    _kernels()[name][(_cols_grid(p2.shape[1], tpb), _rows_grid(n_launch_rows)), tpb](*args)
+    launch_1d(_kernels()[name], lambda tpb: (_cols_grid(p2.shape[1], tpb), _rows_grid(n_launch_rows)), args, stream)
 
 
-def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True):
+def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None):
     """In-place SGD step ``v = momentum v + g; p -= lr v`` (``p -= lr g`` without momentum).
 
     Parameters
@@ -136,24 +208,28 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True):
         decaying the velocity of the others (False).
     check : bool
         Check the gradient for NaN/Inf on the device first (skip when the
-        caller already did).
+        caller already did).  The rows of a row-sparse gradient are always
+        checked.
+    stream : optional
+        Stream for the kernels; default the parameter's.
 
     Raises
     ------
     ValueError
-        If the gradient holds NaN or Inf (nothing is modified).
+        If the gradient holds NaN or Inf, or its rows are not sorted and
+        distinct (nothing is modified).
+    IndexError
+        If a row lies outside the parameter (nothing is modified).
     """
-    require_cuda()
-    if check:
-        check_finite(_grad_values(grad), "grad")
-    p2, g2, rows, n_launch, mode = _update_plan(param, grad, lazy)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream)
     t = p2.dtype.type
     use_momentum = velocity is not None and momentum != 0
     v2 = _as_2d(as_device(velocity, "velocity")) if use_momentum else p2
-    _launch_update("sgd_update", p2, n_launch, (p2, g2, rows, n_launch, mode, v2, use_momentum, t(lr), t(momentum), t(0)))
+    args = (p2, g2, rows, n_launch, mode, v2, use_momentum, t(lr), t(momentum), t(0))
+    _launch_update("sgd_update", p2, n_launch, args, s)
 
 
-def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True):
+def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, stream=None):
     """In-place bias-corrected Adam step (lazy: only the gradient's rows).
 
     ``m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
@@ -176,17 +252,20 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True):
         Row-sparse gradient: update only its rows (True) or every row, the
         others with a zero gradient (False).
     check : bool
-        Check the gradient for NaN/Inf on the device first.
+        Check the gradient for NaN/Inf on the device first.  The rows of a
+        row-sparse gradient are always checked.
+    stream : optional
+        Stream for the kernels; default the parameter's.
 
     Raises
     ------
     ValueError
-        If the gradient holds NaN or Inf (nothing is modified).
+        If the gradient holds NaN or Inf, or its rows are not sorted and
+        distinct (nothing is modified).
+    IndexError
+        If a row lies outside the parameter (nothing is modified).
     """
-    require_cuda()
-    if check:
-        check_finite(_grad_values(grad), "grad")
-    p2, g2, rows, n_launch, mode = _update_plan(param, grad, lazy)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream)
     t = p2.dtype.type
     c2 = math.sqrt(1.0 - beta2**step)
     step_size = lr * c2 / (1.0 - beta1**step)
@@ -194,10 +273,10 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True):
     v2 = _as_2d(as_device(v, "v"))
     b1, b2 = t(beta1), t(beta2)
     args = (p2, g2, rows, n_launch, mode, m2, v2, t(step_size), b1, b2, t(1) - b1, t(1) - b2, t(eps * c2), t(0))
-    _launch_update("adam_update", p2, n_launch, args)
+    _launch_update("adam_update", p2, n_launch, args, s)
 
 
-def adagrad_step(param, grad, accum, lr, eps, lazy, check=True):
+def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None):
     """In-place AdaGrad step ``a += g^2; p -= lr g / (sqrt(a) + eps)``.
 
     A zero gradient changes neither `accum` nor `param`, so ``lazy=False``
@@ -216,17 +295,20 @@ def adagrad_step(param, grad, accum, lr, eps, lazy, check=True):
     lazy : bool
         Row-sparse gradient: launch over its rows only (True) or all rows.
     check : bool
-        Check the gradient for NaN/Inf on the device first.
+        Check the gradient for NaN/Inf on the device first.  The rows of a
+        row-sparse gradient are always checked.
+    stream : optional
+        Stream for the kernels; default the parameter's.
 
     Raises
     ------
     ValueError
-        If the gradient holds NaN or Inf (nothing is modified).
+        If the gradient holds NaN or Inf, or its rows are not sorted and
+        distinct (nothing is modified).
+    IndexError
+        If a row lies outside the parameter (nothing is modified).
     """
-    require_cuda()
-    if check:
-        check_finite(_grad_values(grad), "grad")
-    p2, g2, rows, n_launch, mode = _update_plan(param, grad, lazy)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream)
     t = p2.dtype.type
     a2 = _as_2d(as_device(accum, "accum"))
-    _launch_update("adagrad_update", p2, n_launch, (p2, g2, rows, n_launch, mode, a2, t(lr), t(eps)))
+    _launch_update("adagrad_update", p2, n_launch, (p2, g2, rows, n_launch, mode, a2, t(lr), t(eps)), s)

@@ -10,12 +10,21 @@ candidates are sorted by (key descending, index ascending) with a bitonic
 sort in shared memory (in global scratch when k exceeds
 ``SORT_CAPACITY``).  Unified selection sums ``|g|`` over the batch in
 fixed-order chunks and selects on that single row.
+
+``SORT_CAPACITY`` sizes shared arrays, so it is a compile-time constant:
+the kernels are built for the value it has when they are first needed and
+kept per value; the host sizes its launches from the value the kernels
+were built with, and a value whose shared arrays exceed the 48 KB of static
+shared memory a block may have is refused.
 """
+import math
+
 import numpy as np
 from numba import int32, int64
 
-from .device import (MAX_THREADS, _cols_grid, _fill, _row_chunks, _rows_grid, _tpb, as_device, check_finite,
-                     common_kernels, cuda, require_cuda)
+from .device import (MAX_THREADS, STATIC_SHARED_LIMIT, _cols_grid, _fill, _row_chunks, _rows_grid, as_device,
+                     common_kernels, cuda, launch_1d, launch_nonfinite, launch_stream, raise_if_nonfinite,
+                     read_status, require_cuda, zeros)
 
 #: Largest k whose candidates are sorted in shared memory (a power of two).
 SORT_CAPACITY = 2048
@@ -27,10 +36,30 @@ _SENTINEL_INDEX = 2**31 - 1
 _KERNELS = {}
 
 
-def _kernels():
-    """Build (once) the top-k kernels and the column sums."""
-    if "topk" in _KERNELS:
-        return _KERNELS["topk"]
+def sort_capacity():
+    """``SORT_CAPACITY``, checked: a power of two whose shared sort buffers fit a block."""
+    capacity = int(SORT_CAPACITY)
+    if capacity < 1 or capacity & (capacity - 1):
+        raise ValueError(f"SORT_CAPACITY must be a power of two >= 1, got {capacity}")
+    shared = shared_bytes(capacity)
+    if shared > STATIC_SHARED_LIMIT:
+        raise ValueError(f"SORT_CAPACITY={capacity} needs {shared} bytes of static shared memory per block; "
+                         f"the limit is {STATIC_SHARED_LIMIT}")
+    return capacity
+
+
+def shared_bytes(capacity):
+    """Static shared memory of the shared-sort top-k kernel built for `capacity`."""
+    return 4 * RADIX + 4 * MAX_THREADS + 8 * 8 + (8 + 4) * capacity
+
+
+def _kernels(capacity=None):
+    """Build (once per sort capacity) the top-k kernels and the column sums."""
+    if capacity is None:
+        capacity = sort_capacity()
+    key = ("topk", capacity)
+    if key in _KERNELS:
+        return _KERNELS[key]
     common = common_kernels()
     block_inclusive_scan = common["block_inclusive_scan"]
     smaller = common["smaller"]
@@ -146,8 +175,8 @@ def _kernels():
         hist = cuda.shared.array(RADIX, int32)
         scan_buf = cuda.shared.array(MAX_THREADS, int32)
         state = cuda.shared.array(8, int64)
-        keys_buf = cuda.shared.array(SORT_CAPACITY, int64)
-        idx_buf = cuda.shared.array(SORT_CAPACITY, int32)
+        keys_buf = cuda.shared.array(capacity, int64)
+        idx_buf = cuda.shared.array(capacity, int32)
         for row in range(cuda.blockIdx.x, bits.shape[0], cuda.gridDim.x):
             select_topk_row(bits, abs_mask, nbits, k, row, keys_buf, idx_buf, sort_size, hist, scan_buf, state, out)
 
@@ -162,18 +191,34 @@ def _kernels():
             select_topk_row(bits, abs_mask, nbits, k, row, keys_buf, idx_buf, sort_size, hist, scan_buf, state, out)
 
     @cuda.jit
-    def column_partial_sums(g, absolute, chunk, partial):
-        # partial[r, c] = sum of g[b, c] (or |g[b, c]|) over the rows b of chunk r, in row order.
+    def scan_columns(g, chunk, partial_sum, partial_abs, status):
+        # One pass over g: per chunk r of rows, partial_sum[r, c] = sum of g[b, c] and
+        # partial_abs[r, c] = sum of |g[b, c]| in row order (each when it has rows), and
+        # status[0] = 1 if g holds NaN or Inf.
         c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         if c >= g.shape[1]:
             return
-        for r in range(cuda.blockIdx.y, partial.shape[0], cuda.gridDim.y):
+        want_sum = partial_sum.shape[0] > 0
+        want_abs = partial_abs.shape[0] > 0
+        n_chunks = (g.shape[0] + chunk - 1) // chunk
+        for r in range(cuda.blockIdx.y, n_chunks, cuda.gridDim.y):
             start = r * chunk
             stop = smaller(start + chunk, g.shape[0])
-            acc = abs(g[start, c]) if absolute else g[start, c]
+            v = g[start, c]
+            acc = v
+            acc_abs = abs(v)
+            bad = math.isnan(v) or math.isinf(v)
             for b in range(start + 1, stop):
-                acc += abs(g[b, c]) if absolute else g[b, c]
-            partial[r, c] = acc
+                v = g[b, c]
+                acc += v
+                acc_abs += abs(v)
+                bad = bad or math.isnan(v) or math.isinf(v)
+            if want_sum:
+                partial_sum[r, c] = acc
+            if want_abs:
+                partial_abs[r, c] = acc_abs
+            if bad:
+                status[0] = 1
 
     @cuda.jit
     def sum_partials(partial, out):
@@ -185,22 +230,34 @@ def _kernels():
             out[c] = acc
 
     ns = dict(locals())
-    _KERNELS["topk"] = ns
+    _KERNELS[key] = ns
     return ns
 
 
-def _column_sums(g, out, absolute):
-    """out[c] = sum_b g[b, c] (or |g[b, c]|), in g's dtype, deterministic."""
+def scan_gradient(g, status, stream, want_sum, want_abs):
+    """One pass over `g`: ``(sum_b g[b], sum_b |g[b]|)`` (each None unless wanted), NaN/Inf flag in ``status[0]``.
+
+    Sums are in g's dtype and deterministic (fixed-order chunks).
+    """
     batch, n = g.shape
+    sums = cuda.device_array(n, dtype=g.dtype, stream=stream) if want_sum else None
+    abs_sums = cuda.device_array(n, dtype=g.dtype, stream=stream) if want_abs else None
     if batch == 0:
-        _fill(out, 0)
-        return
-    tpb = _tpb()
+        for out in (sums, abs_sums):
+            if out is not None:
+                _fill(out, 0, stream)
+        return sums, abs_sums
     chunk, n_chunks = _row_chunks(batch)
-    partial = cuda.device_array((n_chunks, n), dtype=g.dtype)
+    empty = cuda.device_array((0, n), dtype=g.dtype, stream=stream)
+    partial_sum = cuda.device_array((n_chunks, n), dtype=g.dtype, stream=stream) if want_sum else empty
+    partial_abs = cuda.device_array((n_chunks, n), dtype=g.dtype, stream=stream) if want_abs else empty
     K = _kernels()
-    K["column_partial_sums"][(_cols_grid(n, tpb), _rows_grid(n_chunks)), tpb](g, absolute, chunk, partial)
-    K["sum_partials"][_cols_grid(n, tpb), tpb](partial, out)
+    launch_1d(K["scan_columns"], lambda tpb: (_cols_grid(n, tpb), _rows_grid(n_chunks)),
+              (g, chunk, partial_sum, partial_abs, status), stream)
+    for partial, out in ((partial_sum, sums), (partial_abs, abs_sums)):
+        if out is not None:
+            launch_1d(K["sum_partials"], lambda tpb: _cols_grid(n, tpb), (partial, out), stream)
+    return sums, abs_sums
 
 
 def _key_bits(a):
@@ -210,34 +267,34 @@ def _key_bits(a):
     return a.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF), 64
 
 
-def _topk_rows(a, k):
+def topk_rows(a, k, stream):
     """Top-k of each row of device array `a` (B, n) by |value|: (B, k) int64."""
     batch = a.shape[0]
-    out = cuda.device_array((batch, k), dtype=np.int64)
+    out = cuda.device_array((batch, k), dtype=np.int64, stream=stream)
     bits, mask, nbits = _key_bits(a)
     sort_size = 1 << max(0, int(k - 1).bit_length())
-    tpb = _tpb()
+    capacity = sort_capacity()
+    K = _kernels(capacity)
     blocks = _rows_grid(batch)
-    K = _kernels()
-    if sort_size <= SORT_CAPACITY:
-        K["topk_rows_shared"][blocks, tpb](bits, mask, nbits, k, sort_size, out)
+    if sort_size <= capacity:
+        launch_1d(K["topk_rows_shared"], lambda tpb: blocks, (bits, mask, nbits, k, sort_size, out), stream)
     else:
         blocks = min(blocks, _GLOBAL_SORT_MAX_BLOCKS)  # bounds the scratch; blocks loop over rows
-        keys_scratch = cuda.device_array((blocks, sort_size), dtype=np.int64)
-        idx_scratch = cuda.device_array((blocks, sort_size), dtype=np.int32)
-        K["topk_rows_global"][blocks, tpb](bits, mask, nbits, k, sort_size, keys_scratch, idx_scratch, out)
+        keys_scratch = cuda.device_array((blocks, sort_size), dtype=np.int64, stream=stream)
+        idx_scratch = cuda.device_array((blocks, sort_size), dtype=np.int32, stream=stream)
+        launch_1d(K["topk_rows_global"], lambda tpb: blocks,
+                  (bits, mask, nbits, k, sort_size, keys_scratch, idx_scratch, out), stream)
     return out
 
 
-def _unified_topk(g, k):
-    n = g.shape[1]
-    scores = cuda.device_array((1, n), dtype=g.dtype)
-    _column_sums(g, scores.reshape(n), absolute=True)
-    return _topk_rows(scores, k).reshape(k)
+def unified_topk(abs_sums, k, stream):
+    """The k columns of the largest scores `abs_sums` (n,), by descending score: (k,) int64."""
+    n = abs_sums.shape[0]
+    return topk_rows(abs_sums.reshape(1, n), k, stream).reshape(k)
 
 
 # ------------------------------------------------------------------ entry points
-def topk_indices(g, k, unified):
+def topk_indices(g, k, unified, stream=None, check_finite=True):
     """Top-k selection on the GPU (see :func:`meprop_numba.topk_indices`).
 
     Parameters
@@ -249,6 +306,12 @@ def topk_indices(g, k, unified):
     unified : bool
         One set for the minibatch (largest ``sum_b |g[b, i]|``) instead of
         one set per example.
+    stream : optional
+        Stream for the kernels (see :func:`.device.stream_handle`); default
+        the stream `g` comes from.
+    check_finite : bool
+        Read the NaN/Inf flag back and raise (one wait for the stream at the
+        end of the call); False queues the work without waiting.
 
     Returns
     -------
@@ -262,9 +325,17 @@ def topk_indices(g, k, unified):
         If `g` holds NaN or Inf.
     """
     require_cuda()
+    s = launch_stream([g], stream)
     g = as_device(g, "g")
-    check_finite(g, "g")
     k = int(k)
+    status = zeros(1, np.int64, s)
     if unified:
-        return _unified_topk(g, k)
-    return _topk_rows(g, k)
+        _, scores = scan_gradient(g, status, s, want_sum=False, want_abs=True)
+        out = unified_topk(scores, k, s)
+    else:
+        if check_finite:
+            launch_nonfinite(g, status, 0, s)
+        out = topk_rows(g, k, s)
+    if check_finite:
+        raise_if_nonfinite(read_status(status, s), "g")
+    return out
