@@ -6,6 +6,8 @@ gradients of :func:`reference.torch_meprop_lstm`, an LSTM written in
 PyTorch whose gate pre-activation gradient is masked to its top-k (float64,
 random normal data: no ties).
 """
+import pathlib
+import re
 import threading
 
 import numpy as np
@@ -312,3 +314,13 @@ def test_extra_repr():
     assert "k=2, scope='per_gate', selection='topk'" in repr(MePropLSTM(3, 4, k=2))
     assert "dense" in repr(MePropLSTM(3, 4))
     assert isinstance(np.asarray(MePropLSTM(3, 4).weight_ih_l0.detach()), np.ndarray)
+
+
+def test_howto_runs_as_written():
+    doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "howto" / "torch_lstm.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert len(blocks) >= 2
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), namespace)
+    assert namespace["out_packed"].data.shape == (13, 500)

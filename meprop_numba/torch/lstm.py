@@ -353,7 +353,10 @@ class MePropLSTM(nn.LSTM):
             raise ValueError(f"selection must be one of {tuple(_SELECTIONS)}, "
                              f"got {self.selection!r}")
         s.per_gate = self.scope == "per_gate"
-        s.k = None if self.k is None else integer_k(self.k, s.h if s.per_gate else 4 * s.h)
+        k, n = self.k, (s.h if s.per_gate else 4 * s.h)
+        if k is not None and not (type(k) is int and 1 <= k <= n):
+            k = integer_k(k, n)  # k may have been set after construction
+        s.k = k
         s.select = _SELECTIONS[self.selection]
         s.sparse_grad = bool(self.sparse_grad)
         s.workspaces, s.lock = self._workspaces, self._workspace_lock
@@ -399,9 +402,9 @@ class MePropLSTM(nn.LSTM):
             If shapes or lengths are wrong, `hx` is given in training, or a
             tensor is not on the CPU.
         """
-        x, lens = self._padded_input(input, lengths)
         if not (self.training and torch.is_grad_enabled()):
-            return self._reference_forward(input, x, hx, lens)
+            return self._reference_forward(input, hx, lengths)
+        x, lens = self._padded_input(input, lengths)
         if hx is not None:
             raise ValueError("hx: MePropLSTM trains from the zero initial state only; pass "
                              "hx=None (or run torch.nn.LSTM for a learned initial state)")
@@ -442,10 +445,11 @@ class MePropLSTM(nn.LSTM):
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
                               packed.unsorted_indices)
 
-    def _reference_forward(self, input, x, hx, lens):
-        """``torch.nn.LSTM``'s forward, with `lens` applied by packing."""
-        if isinstance(input, PackedSequence) or lens is None:
+    def _reference_forward(self, input, hx, lengths):
+        """``torch.nn.LSTM``'s forward, with `lengths` applied by packing."""
+        if lengths is None:
             return super().forward(input, hx)
+        x, lens = self._padded_input(input, lengths)
         if x.dim() != 3:
             raise ValueError("lengths needs a batched 3-D input")
         B, T = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
