@@ -12,6 +12,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
 from torch import nn  # noqa: E402
@@ -166,6 +168,28 @@ def test_meprop_gradients_equal_masked_reference(layers, bi, scope, k, sparse_gr
             assert a.layout == torch.strided
         torch.testing.assert_close(_dense(a), p.grad, rtol=1e-10, atol=1e-12, msg=name)
     torch.testing.assert_close(ours[0], x.grad, rtol=1e-10, atol=1e-12)
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.data())
+def test_meprop_property_against_masked_reference(data):
+    h = data.draw(st.integers(1, 5), label="h")
+    layers, bi = data.draw(st.sampled_from(CASES), label="layers, bi")
+    scope = data.draw(st.sampled_from(["per_gate", "concat"]), label="scope")
+    k = data.draw(st.integers(1, h if scope == "per_gate" else 4 * h), label="k")
+    B, T = data.draw(st.integers(1, 3), label="B"), data.draw(st.integers(1, 5), label="T")
+    lengths = data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B), label="lengths")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    ref, mep = _pair(2, h, layers, bi, seed=seed, k=k, scope=scope)
+    x = torch.randn(B, T, 2, dtype=F64, requires_grad=True)
+    out, h_n, _, ours = _run(mep, x, lengths)
+    r_out, r_h, _ = torch_meprop_lstm(torch, dict(ref.named_parameters()), x, lengths,
+                                      num_layers=layers, bidirectional=bi, k=k,
+                                      per_gate=scope == "per_gate")
+    _loss(r_out, r_h).backward()
+    torch.testing.assert_close(out, r_out, rtol=0, atol=1e-12)
+    for a, b in zip(ours, [x.grad] + [p.grad for p in ref.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 def test_reference_dense_equals_nn_lstm():

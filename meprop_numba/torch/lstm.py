@@ -57,11 +57,10 @@ class _Settings:
 
 
 def _direction_weights(weights, settings, idx):
-    """(W_x, W_h, b) of layer/direction `idx` as NumPy arrays; b = b_ih + b_hh or None."""
+    """(W_x, W_h, (b_ih, b_hh) or None) of layer/direction `idx` from the flat weights."""
     per = 4 if settings.bias else 2
-    W_x, W_h = weights[per * idx], weights[per * idx + 1]
-    b = weights[per * idx + 2] + weights[per * idx + 3] if settings.bias else None
-    return W_x, W_h, b
+    biases = (weights[per * idx + 2], weights[per * idx + 3]) if settings.bias else None
+    return weights[per * idx], weights[per * idx + 1], biases
 
 
 def _forward(X, lengths, weights, s):
@@ -79,11 +78,11 @@ def _forward(X, lengths, weights, s):
         outs = []
         for direction in range(D):
             idx = layer * D + direction
-            W_x, W_h, b = _direction_weights(weights, s, idx)
+            W_x, W_h, biases = _direction_weights(weights, s, idx)
             Xd = layer_in if direction == 0 else _time_gather(layer_in, rev)
             xw = (Xd.reshape(T * B, -1) @ W_x.T).reshape(T, B, 4 * h)
-            if b is not None:
-                xw += b
+            if biases is not None:
+                xw += biases[0] + biases[1]
             H = np.empty((T + 1, B, h), dtype=dtype)
             C = np.empty((T + 1, B, h), dtype=dtype)
             TC = np.empty((T, B, h), dtype=dtype)
