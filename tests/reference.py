@@ -283,3 +283,73 @@ def layouts(draw, array):
     readonly = array.copy()
     readonly.setflags(write=False)
     return readonly
+
+
+# ---------------------------------------------------- meProp LSTM in PyTorch
+def torch_meprop_lstm(torch, params, x, lengths, *, num_layers, bidirectional, k=None,
+                      per_gate=True):
+    """meProp LSTM written directly in PyTorch autograd, one example at a time.
+
+    `params` maps ``torch.nn.LSTM``'s names (``weight_ih_l0``, ...,
+    ``_reverse`` suffixes) to tensors; `x` is (B, T, d) batch first and
+    example b uses its first ``lengths[b]`` steps (the reverse direction runs
+    over those steps backwards). At every step the product
+    ``x_t W_ih^T + h_{t-1} W_hh^T`` passes through a function that is the
+    identity forward and, backward, keeps only the k largest-magnitude
+    entries of its gradient (per gate block of h, or of all 4h) and zeroes
+    the rest; the biases are added after it, so they get the full gradient.
+    ``k=None`` keeps everything (plain autograd BPTT). Returns
+    ``(output (B, T, h * directions), zero at padded steps;
+    h_n (layers * directions, B, h); c_n)``.
+    """
+
+    class KeepTopk(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            blocks = g.reshape(4, -1) if per_gate else g.reshape(1, -1)
+            mask = torch.zeros_like(blocks)
+            mask.scatter_(1, blocks.abs().topk(k, dim=1).indices, 1.0)
+            return (blocks * mask).reshape(g.shape)
+
+    B, T, _ = x.shape
+    directions = 2 if bidirectional else 1
+    layer_in = [x[b, :int(lengths[b])] for b in range(B)]
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outs = [[] for _ in range(B)]
+        for direction in range(directions):
+            sfx = f"l{layer}" + ("_reverse" if direction else "")
+            W_ih, W_hh = params["weight_ih_" + sfx], params["weight_hh_" + sfx]
+            bias = params.get("bias_ih_" + sfx)
+            if bias is not None:
+                bias = bias + params["bias_hh_" + sfx]
+            hs_n, cs_n = [], []
+            for b in range(B):
+                seq = layer_in[b].flip(0) if direction else layer_in[b]
+                h = torch.zeros(W_hh.shape[1], dtype=x.dtype)
+                c = torch.zeros_like(h)
+                hs = []
+                for t in range(seq.shape[0]):
+                    a = W_ih @ seq[t] + W_hh @ h
+                    if k is not None:
+                        a = KeepTopk.apply(a)
+                    if bias is not None:
+                        a = a + bias
+                    i, f, g, o = a.chunk(4)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                    hs.append(h)
+                hs = torch.stack(hs)
+                outs[b].append(hs.flip(0) if direction else hs)
+                hs_n.append(h)
+                cs_n.append(c)
+            h_n.append(torch.stack(hs_n))
+            c_n.append(torch.stack(cs_n))
+        layer_in = [torch.cat(o, dim=1) for o in outs]
+    out = torch.zeros(B, T, layer_in[0].shape[1], dtype=x.dtype)
+    out = torch.stack([torch.cat([seq, out[b, seq.shape[0]:]]) for b, seq in enumerate(layer_in)])
+    return out, torch.stack(h_n), torch.stack(c_n)

@@ -45,6 +45,16 @@ def _check_lengths(lengths, B, T):
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
+def _check_batch(features, input_size, B, T, lengths, name):
+    """Check an input of B examples, T steps and `features` per step; return its lengths."""
+    if features != input_size:
+        raise ValueError(f"{name} must have {input_size} features per step, got {features}")
+    if B == 0 or T == 0:
+        raise ValueError(f"{name} must hold at least one example and one step, got {B} "
+                         f"examples of {T} steps")
+    return _check_lengths(lengths, B, T)
+
+
 def _reverse_index(lengths, T):
     """(T, B) time index that reverses every example within its own length."""
     t = np.arange(T)[:, None]
@@ -229,12 +239,8 @@ class LSTM(Module):
         x = float_array(x, "x", 3)
         if x.dtype != self.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the layer is {self.dtype}; cast with .astype")
-        B, T, d = x.shape
-        if d != self.input_size:
-            raise ValueError(f"x must have {self.input_size} features per step, got {d}")
-        if B == 0 or T == 0:
-            raise ValueError(f"x must hold at least one example and one step, got shape {x.shape}")
-        lengths = _check_lengths(lengths, B, T)
+        B, T, _ = x.shape
+        lengths = _check_batch(x.shape[2], self.input_size, B, T, lengths, "x")
         rev = _reverse_index(lengths, T) if self.bidirectional else None
         padded = bool(lengths.min() < T)
         h = self.hidden_size

@@ -1,0 +1,2 @@
+"""meProp layers for PyTorch models."""
+from .lstm import MePropLSTM
