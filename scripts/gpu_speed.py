@@ -16,13 +16,19 @@ or :func:`meprop_numba.topk_indices`) on the baseline's own arrays, passed
 zero-copy through ``__cuda_array_interface__``: validation, the on-device
 NaN/Inf check, top-k, the sparse products and the dense bias gradient.
 Before timing, each meProp result is checked against the baseline library
-(``--no-check`` skips that).
+(``--no-check`` skips that).  The table is printed as it goes, one row per
+case as soon as it is measured; a case that fails prints its error in its
+row and the others still run.
+
+``--simulator`` is a dry run of the script itself under the CUDA simulator:
+tiny shapes, a NumPy baseline on host copies, timings meaningless.
 
 Usage::
 
     pip install "meprop_numba[cuda12]" torch        # or [cuda13]
     python scripts/gpu_speed.py
     python scripts/gpu_speed.py --baseline cupy --repeat 10
+    NUMBA_ENABLE_CUDASIM=1 python scripts/gpu_speed.py --simulator
 """
 import argparse
 import importlib.util
@@ -40,6 +46,11 @@ CASES = [
     ("row top-k 1024x8192, k=32", "topk", (1024, 8192), 32, None),
 ]
 PAPER_DENSE = "dense 308 ms (GTX 1080)"
+SIMULATOR_CASES = [
+    ("unified B=6, n=m=20, k=3", "unified", (6, 20, 20), 3, None),
+    ("per-example B=6, n=m=20, k=3", "per_example", (6, 20, 20), 3, None),
+    ("row top-k 6x20, k=3", "topk", (6, 20), 3, None),
+]
 
 
 def parse_args(argv=None):
@@ -49,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=int, default=7,
                         help="samples per measurement; the best is kept (default 7)")
     parser.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    parser.add_argument("--simulator", action="store_true",
+                        help="dry run under the CUDA simulator (tiny shapes, NumPy baseline, meaningless timings)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
@@ -118,6 +131,37 @@ class CupyBackend:
         return self.cupy.asnumpy(self.cupy.asarray(a))
 
 
+class SimulatorBackend:
+    """NumPy on host copies, for a dry run of this script under the CUDA simulator."""
+
+    name = "numpy"
+
+    def __init__(self):
+        import numpy as np
+
+        from meprop_numba import gpu
+
+        self.np, self.gpu = np, gpu
+        self.version = f"numpy {np.__version__} (simulator dry run)"
+
+    def normal(self, shape, seed):
+        return self.gpu.to_device(self.np.random.default_rng(seed).standard_normal(shape).astype(self.np.float32))
+
+    def synchronize(self):
+        self.gpu.synchronize()
+
+    def dense_backward(self, x, W, g):
+        x, W, g = self.gpu.to_host((x, W, g))
+        return g @ W, g.T @ x, g.sum(0)
+
+    def topk(self, g, k):
+        mag = self.np.abs(self.gpu.to_host(g))
+        return self.np.argsort(-mag, axis=1, kind="stable")[:, :k]
+
+    def to_numpy(self, a):
+        return a if isinstance(a, self.np.ndarray) else self.gpu.to_host(a)
+
+
 def best_of_alternating(dense, sparse, synchronize, repeat):
     """Best synchronised seconds of each function, the two sampled in turn."""
     for func in (dense, sparse):  # warm-up: compilation, cuBLAS handles, allocator
@@ -185,48 +229,67 @@ def main(argv=None):
         raise SystemExit('no usable CUDA GPU: needs an NVIDIA driver and pip install "meprop_numba[cuda12]" (or [cuda13])')
     from meprop_numba import _cuda
 
-    if _cuda.is_simulator():
-        raise SystemExit("NUMBA_ENABLE_CUDASIM=1 is set: unset it, simulator timings are meaningless")
-    backend = TorchBackend() if args.baseline == "torch" else CupyBackend()
+    if _cuda.is_simulator() and not args.simulator:
+        raise SystemExit("NUMBA_ENABLE_CUDASIM=1 is set: unset it (simulator timings are meaningless) or pass --simulator")
+    if args.simulator and not _cuda.is_simulator():
+        raise SystemExit("--simulator needs NUMBA_ENABLE_CUDASIM=1")
+    if args.simulator:
+        from meprop_numba._cuda import device, linear
 
-    rows = []
-    for label, kind, shape, k, paper in CASES:
-        if kind == "topk":
-            g = backend.normal(shape, 3)
-            arrays = (g,)
-
-            def dense(g=g, k=k):
-                return backend.topk(g, k)
-
-            def sparse(g=g, k=k):
-                return mp.topk_indices(g, k)
-        else:
-            batch, n, m = shape
-            x, W, g = backend.normal((batch, m), 1), backend.normal((n, m), 2), backend.normal((batch, n), 3)
-            arrays = (x, W, g)
-            unified = kind == "unified"
-
-            def dense(x=x, W=W, g=g):
-                return backend.dense_backward(x, W, g)
-
-            def sparse(x=x, W=W, g=g, k=k, unified=unified):
-                return mp.linear_backward(x, W, g, k, unified=unified)
-        if not args.no_check:
-            check_case(backend, kind, arrays, k, sparse())
-        dense_s, sparse_s = best_of_alternating(dense, sparse, backend.synchronize, args.repeat)
-        rows.append((label, dense_s * 1e3, sparse_s * 1e3, dense_s / sparse_s, paper))
-        print(f"measured {label}", file=sys.stderr, flush=True)
+        device.THREADS_PER_BLOCK, linear.GEMM_TILE = 8, 2  # the simulator runs each thread as a Python thread
+        sys.setswitchinterval(1e-4)
+        backend, cases = SimulatorBackend(), SIMULATOR_CASES
+    else:
+        backend, cases = (TorchBackend() if args.baseline == "torch" else CupyBackend()), CASES
 
     print(f"device: {gpu.device_name()}; {platform.platform()}")
     print(f"python {platform.python_version()}, numba {numba.__version__}, {backend.version}, "
           f"meprop_numba {getattr(mp, '__version__', 'unknown')}")
-    print(f"float32, TF32 off, best of {args.repeat} alternating synchronised samples per row")
+    print(f"float32, TF32 off, best of {args.repeat} alternating synchronised samples per row; "
+          f"results checked first: {not args.no_check}")
     print()
     print(f"| case | dense {backend.name} ms | meProp ms | speed-up | paper ({PAPER_DENSE}) |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for label, dense_ms, sparse_ms, ratio, paper in rows:
-        print(f"| {label} | {dense_ms:.3f} | {sparse_ms:.3f} | {ratio:.1f}x | {paper or '-'} |")
+    print("| --- | ---: | ---: | ---: | --- |", flush=True)
+    failed = 0
+    for label, kind, shape, k, paper in cases:
+        try:
+            dense_ms, sparse_ms = measure_case(mp, backend, kind, shape, k, args)
+        except Exception as exc:  # the row says why; the other cases still run
+            failed += 1
+            print(f"| {label} | failed: {type(exc).__name__}: {str(exc)[:200]} | | | {paper or '-'} |", flush=True)
+            continue
+        print(f"| {label} | {dense_ms:.3f} | {sparse_ms:.3f} | {dense_ms / sparse_ms:.1f}x | {paper or '-'} |",
+              flush=True)
+    return 1 if failed else 0
+
+
+def measure_case(mp, backend, kind, shape, k, args):
+    """(dense ms, meProp ms) of one case, its result checked first."""
+    if kind == "topk":
+        g = backend.normal(shape, 3)
+        arrays = (g,)
+
+        def dense():
+            return backend.topk(g, k)
+
+        def sparse():
+            return mp.topk_indices(g, k)
+    else:
+        batch, n, m = shape
+        x, W, g = backend.normal((batch, m), 1), backend.normal((n, m), 2), backend.normal((batch, n), 3)
+        arrays = (x, W, g)
+        unified = kind == "unified"
+
+        def dense():
+            return backend.dense_backward(x, W, g)
+
+        def sparse():
+            return mp.linear_backward(x, W, g, k, unified=unified)
+    if not args.no_check:
+        check_case(backend, kind, arrays, k, sparse())
+    dense_s, sparse_s = best_of_alternating(dense, sparse, backend.synchronize, args.repeat)
+    return dense_s * 1e3, sparse_s * 1e3
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -44,7 +44,7 @@ CHILD = r"""
 import json, sys, threading, time
 import numpy as np
 import meprop_numba as mp
-from meprop_numba import _kernels
+from meprop_numba._cpu import topk as _kernels
 
 def median_ms(fn, reps):
     # The best of `reps` runs: on a machine shared with other jobs the
