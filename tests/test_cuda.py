@@ -1,7 +1,7 @@
 """GPU kernels (``meprop_numba._cuda``) against the NumPy references and the CPU path.
 
 Runs on a real GPU when one is present and under the CUDA simulator
-otherwise (``tests/conftest.py`` turns it on).  Blocks are made tiny (a few
+otherwise (the repository's ``conftest.py`` turns it on).  Blocks are made tiny (a few
 threads, 2x2-thread product blocks, at most 3 blocks along a grid's row dimension)
 so that small inputs span several blocks and the grid-stride loops run; column
 reductions over the batch are split into chunks of 2 rows.
