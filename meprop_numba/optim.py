@@ -176,8 +176,13 @@ class Optimizer:
         for j, mine in enumerate(self._state):
             shape, dtype = self._layout[j]
             for s, a in mine:
-                if (a.shape != shape or a.dtype != dtype) if type(a) is np.ndarray else shape_dtype(a) != (shape, dtype):
-                    raise ValueError(f"state[{j}][{s!r}] was reshaped; restore a state with load_state_dict")
+                if type(a) is np.ndarray:
+                    bad = a.shape != shape or a.dtype != dtype or not a.flags.writeable
+                else:
+                    bad = shape_dtype(a) != (shape, dtype)
+                if bad:
+                    raise ValueError(f"state[{j}][{s!r}] was reshaped or made read-only; "
+                                     "restore a state with load_state_dict")
 
     def _check_grads(self, grads):
         """Validate every gradient before any parameter is touched."""

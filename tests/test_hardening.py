@@ -153,7 +153,16 @@ def _state_replaced(opt, W):
     return lambda: (opt.state[1].clear(), opt.state[1].update(old))
 
 
-@pytest.mark.parametrize("change", [_replaced, _appended, _read_only, _reshaped, _state_replaced])
+def _state_read_only(opt, W):
+    if not opt.state[1]:
+        return _state_replaced(opt, W)
+    array = next(iter(opt.state[1].values()))
+    array.flags.writeable = False
+    return lambda: setattr(array.flags, "writeable", True)
+
+
+@pytest.mark.parametrize("change", [_replaced, _appended, _read_only, _reshaped, _state_replaced,
+                                    _state_read_only])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_params_changed_after_construction_are_refused_before_any_change(name, change):
     # Before the fix: a replaced larger param gave a segmentation fault, an
@@ -168,6 +177,8 @@ def test_params_changed_after_construction_are_refused_before_any_change(name, c
         grads.append(np.ones(3, np.float32))
     with pytest.raises(ValueError, match="params|state"):
         opt.step(grads)
+    with pytest.raises(ValueError, match="params|state"):
+        opt.load_state_dict(before["state"])
     undo()
     assert_identical(unchanged(opt, [b, W]), before)
 
