@@ -421,15 +421,11 @@ class POSTagger(Module):
                                            dtype=dtype, rng=self.rng)
         self.word_dim, self.feature_dim = word_dim, feature_dim
         self.lstm = LSTM(word_dim + N_FEATURES * feature_dim, hidden, layers,
-                         bidirectional=bidirectional, k=k, mode=scope, selection=selection,
+                         bidirectional=bidirectional, k=k, scope=scope, selection=selection,
                          dtype=dtype, rng=self.rng)
         self.output = Linear(self.lstm.output_size, n_tags, dtype=dtype, rng=self.rng)
         self.dtype = np.dtype(dtype)
         self._mask = None
-
-    @property
-    def modules(self):
-        return [self.word_embedding, self.feature_embedding, self.lstm, self.output]
 
     def forward(self, batch, train=False):
         """Scores of every real token, shape (number of tokens, n_tags), in row-major order."""
@@ -456,12 +452,6 @@ class POSTagger(Module):
         self.word_embedding.backward(dx[:, :, :self.word_dim])
         self.feature_embedding.backward(
             dx[:, :, self.word_dim:].reshape(B, T, N_FEATURES, self.feature_dim))
-
-    def params(self):
-        return [p for m in self.modules for p in m.params()]
-
-    def grads(self):
-        return [g for m in self.modules for g in m.grads()]
 
     def predict(self, batch):
         """Predicted tag id of every real token (row-major order); padding id 0 is never predicted."""
@@ -547,6 +537,7 @@ class POSConfig(RunConfig):
 def tag_accuracy(model, sentences, feature_offsets):
     """Token accuracy of `model` on encoded `sentences` (None if there are no tokens).
 
+    Never raises.
     Parameters
     ----------
     model : POSTagger
@@ -557,8 +548,6 @@ def tag_accuracy(model, sentences, feature_offsets):
     Returns
     -------
     float or None
-
-    Never raises.
 
     Examples
     --------
