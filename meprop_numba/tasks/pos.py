@@ -344,6 +344,8 @@ def make_batch(sentences, feature_offsets, *, word_dropout=0.0, word_counts=None
 def feature_offsets(feature_sizes):
     """Row offset of each feature's vocabulary in the tagger's shared feature table.
 
+    Never raises for a sequence of integers.
+
     Row 0 of the table is padding; feature ``j`` starts after the rows of
     features ``0..j-1``.
 
@@ -354,8 +356,7 @@ def feature_offsets(feature_sizes):
     Returns
     -------
     ndarray of int64
-
-    Never raises.
+        The first row of each feature's block.
 
     Examples
     --------
@@ -538,6 +539,7 @@ def tag_accuracy(model, sentences, feature_offsets):
     """Token accuracy of `model` on encoded `sentences` (None if there are no tokens).
 
     Never raises.
+
     Parameters
     ----------
     model : POSTagger

@@ -165,8 +165,6 @@ def clean_temporary_files(directory):
     OSError
         If a file cannot be removed.
 
-    Never raises.
-
     Examples
     --------
     >>> import os, tempfile

@@ -73,6 +73,8 @@ class TrainingDiverged(FloatingPointError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`fit`; the last checkpoint and the results JSON are intact.
 
+    Construction never raises.
+
     Parameters
     ----------
     message : str
@@ -84,8 +86,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     ----------
     results : dict
         The results up to the interruption, with ``stopped`` set.
-
-    Never raises.
 
     Examples
     --------
@@ -236,8 +236,7 @@ def train_step(model, optimizer, loss, batch, timers=None):
 def blas_threads(n):
     """Context manager limiting the BLAS thread pool to `n` threads.
 
-    Never raises.
-    Uses ``threadpoolctl`` when it is installed; otherwise (or with
+    Never raises. Uses ``threadpoolctl`` when it is installed; otherwise (or with
     ``n=None``) it changes nothing and BLAS follows
     ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``. On a busy machine a
     multi-threaded BLAS is many times slower on the small products of a
@@ -466,8 +465,7 @@ def _progress_bar(total, desc, enabled):
 def run_generators(seed):
     """The two independent generators of a run: the model's and the data's.
 
-    Never raises.
-    The model generator draws the initial weights, dropout masks and random-k
+    Never raises. The model generator draws the initial weights, dropout masks and random-k
     selections; the data generator shuffles (and draws word dropout).
 
     Parameters
