@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`Dataset` with a train/dev/test split: the
 dev set is the last `dev_size` training images (by default one twelfth of
-them, i.e. the paper's 5,000 of 60,000), the test set is the file's test set.
+them: 5,000 of 60,000; the released meProp code holds out the first 5,000 instead), the
+test set is the file's test set.
 Images are flattened to ``(N, 784)`` and scaled to ``[0, 1]``.
 """
 import os
