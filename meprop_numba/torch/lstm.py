@@ -21,8 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .._cpu.topk import magnitude_bits
 from .._validation import integer_k
 from .._cpu import lstm as K
-from ..nn.lstm import _MODES as _SCOPES
-from ..nn.lstm import _SELECTIONS, _check_batch, _check_lengths, _reverse_index, _time_gather
+from ..nn.lstm import _SCOPES, _SELECTIONS, _check_batch, _check_lengths, _reverse_index, _time_gather
 
 __all__ = ["MePropLSTM"]
 
