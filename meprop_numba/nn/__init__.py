@@ -48,6 +48,7 @@ Examples
 >>> _ = model.backward(grad)
 >>> opt.step(model.grads())
 """
+from .activations import Cube
 from .embedding import Embedding
 from .layers import Dropout, Linear, Module, ReLU, Sequential, array_module
 from .lstm import LSTM
@@ -55,6 +56,7 @@ from .loss import log_softmax, softmax_cross_entropy
 from .mlp import MLP
 
 __all__ = [
+    "Cube",
     "Dropout",
     "Embedding",
     "LSTM",
