@@ -52,12 +52,20 @@ Methods (the loop calls them in this order)
     so evaluation encodes exactly as training did. Raises OSError or
     ValueError (naming the file and, for text formats, the line) on
     missing or malformed data.
+``extra_state(data)``
+    Everything besides the parameters that a checkpoint needs to be a
+    usable model on its own (vocabularies, feature tables, label names,
+    input shape): a dict of JSON values (lists, strings, numbers). Saved
+    in every checkpoint.
 ``check_data(config, data)``
     Checks that need the data (batch size above the training set, k above
     a layer width); raises ValueError. Called before any training.
-``build_model(config, data, rng)``
-    A fresh :class:`meprop_numba.nn.Module` drawing all its randomness
-    from `rng` (a ``numpy.random.Generator``, kept as ``model.rng``).
+``build_model(config, extra_state, rng)``
+    A fresh :class:`meprop_numba.nn.Module` (``state_dict()``,
+    ``load_state_dict()``, ``parameters()``) sized from `extra_state`
+    alone, drawing all its randomness from `rng` (a
+    ``numpy.random.Generator``, kept as ``model.rng``), so the same call
+    rebuilds a model from a checkpoint.
 ``n_batches(config, data)``
     Training steps per epoch.
 ``batches(config, data, rng)``
@@ -76,10 +84,6 @@ Methods (the loop calls them in this order)
 ``component_seconds(model)``
     Cumulative seconds of each of ``component_timers`` (the loop takes the
     difference over an epoch).
-``extra_state(data)``
-    What besides the parameters a checkpoint needs to be a usable model
-    (vocabularies, feature tables, label names, input shape): a dict of
-    JSON values and NumPy arrays.
 ``predict(model, config, extra_state, input_path, out)``
     Read `input_path` (the task's input format), write one prediction per
     input item to the text stream `out`; returns the number of items.
@@ -91,6 +95,9 @@ Methods (the loop calls them in this order)
     Short run name for tables, e.g. ``"meProp k=20 topk"`` or ``"dense"``.
 ``describe(config, data)``
     One or two lines printed before training (data sizes, model shape).
+``data_summary(data)``
+    A JSON value describing the data (sizes, source), stored in the
+    results.
 
 Besides the names above a task module exports only its public API; no task
 imports another task's private names, and the loop imports no task.
@@ -141,11 +148,15 @@ class Task:
         """Read the data ``config`` names; vocabularies from `extra_state` if given."""
         raise NotImplementedError
 
+    def extra_state(self, data):
+        """What a checkpoint needs besides the parameters (vocabularies, shapes)."""
+        return {}
+
     def check_data(self, config, data):
         """Raise ValueError for a config that cannot train on `data`."""
 
-    def build_model(self, config, data, rng):
-        """A freshly initialised model for `data`, drawing randomness from `rng`."""
+    def build_model(self, config, extra_state, rng):
+        """A freshly initialised model sized from `extra_state`, drawing randomness from `rng`."""
         raise NotImplementedError
 
     # ---- training
@@ -170,10 +181,6 @@ class Task:
         """Metrics on ``split`` ('dev' or 'test'), with at least :attr:`metric`."""
         raise NotImplementedError
 
-    def extra_state(self, data):
-        """What a checkpoint needs besides the parameters (vocabularies, shapes)."""
-        return {}
-
     def predict(self, model, config, extra_state, input_path, out):
         """Write predictions for `input_path` to the text stream `out`; return the count."""
         raise NotImplementedError
@@ -190,3 +197,7 @@ class Task:
     def describe(self, config, data):
         """Lines printed before training."""
         return f"{self.name}: {self.label(config)}"
+
+    def data_summary(self, data):
+        """A JSON value describing `data`, for the results."""
+        return None
