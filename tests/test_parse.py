@@ -317,7 +317,7 @@ def test_task_trains_evaluates_and_predicts(toy_treebank):
     assert "obl" in data.vocab.labels and "obl:on" not in data.vocab.labels
     assert len(data.transitions) == 2 * (4 + 6)
     rng = np.random.default_rng(0)
-    model = task.build_model(config, data, rng)
+    model = task.build_model(config, task.extra_state(data), rng)
     opt = build_optimizer(config, model.params())
     assert sum(1 for _ in task.batches(config, data, rng)) == task.n_batches(config, data)
     first = None
@@ -342,9 +342,20 @@ def test_task_trains_evaluates_and_predicts(toy_treebank):
     assert [s.words for s in predicted] == [s.words for s in read_conllu(
         toy_treebank / "xx_toy-ud-dev.conllu")]
     assert all(d in data.vocab.labels for s in predicted for d in s.deprel)
-    # the vocabulary from a checkpoint's extra state encodes exactly as training did
+    # the vocabulary from a checkpoint's extra state encodes exactly as training did, and
+    # a model rebuilt from it and the state_dict predicts the same
     again = task.load_data(config, extra_state=state)
     assert np.array_equal(again.features, data.features)
+    rebuilt = task.build_model(config, state, np.random.default_rng(5))
+    rebuilt.load_state_dict(model.state_dict())
+    assert task.evaluate(rebuilt, again, "dev") == scores
+    bad = {**model.state_dict(), "hidden.weight": np.zeros((2, 2), np.float32)}
+    bad["word_embedding.weight"] = bad["word_embedding.weight"] + 1
+    with pytest.raises(ValueError, match="hidden.weight"):
+        rebuilt.load_state_dict(bad)
+    assert all(np.array_equal(a, b) for a, b in zip(rebuilt.params(), model.params()))
+    with pytest.raises(KeyError, match="missing"):
+        rebuilt.load_state_dict({})
 
 
 def test_task_config_checks():

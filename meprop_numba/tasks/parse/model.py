@@ -107,6 +107,50 @@ class ParserModel(Module):
     def grads(self):
         return [g for layer in self.layers for g in layer.grads()]
 
+    def parameters(self):
+        """The parameter arrays (same as :meth:`params`)."""
+        return self.params()
+
+    def _named(self):
+        names = ("word_embedding", "pos_embedding", "label_embedding", "hidden", "output")
+        out = {}
+        for name in names:
+            layer = getattr(self, name)
+            for pname, value in zip(("weight", "bias"), layer.params()):
+                out[f"{name}.{pname}"] = value
+        return out
+
+    def state_dict(self):
+        """Name -> copy of each parameter (``"hidden.weight"``, ...)."""
+        return {name: value.copy() for name, value in self._named().items()}
+
+    def load_state_dict(self, state):
+        """Copy `state` into the parameters in place; checks every entry before changing any.
+
+        Raises
+        ------
+        KeyError
+            If a name is missing or unknown.
+        ValueError
+            If an array has the wrong shape.
+        TypeError
+            If an array has the wrong dtype.
+        """
+        named = self._named()
+        if set(state) != set(named):
+            raise KeyError(f"state_dict names differ: missing {sorted(set(named) - set(state))}, "
+                           f"unexpected {sorted(set(state) - set(named))}")
+        arrays = {}
+        for name, target in named.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(f"{name}: shape {value.shape}, expected {target.shape}")
+            if value.dtype != target.dtype:
+                raise TypeError(f"{name}: dtype {value.dtype}, expected {target.dtype}")
+            arrays[name] = value
+        for name, target in named.items():
+            target[...] = arrays[name]
+
     def predict_scores(self, features, batch_size=4096):
         """Scores of `features` in batches (evaluation mode)."""
         out = [self.forward(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]

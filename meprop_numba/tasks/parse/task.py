@@ -210,8 +210,8 @@ class ParseTask(Task):
             raise ValueError(f"batch_size {config.batch_size} exceeds the "
                              f"{len(data.transitions)} training transitions")
 
-    def build_model(self, config, data, rng):
-        v = data.vocab
+    def build_model(self, config, extra_state, rng):
+        v = ParseVocabulary.from_state_dict(extra_state["vocab"])
         return ParserModel(len(v.words), len(v.pos), len(v.labels) + 1, v.n_transitions,
                            dim=config.dim, hidden=config.hidden, k=config.k,
                            selection=config.selection, activation=config.activation,
@@ -256,6 +256,10 @@ class ParseTask(Task):
         mask = treebank.word_mask()
         write_conllu_predictions(input_path, heads[mask], labels[mask], vocab.labels, out)
         return len(sentences)
+
+    def data_summary(self, data):
+        return {**data.stats, "relations": len(data.vocab.labels), "words": len(data.vocab.words),
+                "pos": len(data.vocab.pos)}
 
     def label(self, config):
         if config.k is None:
