@@ -17,7 +17,11 @@ import re
 import pytest
 
 MODULES = ["meprop_numba", "meprop_numba.nn", "meprop_numba.data", "meprop_numba.gpu",
-           "meprop_numba.train", "meprop_numba.cli", "meprop_numba.tasks.pos"]
+           "meprop_numba.training", "meprop_numba.training.config",
+           "meprop_numba.training.checkpoint", "meprop_numba.training.report",
+           "meprop_numba.cli", "meprop_numba.tasks", "meprop_numba.tasks.base",
+           "meprop_numba.tasks.mlp", "meprop_numba.tasks.pos",
+           "meprop_numba.tasks.pos_features"]
 
 
 def public_names():

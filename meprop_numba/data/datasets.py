@@ -269,7 +269,7 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
     name_str = os.fspath(name)
 
     if name_str == "embedded":
-        with resources.files("meprop_numba").joinpath("datasets", EMBEDDED_FILE).open("rb") as fh:
+        with resources.files("meprop_numba.data").joinpath("embedded", EMBEDDED_FILE).open("rb") as fh:
             with np.load(fh) as npz:
                 arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
         return _split("embedded", arrays["x_train"], arrays["y_train"], arrays["x_test"],

@@ -120,6 +120,7 @@ class Task:
     in the module docstring; the defaults here are shared behaviour
     (:meth:`dense_config`, :meth:`label`, :meth:`check_data`,
     :meth:`component_seconds`, :meth:`extra_state`).
+    Construction never raises; the methods raise as the module docstring says.
 
     Examples
     --------

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..optim import SGD, AdaGrad, Adam
 
-__all__ = ["OPTIMIZERS", "RunConfig", "build_optimizer", "check_positive_int"]
+__all__ = ["OPTIMIZERS", "RunConfig", "build_optimizer", "check_k", "check_positive_int", "k_arg",
+           "k_list_arg", "positive_float_arg", "positive_int_arg",
+           "probability_arg"]
 
 #: Optimizer name -> class.
 OPTIMIZERS = {"adam": Adam, "adagrad": AdaGrad, "sgd": SGD}
@@ -214,3 +216,221 @@ def build_optimizer(config, params):
     ('SGD', 0.1)
     """
     return OPTIMIZERS[config.optimizer](params, lr=config.learning_rate, lazy=config.lazy)
+
+
+# ---------------------------------------------------------------- command-line value types
+# argparse ``type=`` functions shared by every task's options; a bad value
+# becomes argparse's usage error (exit status 2) naming the option.
+
+def positive_int_arg(text):
+    """``type=`` for an integer >= 1.
+
+    Parameters
+    ----------
+    text : str
+        The option's value as typed.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For a bad value (argparse turns it into a usage error, exit status 2).
+
+    Examples
+    --------
+    >>> from meprop_numba.training.config import positive_int_arg
+    >>> positive_int_arg("3")
+    3
+        """
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def k_arg(text):
+    """``type=`` for a meProp k: a positive integer, or ``none``/``dense`` (None).
+
+    ``0`` is refused (it used to mean dense silently).
+
+    Parameters
+    ----------
+    text : str
+        The option's value as typed.
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For a bad value (argparse turns it into a usage error, exit status 2).
+
+    Examples
+    --------
+    >>> from meprop_numba.training.config import k_arg
+    >>> k_arg("20"), k_arg("none")
+    (20, None)
+        """
+    if text.strip().lower() in ("none", "dense"):
+        return None
+    import argparse
+
+    try:
+        return positive_int_arg(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"k must be a positive integer or 'none' (dense), got {text!r}") from None
+
+
+def k_list_arg(text):
+    """``type=`` for k per layer: ``20`` (every layer) or ``20,40`` (one per layer).
+
+    Returns an int or None for one value, a tuple for several.
+
+    Parameters
+    ----------
+    text : str
+        The option's value as typed.
+
+    Returns
+    -------
+    int, None or tuple
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For a bad value (argparse turns it into a usage error, exit status 2).
+
+    Examples
+    --------
+    >>> from meprop_numba.training.config import k_list_arg
+    >>> k_list_arg("20"), k_list_arg("20,none")
+    (20, (20, None))
+        """
+    parts = text.split(",")
+    if len(parts) == 1:
+        return k_arg(text)
+    return tuple(k_arg(p) for p in parts)
+
+
+def positive_float_arg(text):
+    """``type=`` for a finite number > 0.
+
+    Parameters
+    ----------
+    text : str
+        The option's value as typed.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For a bad value (argparse turns it into a usage error, exit status 2).
+
+    Examples
+    --------
+    >>> from meprop_numba.training.config import positive_float_arg
+    >>> positive_float_arg("1e-3")
+    0.001
+        """
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def probability_arg(text):
+    """``type=`` for a probability in [0, 1).
+
+    Parameters
+    ----------
+    text : str
+        The option's value as typed.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For a bad value (argparse turns it into a usage error, exit status 2).
+
+    Examples
+    --------
+    >>> from meprop_numba.training.config import probability_arg
+    >>> probability_arg("0.1")
+    0.1
+        """
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def check_k(name, k, width, *, layers=None):
+    """Check a meProp k against a layer `width`: None, an int in [1, width], or per layer.
+
+    Parameters
+    ----------
+    name : str
+        The field named in messages.
+    k : int, None or sequence
+        A sequence (one entry per layer, None entries dense) only when
+        `layers` is given.
+    width : int
+        The largest k (``k == width`` is exactly dense).
+    layers : int, optional
+        Number of layers a sequence must cover.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        A k below 1 or above `width`, or a sequence of the wrong length.
+
+    Examples
+    --------
+    >>> from meprop_numba.training.config import check_k
+    >>> check_k("k", 600, 500)
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be at most 500 (the layer width), got 600
+    """
+    if isinstance(k, (list, tuple)):
+        if layers is None:
+            raise ValueError(f"{name} must be one integer or None, got {k!r}")
+        if len(k) != layers:
+            raise ValueError(f"{name} lists {len(k)} values for {layers} hidden layers")
+        for entry in k:
+            check_k(name, entry, width)
+        return
+    check_positive_int(name, k, allow_none=True)
+    if k is not None and k > width:
+        raise ValueError(f"{name} must be at most {width} (the layer width), got {k}")

@@ -16,14 +16,18 @@ import numpy as np
 
 from ...data.conllu import find_split, read_conllu
 from ...nn import softmax_cross_entropy
-from ...training.config import RunConfig, check_positive_int
+from ...training.config import RunConfig, check_positive_int, k_arg, positive_int_arg
 from ..base import Task
 from .data import ParseVocabulary, Treebank
 from .metrics import attachment_scores
 from .model import ACTIVATIONS, ParserModel
 from .transitions import is_projective, oracle, parse
 
-__all__ = ["ParseConfig", "ParseData", "ParseTask", "write_conllu_predictions"]
+__all__ = ["ENV_DATA_DIR", "ParseConfig", "ParseData", "ParseTask", "load_parse_data",
+           "write_conllu_predictions"]
+
+#: Environment variable naming the treebank folder when ``--data-dir`` is not given.
+ENV_DATA_DIR = "MEPROP_NUMBA_PARSE_DIR"
 
 _SELECTIONS = ("topk", "unified", "random")
 
@@ -113,7 +117,8 @@ def _split_path(data_dir, split):
 def load_parse_data(config, extra_state=None):
     """Read ``config.data_dir`` into :class:`ParseData` (see :class:`ParseTask`)."""
     if not config.data_dir:
-        raise ValueError("data_dir: --task parse needs a UD treebank folder (--data-dir)")
+        raise ValueError(f"data_dir: --task parse needs a UD treebank folder (--data-dir DIR "
+                         f"or ${ENV_DATA_DIR})")
     start = time.perf_counter()
     train_s = read_conllu(find_split(config.data_dir, "train"),
                           max_sentences=config.max_train_sentences)
@@ -175,12 +180,15 @@ class ParseTask(Task):
     component_timers = ("backward_linear", "backward_hidden")
 
     def add_arguments(self, parser):
-        from ...cli import _k_value
-
         group = parser.add_argument_group("parse task")
-        group.add_argument("--hidden", type=int, default=500, help="hidden units (default 500)")
-        group.add_argument("--dim", type=int, default=50, help="embedding size (default 50)")
-        group.add_argument("--k", type=_k_value, default=20,
+        group.add_argument("--data-dir", dest="data_dir", default=None, metavar="DIR",
+                           help="UD treebank directory with *-ud-train.conllu, *-ud-dev.conllu "
+                                f"and optionally *-ud-test.conllu (default ${ENV_DATA_DIR})")
+        group.add_argument("--hidden", type=positive_int_arg, default=500,
+                           help="hidden units (default 500)")
+        group.add_argument("--dim", type=positive_int_arg, default=50,
+                           help="embedding size (default 50)")
+        group.add_argument("--k", type=k_arg, default=20,
                            help="meProp k of the hidden layer; 'none' for dense (default 20)")
         group.add_argument("--selection", choices=_SELECTIONS, default="topk",
                            help="per-example top-k (default), unified top-k, or random k")
@@ -188,17 +196,18 @@ class ParseTask(Task):
                            help="hidden activation (default cube, as Chen & Manning)")
         group.add_argument("--dropout", type=float, default=0.0,
                            help="dropout on the hidden activations (default 0)")
-        group.add_argument("--min-word-freq", type=int, default=2,
+        group.add_argument("--min-word-freq", type=positive_int_arg, default=2,
                            help="words seen fewer times share the UNK embedding (default 2)")
-        group.add_argument("--max-train-sentences", type=int, default=None,
+        group.add_argument("--max-train-sentences", type=positive_int_arg, default=None,
                            help="train on the first N sentences only")
-        group.add_argument("--max-dev-sentences", type=int, default=None,
+        group.add_argument("--max-dev-sentences", type=positive_int_arg, default=None,
                            help="evaluate on the first N dev sentences only")
 
     def config_from_args(self, args, shared):
         names = ("hidden", "dim", "k", "selection", "activation", "dropout", "min_word_freq",
                  "max_train_sentences", "max_dev_sentences")
-        return ParseConfig(**shared, **{n: getattr(args, n) for n in names})
+        data_dir = args.data_dir or os.environ.get(ENV_DATA_DIR)
+        return ParseConfig(**shared, data_dir=data_dir, **{n: getattr(args, n) for n in names})
 
     def load_data(self, config, extra_state=None):
         return load_parse_data(config, extra_state)
