@@ -381,3 +381,42 @@ def test_vocabulary_round_trip_and_unknowns():
     assert a.labels.tolist() == [0, -1, 1]   # unseen relation: never predicted
     with pytest.raises(ValueError, match="no dependency tree"):
         ParseVocabulary([Sentence(("a",), ("X",), ("_",))])
+
+
+def test_parse_through_the_training_loop_resumes_bit_identically(toy_treebank, tmp_path):
+    from meprop_numba.training import fit
+
+    task = ParseTask()
+
+    def config(epochs):
+        return ParseConfig(data_dir=str(toy_treebank), hidden=16, dim=4, k=4, batch_size=4,
+                           min_word_freq=1, epochs=epochs, dropout=0.25).validate()
+    data = task.load_data(config(1))
+    full = fit(task, config(3), data, progress=False)
+    fit(task, config(1), data, checkpoint_dir=tmp_path, progress=False)
+    resumed = fit(task, config(3), data, checkpoint_dir=tmp_path, resume=True, progress=False)
+    for a, b in zip(full["model"].params(), resumed["model"].params()):
+        assert a.tobytes() == b.tobytes()
+    assert [e["dev_las"] for e in full["epochs"]] == [e["dev_las"] for e in resumed["epochs"]]
+    assert full["epochs"][0]["backward_hidden_s"] > 0
+
+
+def test_cli_trains_and_predicts_conllu(toy_treebank, tmp_path, capsys):
+    from meprop_numba import cli
+
+    ckpt = tmp_path / "ckpt"
+    assert cli.main(["train", "--task", "parse", "--data-dir", str(toy_treebank), "--hidden", "16",
+                     "--dim", "4", "--k", "4", "--batch-size", "4", "--min-word-freq", "1",
+                     "--epochs", "2", "--threads", "1", "--no-progress",
+                     "--checkpoint-dir", str(ckpt)]) == 0
+    assert "3 train sentences, 1 non-projective" in capsys.readouterr().out
+    out = tmp_path / "pred.conllu"
+    assert cli.main(["predict", "--checkpoint-dir", str(ckpt), "--threads", "1",
+                     str(toy_treebank / "xx_toy-ud-dev.conllu"), "--out", str(out)]) == 0
+    predicted = read_conllu(out)
+    assert [s.words for s in predicted] == [s.words for s in read_conllu(
+        toy_treebank / "xx_toy-ud-dev.conllu")]
+    bad = tmp_path / "bad.conllu"
+    bad.write_text("1 Dogs dog NOUN NNS _ 0 root _ _\n", encoding="utf-8")
+    assert cli.main(["predict", "--checkpoint-dir", str(ckpt), str(bad)]) != 0
+    assert f"{bad}:1:" in capsys.readouterr().err
