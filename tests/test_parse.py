@@ -7,6 +7,7 @@ neither is there.
 import io
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -330,7 +331,7 @@ def test_task_trains_evaluates_and_predicts(toy_treebank):
     assert loss < first
     scores = task.evaluate(model, data, "dev")
     assert 0.0 <= scores["las"] <= scores["uas"] <= 1.0
-    assert task.evaluate(model, data, "test") == {"uas": None, "las": None}
+    assert task.evaluate(model, data, "test") == {"uas": None, "las": None}  # no test file
     # predict: a copy of the input with HEAD and DEPREL predicted, trees well formed
     state = task.extra_state(data)
     out = io.StringIO()
@@ -416,6 +417,10 @@ def test_cli_trains_and_predicts_conllu(toy_treebank, tmp_path, capsys):
     predicted = read_conllu(out)
     assert [s.words for s in predicted] == [s.words for s in read_conllu(
         toy_treebank / "xx_toy-ud-dev.conllu")]
+    # a test file is scored when asked, at the end
+    (toy_treebank / "xx_toy-ud-test.conllu").write_text(TOY, encoding="utf-8")
+    assert cli.main(["evaluate", "--checkpoint-dir", str(ckpt), "--split", "test"]) == 0
+    assert re.search(r"test las \d+\.\d\d%", capsys.readouterr().out)
     bad = tmp_path / "bad.conllu"
     bad.write_text("1 Dogs dog NOUN NNS _ 0 root _ _\n", encoding="utf-8")
     assert cli.main(["predict", "--checkpoint-dir", str(ckpt), str(bad)]) != 0

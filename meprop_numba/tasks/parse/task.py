@@ -1,7 +1,8 @@
 """The ``parse`` task plugin: data, model, batches, evaluation and prediction.
 
 Reads a UD treebank folder (``*-ud-train.conllu``, ``*-ud-dev.conllu`` and,
-only with ``eval_test``, ``*-ud-test.conllu``), skips the non-projective
+when present, ``*-ud-test.conllu``, which is scored only when asked: ``eval_test``
+or ``meprop-numba evaluate --split test``), skips the non-projective
 training trees (arc-standard's static oracle cannot derive them; their
 number is reported), runs the oracle once (its configurations do not depend
 on the model) and trains on the shuffled configurations. POS tags are the
@@ -123,7 +124,8 @@ def load_parse_data(config, extra_state=None):
     train_s = read_conllu(find_split(config.data_dir, "train"),
                           max_sentences=config.max_train_sentences)
     dev_s = read_conllu(find_split(config.data_dir, "dev"), max_sentences=config.max_dev_sentences)
-    test_path = _split_path(config.data_dir, "test") if config.eval_test else None
+    # Read when present, scored only where asked (``eval_test``, ``evaluate --split test``).
+    test_path = _split_path(config.data_dir, "test")
     test_s = read_conllu(test_path) if test_path else None
     for name, sents in (("train", train_s), ("dev", dev_s), ("test", test_s or [])):
         for i, s in enumerate(sents):
