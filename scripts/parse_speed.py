@@ -157,7 +157,7 @@ def main(argv=None):
         except ImportError:
             print("torch is not installed: PyTorch comparison skipped")
     rng = np.random.default_rng(args.seed)
-    warm = rng.permutation(len(data.transitions))[:20 * args.batch_size]
+    warm = rng.permutation(len(data.transitions))[:max(2 * args.batch_size, 2000)]
     for epoch in arms.values():  # compile and warm up
         epoch(warm)
     best = {name: (np.inf, np.inf) for name in arms}

@@ -166,9 +166,7 @@ def write_conllu_predictions(input_path, heads, labels, label_names, out):
             if len(cols) == 10 and cols[0].isdigit():
                 cols[6], cols[7], cols[8] = str(int(heads[j])), label_names[int(labels[j])], "_"
                 j += 1
-                out.write("\t".join(cols) + "\n")
-            else:
-                out.write(line if line.endswith("\n") else line + "\n")
+            out.write("\t".join(cols) + "\n")
     return j
 
 
