@@ -57,11 +57,11 @@ def _ours(data, config, sentences):
     import numpy as np
 
     from meprop_numba.tasks import TASKS, pos
-    from meprop_numba.training import build_optimizer, model_parameters, train_step
+    from meprop_numba.training import build_optimizer, train_step
 
     task = TASKS["pos"]
     model = task.build_model(config, task.extra_state(data), np.random.default_rng(config.seed))
-    opt = build_optimizer(config, model_parameters(model))
+    opt = build_optimizer(config, model.parameters())
     bs = config.batch_size
     batches = [pos.make_batch(sentences[i:i + bs], model.feature_offsets)
                for i in range(0, len(sentences), bs)]

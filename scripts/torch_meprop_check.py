@@ -43,7 +43,7 @@ sys.path.insert(0, ROOT)
 from meprop_numba.data import load_dataset  # noqa: E402
 from meprop_numba.tasks import TASKS  # noqa: E402
 from meprop_numba.tasks.mlp import MLPConfig  # noqa: E402
-from meprop_numba.training import build_optimizer, model_parameters, run_generators, train_step  # noqa: E402
+from meprop_numba.training import build_optimizer, run_generators, train_step  # noqa: E402
 
 
 def sparse_grad_function(torch, k, mode):
@@ -80,7 +80,7 @@ def lockstep(torch, data, k, mode, batch_size, hidden, layers, steps, seed=0):
     import meprop_numba as mp
     from meprop_numba.nn import MLP
 
-    model = MLP(data.n_features, hidden, data.n_classes, layers=layers, k=k, mode=mode,
+    model = MLP(data.n_features, hidden, data.n_classes, layers=layers, k=k, selection=mode,
                 dtype=np.float64, rng=seed)
     optimizer = mp.Adam(model.params(), lr=1e-3, lazy=False)
     params = [torch.tensor(p.copy(), requires_grad=True) for p in model.params()]
@@ -142,7 +142,7 @@ def ours_run(data, k, mode, batch_size, hidden, layers, epochs, seed, dataset, d
                        seed=seed, lazy=False, threads=1).validate()
     model_rng, data_rng = run_generators(seed)
     model = task.build_model(config, task.extra_state(data), model_rng)
-    optimizer = build_optimizer(config, model_parameters(model))
+    optimizer = build_optimizer(config, model.parameters())
     accuracies = []
     for _ in range(epochs):
         for batch in task.batches(config, data, data_rng):

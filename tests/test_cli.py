@@ -261,6 +261,7 @@ def test_a_new_task_is_one_registry_entry(monkeypatch, capsys):
     assert "--tags" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_python_dash_m_help():
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,3 +276,39 @@ def test_python_dash_m_help():
         proc = subprocess.run([sys.executable, "-m", "meprop_numba", command, "--help"],
                               capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0 and "--checkpoint-dir" in proc.stdout
+
+
+def test_per_layer_k_trains_resumes_and_predicts(idx_dir, tmp_path, capsys):
+    ckpt = tmp_path / "ck"
+    assert cli.main(_tiny(idx_dir, "--k", "4,none", "--epochs", "1",
+                          "--checkpoint-dir", str(ckpt))) == 0
+    assert "meProp k=4,none topk" in capsys.readouterr().out
+    state = load_checkpoint(ckpt / "last.npz")
+    assert state["config"]["k"] == [4, None]
+    from meprop_numba.training import load_model
+
+    model, config, _ = load_model(TASKS["mlp"], ckpt)
+    assert config.k == (4, None)
+    assert [layer.k for layer in model.linear_layers] == [4, None, None]
+    assert cli.main(["train", "--checkpoint-dir", str(ckpt), "--resume", "--epochs", "2",
+                     "--no-progress"]) == 0
+    assert load_checkpoint(ckpt / "last.npz")["epoch"] == 2
+
+
+def test_a_full_disk_is_one_clear_message_and_the_old_checkpoint_survives(idx_dir, tmp_path,
+                                                                          capsys, monkeypatch):
+    ckpt = tmp_path / "ck"
+    assert cli.main(_tiny(idx_dir, "--epochs", "1", "--checkpoint-dir", str(ckpt))) == 0
+    before = (ckpt / "last.npz").read_bytes()
+    capsys.readouterr()
+
+    def full_disk(fh, **arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    assert cli.main(["train", "--checkpoint-dir", str(ckpt), "--resume", "--epochs", "2",
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert (ckpt / "last.npz").read_bytes() == before
+    assert sorted(os.listdir(ckpt)) == ["best.npz", "last.npz"]

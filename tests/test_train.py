@@ -197,14 +197,14 @@ def test_real_divergence_of_the_mlp_stops_cleanly(tmp_path, overrides):
 def test_train_step_refuses_non_finite_gradients_without_updating():
     model = MLP_TASK.build_model(_config(), {"n_features": 12, "n_classes": 3},
                                  np.random.default_rng(0))
-    from meprop_numba.training import build_optimizer, model_parameters
+    from meprop_numba.training import build_optimizer
 
-    optimizer = build_optimizer(_config(), model_parameters(model))
-    before = [p.copy() for p in model_parameters(model)]
+    optimizer = build_optimizer(_config(), model.parameters())
+    before = [p.copy() for p in model.parameters()]
     x = np.full((4, 12), np.inf, dtype=np.float32)
     with pytest.raises(TrainingDiverged):
         train_step(model, optimizer, MLP_TASK.loss, (x, np.zeros(4, dtype=np.int64)))
-    for a, b in zip(before, model_parameters(model)):
+    for a, b in zip(before, model.parameters()):
         np.testing.assert_array_equal(a, b)
 
 

@@ -25,10 +25,26 @@ __all__ = [
 class Sentence:
     """One sentence: its syntactic words with their tags and basic dependency tree.
 
-    ``head[i]`` is the 1-based index of the head of word ``i + 1`` (0 for the
-    root) and ``deprel[i]`` its relation as written in the file (subtype
-    included, e.g. ``"nmod:poss"``). Both are None when the file gives no tree
-    (every HEAD is ``_``), as in text that is still to be parsed.
+    Construction stores the fields as given and never raises;
+    :func:`read_conllu` builds sentences from a checked file.
+
+    Parameters
+    ----------
+    words, upos, xpos : tuple of str
+        Word forms and their universal and language-specific tags.
+    head : tuple of int or None
+        ``head[i]`` is the 1-based index of the head of word ``i + 1`` (0 for
+        the root); None when the file gives no tree (every HEAD is ``_``),
+        as in text that is still to be parsed.
+    deprel : tuple of str or None
+        The relation of each word as written in the file (subtype included,
+        e.g. ``"nmod:poss"``); None without a tree.
+
+    Examples
+    --------
+    >>> s = Sentence(("Dogs", "bark"), ("NOUN", "VERB"), ("NNS", "VBP"), (2, 0), ("nsubj", "root"))
+    >>> len(s), s.head
+    (2, (2, 0))
     """
 
     words: tuple
@@ -43,6 +59,15 @@ class Sentence:
 
 class CoNLLUError(ValueError):
     """A malformed CoNLL-U file; the message starts with ``path:line:``.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    line : int
+        1-based line number.
+    message : str
+        What is wrong.
 
     Attributes
     ----------
@@ -224,15 +249,25 @@ def find_split(data_dir, split):
     data_dir : str or os.PathLike
         A UD treebank folder (for example UD_English-EWT).
     split : {"train", "dev", "test"}
+        Which split.
 
     Returns
     -------
     str
+        The path of the one file of `data_dir` ending in ``-ud-<split>.conllu``.
 
     Raises
     ------
     FileNotFoundError
         If no single matching file exists.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> tmp = tempfile.mkdtemp()
+    >>> open(os.path.join(tmp, "en_ewt-ud-dev.conllu"), "w").close()
+    >>> os.path.basename(find_split(tmp, "dev"))
+    'en_ewt-ud-dev.conllu'
     """
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):

@@ -1,5 +1,5 @@
 """Activations beyond ReLU, following the module convention of :mod:`meprop_numba.nn`."""
-from .layers import Module, array_module
+from .layers import _NO_TRAINING_FORWARD, Module, array_module
 
 __all__ = ["Cube"]
 
@@ -30,6 +30,20 @@ class Cube(Module):
         self._x = None
 
     def forward(self, x, train=False):
+        """``x ** 3``.
+
+        Parameters
+        ----------
+        x : ndarray
+            Input (any layout; float32 stays float32).
+        train : bool, default False
+            Keep `x` for :meth:`backward`.
+
+        Returns
+        -------
+        ndarray
+            The cube, C-contiguous, in the dtype of `x`.
+        """
         xp = array_module(x)
         x = xp.ascontiguousarray(x)
         if train:
@@ -37,8 +51,25 @@ class Cube(Module):
         return x * x * x
 
     def backward(self, grad_out):
+        """``3 x ** 2 * grad_out``.
+
+        Parameters
+        ----------
+        grad_out : ndarray
+            Gradient with respect to the last training forward's output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the input.
+
+        Raises
+        ------
+        RuntimeError
+            If no training forward preceded it.
+        """
         if self._x is None:
-            raise RuntimeError("backward called before forward(x, train=True)")
+            raise RuntimeError(_NO_TRAINING_FORWARD)
         x, self._x = self._x, None
         return grad_out * (x.dtype.type(3) * x * x)
 

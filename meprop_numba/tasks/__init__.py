@@ -39,10 +39,12 @@ def register(task):
     Parameters
     ----------
     task : Task
+        A plugin instance with a new ``name``.
 
     Returns
     -------
     Task
+        `task`.
 
     Raises
     ------

@@ -135,70 +135,307 @@ class Task:
     metric = "accuracy"
     component_timers = ()
 
+    def __init_subclass__(cls, **kwargs):
+        # A plugin's method without a docstring documents itself with the protocol's.
+        super().__init_subclass__(**kwargs)
+        for attr, value in vars(cls).items():
+            if callable(value) and not getattr(value, "__doc__", None) and attr in vars(Task):
+                value.__doc__ = vars(Task)[attr].__doc__
+
     # ---- command line
     def add_arguments(self, parser):
-        """Add the task's own options to `parser`."""
+        """Add the task's own options to the ``train`` parser.
+
+        Parameters
+        ----------
+        parser : argparse.ArgumentParser
+            Receives an argument group with the task's options, defaults and help.
+
+        Returns
+        -------
+        None
+            `parser` is changed in place.
+        """
         raise NotImplementedError
 
     def config_from_args(self, args, shared):
-        """The task's config from parsed `args` and the `shared` fields."""
+        """The task's config from parsed options.
+
+        Parameters
+        ----------
+        args : argparse.Namespace
+            The parsed ``train`` options.
+        shared : dict
+            The shared :class:`~meprop_numba.training.RunConfig` fields, already read.
+
+        Returns
+        -------
+        RunConfig
+            An instance of :attr:`config_class` (not yet validated).
+        """
         raise NotImplementedError
 
     # ---- data and model
     def load_data(self, config, extra_state=None):
-        """Read the data ``config`` names; vocabularies from `extra_state` if given."""
+        """Read the data `config` names.
+
+        Parameters
+        ----------
+        config : RunConfig
+            Names the data (``data_dir`` and the task's fields).
+        extra_state : dict, optional
+            A checkpoint's :meth:`extra_state`: encode with its vocabularies.
+
+        Returns
+        -------
+        object
+            The task's data (train/dev/test splits).
+
+        Raises
+        ------
+        OSError, ValueError
+            Missing or malformed data, naming the file.
+        """
         raise NotImplementedError
 
     def extra_state(self, data):
-        """What a checkpoint needs besides the parameters (vocabularies, shapes)."""
+        """What a checkpoint needs besides the parameters.
+
+        Parameters
+        ----------
+        data : object
+            The task's data.
+
+        Returns
+        -------
+        dict
+            JSON values: vocabularies, feature tables, shapes.
+        """
         return {}
 
     def check_data(self, config, data):
-        """Raise ValueError for a config that cannot train on `data`."""
+        """Refuse a config that cannot train on `data`.
+
+        Parameters
+        ----------
+        config : RunConfig
+            The validated config.
+        data : object
+            The task's data.
+
+        Returns
+        -------
+        None
+            When the run can start.
+
+        Raises
+        ------
+        ValueError
+            E.g. a batch size above the training set.
+        """
 
     def build_model(self, config, extra_state, rng):
-        """A freshly initialised model sized from `extra_state`, drawing randomness from `rng`."""
+        """A freshly initialised model.
+
+        Parameters
+        ----------
+        config : RunConfig
+            The model's shape and meProp settings.
+        extra_state : dict
+            :meth:`extra_state` (sizes of vocabularies, inputs, classes).
+        rng : numpy.random.Generator
+            All the model's randomness; kept as ``model.rng``.
+
+        Returns
+        -------
+        meprop_numba.nn.Module
+            The model.
+        """
         raise NotImplementedError
 
     # ---- training
     def n_batches(self, config, data):
-        """Training steps per epoch."""
+        """Training steps per epoch.
+
+        Parameters
+        ----------
+        config : RunConfig
+            Gives the batch size.
+        data : object
+            The task's data.
+
+        Returns
+        -------
+        int
+            The number of batches :meth:`batches` yields.
+        """
         raise NotImplementedError
 
     def batches(self, config, data, rng):
-        """Iterator over one epoch's shuffled training batches."""
+        """One epoch's shuffled training batches.
+
+        Parameters
+        ----------
+        config : RunConfig
+            Gives the batch size and dtype.
+        data : object
+            The task's data.
+        rng : numpy.random.Generator
+            The run's data generator (shuffling, word dropout).
+
+        Yields
+        ------
+        object
+            A batch, as :meth:`loss` takes it.
+        """
         raise NotImplementedError
 
     def loss(self, model, batch):
-        """Training forward pass and loss: ``(loss, grad_of_output)``."""
+        """The training forward pass and the loss.
+
+        Parameters
+        ----------
+        model : meprop_numba.nn.Module
+            The model being trained.
+        batch : object
+            One of :meth:`batches`.
+
+        Returns
+        -------
+        loss : float
+            The mean loss over the batch.
+        grad : ndarray
+            Its gradient with respect to the model's output.
+        """
         raise NotImplementedError
 
     def component_seconds(self, model):
-        """Cumulative seconds of each name in :attr:`component_timers`."""
+        """Cumulative seconds of the parts of a step the task reports.
+
+        Parameters
+        ----------
+        model : meprop_numba.nn.Module
+            The model being trained.
+
+        Returns
+        -------
+        dict
+            One entry per name of :attr:`component_timers`.
+        """
         return {}
 
-    # ---- evaluation, saving, prediction
+    # ---- evaluation, prediction
     def evaluate(self, model, data, split):
-        """Metrics on ``split`` ('dev' or 'test'), with at least :attr:`metric`."""
+        """Metrics of `model` on a split.
+
+        Parameters
+        ----------
+        model : meprop_numba.nn.Module
+            The model to evaluate.
+        data : object
+            The task's data.
+        split : {'dev', 'test'}
+            Which split.
+
+        Returns
+        -------
+        dict
+            At least :attr:`metric`; a float, or None for an empty split.
+
+        Raises
+        ------
+        ValueError
+            An unknown or missing split.
+        """
         raise NotImplementedError
 
     def predict(self, model, config, extra_state, input_path, out):
-        """Write predictions for `input_path` to the text stream `out`; return the count."""
+        """Predictions for an input file.
+
+        Parameters
+        ----------
+        model : meprop_numba.nn.Module
+            The trained model.
+        config : RunConfig
+            The config it was trained with.
+        extra_state : dict
+            The checkpoint's :meth:`extra_state`.
+        input_path : str
+            The input, in the task's format.
+        out : io.TextIOBase
+            Receives one prediction per input item.
+
+        Returns
+        -------
+        int
+            The number of items predicted.
+
+        Raises
+        ------
+        OSError, ValueError
+            Unreadable input, naming the file.
+        """
         raise NotImplementedError
 
     # ---- naming
     def dense_config(self, config):
-        """`config` with dense back propagation (``k=None``)."""
+        """The dense arm of ``--compare``.
+
+        Parameters
+        ----------
+        config : RunConfig
+            The meProp arm.
+
+        Returns
+        -------
+        RunConfig
+            `config` with dense back propagation (``k=None``).
+        """
         return dataclasses.replace(config, k=None)
 
     def label(self, config):
-        """Short run name: ``'dense'`` or ``'meProp k=...'``."""
+        """Short run name for tables.
+
+        Parameters
+        ----------
+        config : RunConfig
+            The run.
+
+        Returns
+        -------
+        str
+            ``'dense'`` or ``'meProp k=...'``.
+        """
         return "dense" if getattr(config, "k", None) is None else f"meProp k={config.k}"
 
     def describe(self, config, data):
-        """Lines printed before training."""
+        """Lines printed before training.
+
+        Parameters
+        ----------
+        config : RunConfig
+            The run.
+        data : object
+            The task's data.
+
+        Returns
+        -------
+        str
+            Data sizes and the model's shape.
+        """
         return f"{self.name}: {self.label(config)}"
 
     def data_summary(self, data):
-        """A JSON value describing `data`, for the results."""
+        """A JSON value describing `data`, for the results.
+
+        Parameters
+        ----------
+        data : object
+            The task's data.
+
+        Returns
+        -------
+        object
+            Sizes and source (JSON values), or None.
+        """
         return None

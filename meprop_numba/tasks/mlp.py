@@ -28,7 +28,7 @@ import numpy as np
 
 from ..data import load_dataset, read_idx
 from ..nn import MLP, softmax_cross_entropy
-from ..nn.layers import MODES
+from ..nn.layers import SELECTIONS
 from ..training.config import RunConfig, check_k, check_positive_int, k_list_arg, probability_arg
 from .base import Task
 
@@ -43,6 +43,12 @@ class MLPConfig(RunConfig):
 
     Parameters
     ----------
+    data_dir, optimizer, lr, lazy, epochs, batch_size, seed, dtype, threads, device, evals_per_epoch : see RunConfig
+        The shared fields of :class:`~meprop_numba.training.RunConfig`
+        (same defaults).
+    eval_test : bool
+        Default True here: the test accuracy at the best dev epoch is
+        reported, as in the paper.
     dataset : str
         ``'embedded'`` (shipped with the package), ``'fashion-mnist'``,
         ``'mnist'`` or a directory of IDX files (see
@@ -106,8 +112,8 @@ class MLPConfig(RunConfig):
         check_positive_int("output_k", self.output_k, allow_none=True)
         check_positive_int("dev_size", self.dev_size, allow_none=True, minimum=0)
         check_positive_int("max_train", self.max_train, allow_none=True)
-        if self.selection not in MODES:
-            raise ValueError(f"selection must be one of {MODES}, got {self.selection!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -132,6 +138,7 @@ def read_images(path, n_features):
     Returns
     -------
     ndarray of float64, shape (N, n_features)
+        The images, one per row.
 
     Raises
     ------
@@ -217,7 +224,7 @@ class MLPTask(Task):
         group.add_argument("--k", type=k_list_arg, default=20,
                            help="meProp k of the hidden layers: one value, or one per layer "
                                 "(e.g. 20,40); 'none' for dense back propagation (default 20)")
-        group.add_argument("--selection", choices=MODES, default="topk",
+        group.add_argument("--selection", choices=SELECTIONS, default="topk",
                            help="topk: k per example; unified: k shared by the minibatch; "
                                 "random: k random entries per example (default topk)")
         group.add_argument("--dropout", type=probability_arg, default=0.0,
@@ -251,7 +258,7 @@ class MLPTask(Task):
 
     def build_model(self, config, extra_state, rng):
         return MLP(extra_state["n_features"], config.hidden, extra_state["n_classes"],
-                   layers=config.layers, k=config.k, mode=config.selection,
+                   layers=config.layers, k=config.k, selection=config.selection,
                    dropout=config.dropout, output_k=config.output_k,
                    dtype=np.dtype(config.dtype), rng=rng)
 

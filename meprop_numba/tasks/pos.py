@@ -64,10 +64,12 @@ class POSData:
 
     Construction never raises: :func:`load_pos_data` checks the files.
 
-    Attributes
+    Parameters
     ----------
     vocab : FeatureVocabularies
+        The vocabularies the splits are encoded with.
     train, dev : list of EncodedSentence
+        The encoded training and dev sentences.
     test : list of EncodedSentence or None
         None when the treebank has no test file.
     source : str
@@ -101,7 +103,13 @@ class POSData:
     source: str = ""
 
     def summary(self):
-        """Sizes, for the results JSON."""
+        """Sizes, for the results JSON.
+
+        Returns
+        -------
+        dict
+            Source, tag column, sentence and token counts, vocabulary sizes.
+        """
         return {
             "source": self.source,
             "tag_column": self.vocab.tag_column,
@@ -199,10 +207,12 @@ def read_sentences(path):
     Parameters
     ----------
     path : str or os.PathLike
+        The input file.
 
     Returns
     -------
     list of list of str
+        The word forms of each sentence.
 
     Raises
     ------
@@ -241,7 +251,7 @@ class Batch:
 
     Built by :func:`make_batch`; construction never raises (no checks).
 
-    Attributes
+    Parameters
     ----------
     words : ndarray of int64, shape (B, T)
         Word ids.
@@ -279,6 +289,7 @@ def make_batch(sentences, feature_offsets, *, word_dropout=0.0, word_counts=None
     Parameters
     ----------
     sentences : list of EncodedSentence
+        Non-empty list of encoded sentences.
     feature_offsets : ndarray of int64, shape (7,)
         Row offset of each feature's vocabulary in the shared feature table.
     word_dropout : float, default 0
@@ -344,18 +355,20 @@ def make_batch(sentences, feature_offsets, *, word_dropout=0.0, word_counts=None
 def feature_offsets(feature_sizes):
     """Row offset of each feature's vocabulary in the tagger's shared feature table.
 
+    Never raises for a sequence of integers.
+
     Row 0 of the table is padding; feature ``j`` starts after the rows of
     features ``0..j-1``.
 
     Parameters
     ----------
     feature_sizes : sequence of int
+        Vocabulary size of each feature.
 
     Returns
     -------
     ndarray of int64
-
-    Never raises.
+        The first row of each feature's block.
 
     Examples
     --------
@@ -379,14 +392,19 @@ class POSTagger(Module):
     n_tags : int
         Tag vocabulary size including the padding id 0 (never a target).
     word_dim, feature_dim : int, default 50, 20
+        Word and feature embedding sizes.
     hidden : int, default 500
+        LSTM width.
     layers : int, default 1
+        LSTM depth.
     bidirectional : bool, default False
-    k, scope, selection
+        A bidirectional LSTM.
+    k, scope, selection : see LSTM
         meProp settings of the LSTM (see :class:`~meprop_numba.nn.lstm.LSTM`);
         ``k=None`` is dense BPTT.
     dtype : {numpy.float32, numpy.float64}
     rng : numpy.random.Generator or int, optional
+        All of the model's randomness (kept as ``rng``).
 
     Raises
     ------
@@ -421,18 +439,27 @@ class POSTagger(Module):
                                            dtype=dtype, rng=self.rng)
         self.word_dim, self.feature_dim = word_dim, feature_dim
         self.lstm = LSTM(word_dim + N_FEATURES * feature_dim, hidden, layers,
-                         bidirectional=bidirectional, k=k, mode=scope, selection=selection,
+                         bidirectional=bidirectional, k=k, scope=scope, selection=selection,
                          dtype=dtype, rng=self.rng)
         self.output = Linear(self.lstm.output_size, n_tags, dtype=dtype, rng=self.rng)
         self.dtype = np.dtype(dtype)
         self._mask = None
 
-    @property
-    def modules(self):
-        return [self.word_embedding, self.feature_embedding, self.lstm, self.output]
-
     def forward(self, batch, train=False):
-        """Scores of every real token, shape (number of tokens, n_tags), in row-major order."""
+        """Scores of every real token, shape (number of tokens, n_tags), in row-major order.
+
+        Parameters
+        ----------
+        batch : Batch
+            A padded minibatch.
+        train : bool, optional
+            Keep what :meth:`backward` needs.
+
+        Returns
+        -------
+        ndarray
+            ``(number of real tokens, n_tags)`` scores.
+        """
         B, T = batch.words.shape
         w = self.word_embedding.forward(batch.words, train)
         f = self.feature_embedding.forward(batch.features, train).reshape(B, T, -1)
@@ -444,7 +471,23 @@ class POSTagger(Module):
         return self.output.forward(hs[mask], train)
 
     def backward(self, grad_out):
-        """Back propagate the gradient of the token scores; returns None."""
+        """Back propagate the gradient of the token scores; returns None.
+
+        Parameters
+        ----------
+        grad_out : ndarray
+            Gradient of the loss with respect to :meth:`forward`'s scores.
+
+        Returns
+        -------
+        None
+            The parameter gradients are in :meth:`grads`.
+
+        Raises
+        ------
+        RuntimeError
+            Without a preceding ``forward(batch, train=True)``.
+        """
         if self._mask is None:
             raise RuntimeError("backward called before forward(batch, train=True)")
         mask, self._mask = self._mask, None
@@ -457,14 +500,19 @@ class POSTagger(Module):
         self.feature_embedding.backward(
             dx[:, :, self.word_dim:].reshape(B, T, N_FEATURES, self.feature_dim))
 
-    def params(self):
-        return [p for m in self.modules for p in m.params()]
-
-    def grads(self):
-        return [g for m in self.modules for g in m.grads()]
-
     def predict(self, batch):
-        """Predicted tag id of every real token (row-major order); padding id 0 is never predicted."""
+        """Predicted tag id of every real token (row-major order); padding id 0 is never predicted.
+
+        Parameters
+        ----------
+        batch : Batch
+            A padded minibatch.
+
+        Returns
+        -------
+        ndarray of int64
+            One tag id per real token.
+        """
         scores = self.forward(batch)
         scores[:, PAD_ID] = -np.inf
         return scores.argmax(axis=1)
@@ -481,9 +529,15 @@ class POSConfig(RunConfig):
 
     Parameters
     ----------
+    data_dir, optimizer, lr, lazy, epochs, batch_size, seed, dtype, threads, device, evals_per_epoch, eval_test : see RunConfig
+        The shared fields of :class:`~meprop_numba.training.RunConfig`
+        (``batch_size`` default 1 here).
     tag : {"xpos", "upos"}
-    hidden, layers, bidirectional
-        LSTM shape (paper: hidden 500, one unidirectional layer).
+        The tag column predicted.
+    hidden, layers : int
+        LSTM width and depth (paper: hidden 500, one layer).
+    bidirectional : bool
+        A bidirectional LSTM (paper: no).
     k : int or None
         meProp k of the LSTM gate gradients (None: dense BPTT); at most
         `hidden` (``scope='per_gate'``) or ``4 * hidden`` (``'concat'``).
@@ -491,7 +545,9 @@ class POSConfig(RunConfig):
         Top-k per gate block of h, or over all 4h gate entries.
     selection : {"topk", "random"}
     word_dim, feature_dim : int
+        Word and feature embedding sizes (50, 20).
     min_word_freq : int
+        Training words seen fewer times share the UNK embedding.
     word_dropout : float
         alpha of word dropout to UNK (probability alpha/(alpha+count)).
     max_train_sentences, max_dev_sentences : int or None
@@ -547,18 +603,21 @@ class POSConfig(RunConfig):
 def tag_accuracy(model, sentences, feature_offsets):
     """Token accuracy of `model` on encoded `sentences` (None if there are no tokens).
 
+    Never raises.
+
     Parameters
     ----------
     model : POSTagger
+        The tagger.
     sentences : list of EncodedSentence
+        Encoded sentences with gold tags.
     feature_offsets : ndarray
         ``model.feature_offsets``.
 
     Returns
     -------
     float or None
-
-    Never raises.
+        The fraction of tokens tagged right.
 
     Examples
     --------

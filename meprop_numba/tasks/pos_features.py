@@ -41,15 +41,17 @@ _DIGITS = re.compile(r"[0-9]")
 def normalize_word(word):
     """Lower-case a word and map every digit to ``0`` (the word-embedding key).
 
+    Never raises for a string.
+
     Parameters
     ----------
     word : str
+        A word form.
 
     Returns
     -------
     str
-
-    Never raises for a string.
+        The key.
 
     Examples
     --------
@@ -63,9 +65,12 @@ def normalize_word(word):
 def word_shape(word):
     """Coarse shape class of a word form.
 
+    Never raises for a non-empty string.
+
     Parameters
     ----------
     word : str
+        A word form.
 
     Returns
     -------
@@ -73,8 +78,6 @@ def word_shape(word):
         One of ``"lower"``, ``"title"``, ``"upper"``, ``"mixed"``,
         ``"digit"`` (all digits), ``"hasdigit"``, ``"punct"`` (no letters or
         digits) or ``"other"``.
-
-    Never raises for a non-empty string.
 
     Examples
     --------
@@ -102,9 +105,12 @@ def word_shape(word):
 def word_features(word):
     """The seven shape features of one word form.
 
+    Never raises for a non-empty string.
+
     Parameters
     ----------
     word : str
+        A word form.
 
     Returns
     -------
@@ -112,8 +118,6 @@ def word_features(word):
         ``(shape, prefix1, prefix2, prefix3, suffix1, suffix2, suffix3)`` taken
         from the lower-cased form; affixes of a word shorter than the affix are
         the whole word.
-
-    Never raises for a non-empty string.
 
     Examples
     --------
@@ -132,6 +136,9 @@ def word_features(word):
 class Vocabulary:
     """A token <-> id map with padding (id 0) and unknown (id 1) entries.
 
+    Construction never raises; :meth:`index` raises KeyError for an unknown
+    token of a vocabulary without ``<unk>``.
+
     Parameters
     ----------
     tokens : iterable of str
@@ -139,9 +146,6 @@ class Vocabulary:
     unk : bool, default True
         Reserve the ``<unk>`` entry. A tag vocabulary passes ``False`` and only
         reserves padding.
-
-    Construction never raises; :meth:`index` raises KeyError for an unknown
-    token of a vocabulary without ``<unk>``.
 
     Examples
     --------
@@ -167,6 +171,25 @@ class Vocabulary:
         Tokens seen fewer than `min_freq` times are left out (they map to UNK).
         Ids are assigned by decreasing count, ties by the token's string order,
         so the result does not depend on input order.
+
+        Parameters
+        ----------
+        counts : mapping of str to int
+            Token counts.
+        min_freq : int, optional
+            The smallest count kept.
+        unk : bool, optional
+            Reserve the ``<unk>`` entry.
+
+        Returns
+        -------
+        Vocabulary
+            The vocabulary, with its counts.
+
+        Raises
+        ------
+        ValueError
+            If `min_freq` is not a positive integer.
         """
         if int(min_freq) != min_freq or min_freq < 1:
             raise ValueError(f"min_freq must be a positive integer, got {min_freq!r}")
@@ -184,7 +207,23 @@ class Vocabulary:
         return token in self.stoi
 
     def index(self, token):
-        """Id of `token`; UNK for an unknown one (KeyError without an UNK entry)."""
+        """Id of `token`; UNK for an unknown one (KeyError without an UNK entry).
+
+        Parameters
+        ----------
+        token : str
+            The token.
+
+        Returns
+        -------
+        int
+            Its id.
+
+        Raises
+        ------
+        KeyError
+            An unknown token of a vocabulary without ``<unk>``.
+        """
         idx = self.stoi.get(token)
         if idx is None:
             if not self.has_unk:
@@ -193,20 +232,59 @@ class Vocabulary:
         return idx
 
     def encode(self, tokens: Sequence[str]):
-        """int64 array of the ids of `tokens`."""
+        """The int64 ids of `tokens`.
+
+        Parameters
+        ----------
+        tokens : sequence of str
+            The tokens.
+
+        Returns
+        -------
+        ndarray of int64
+            Their ids.
+        """
         return np.fromiter((self.index(t) for t in tokens), dtype=np.int64, count=len(tokens))
 
     def decode(self, ids):
-        """List of the tokens of `ids`."""
+        """List of the tokens of `ids`.
+
+        Parameters
+        ----------
+        ids : sequence of int
+            Ids of this vocabulary.
+
+        Returns
+        -------
+        list of str
+            The tokens.
+        """
         return [self.itos[int(i)] for i in ids]
 
     def state_dict(self):
-        """Plain-data form (for JSON checkpoints)."""
+        """Plain-data form (for JSON checkpoints).
+
+        Returns
+        -------
+        dict
+            ``itos``, ``has_unk`` and ``counts`` as JSON values.
+        """
         return {"itos": list(self.itos), "has_unk": self.has_unk, "counts": self.counts.tolist()}
 
     @classmethod
     def from_state_dict(cls, state):
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            As :meth:`state_dict` returns it.
+
+        Returns
+        -------
+        Vocabulary
+            The same vocabulary.
+        """
         specials = 2 if state["has_unk"] else 1
         vocab = cls(state["itos"][specials:], unk=state["has_unk"])
         vocab.counts = np.asarray(state["counts"], dtype=np.int64)
@@ -219,10 +297,14 @@ class EncodedSentence:
 
     Construction never raises (no checks).
 
-    Attributes
+    Parameters
     ----------
-    words, tags : ndarray of int64, shape (L,)
+    words : ndarray of int64, shape (L,)
+        Word ids.
     features : ndarray of int64, shape (L, 7)
+        Feature ids (each in its own feature's vocabulary).
+    tags : ndarray of int64, shape (L,)
+        Tag ids.
 
     Examples
     --------
@@ -294,6 +376,18 @@ class FeatureVocabularies:
     def encode_words(self, words):
         """Word ids (L,) and feature ids (L, 7) of a sequence of word forms.
 
+        Parameters
+        ----------
+        words : sequence of str
+            Word forms.
+
+        Returns
+        -------
+        ids : ndarray of int64
+            Word ids.
+        features : ndarray of int64
+            Feature ids, shape (L, 7).
+
         Examples
         --------
         >>> from meprop_numba.data.conllu import Sentence
@@ -315,6 +409,18 @@ class FeatureVocabularies:
 
         Tags unseen in training become id 0 (padding, never predicted and
         counted as an error) unless `strict_tags` is set, which raises KeyError.
+
+        Parameters
+        ----------
+        sentence : Sentence
+            Words and tags.
+        strict_tags : bool, optional
+            Raise KeyError for a tag unseen in training.
+
+        Returns
+        -------
+        EncodedSentence
+            The id arrays.
         """
         words, feats = self.encode_words(sentence.words)
         tag_seq = getattr(sentence, self.tag_column)
@@ -325,11 +431,28 @@ class FeatureVocabularies:
         return EncodedSentence(words, feats, tags)
 
     def encode_all(self, sentences):
-        """Encode a list of sentences."""
+        """Encode a list of sentences.
+
+        Parameters
+        ----------
+        sentences : list of Sentence
+            The sentences.
+
+        Returns
+        -------
+        list of EncodedSentence
+            One per sentence.
+        """
         return [self.encode(s) for s in sentences]
 
     def state_dict(self):
-        """Plain-data form (for JSON checkpoints)."""
+        """Plain-data form (for JSON checkpoints).
+
+        Returns
+        -------
+        dict
+            The tag column and each vocabulary's state, as JSON values.
+        """
         return {
             "tag_column": self.tag_column,
             "words": self.words.state_dict(),
@@ -339,7 +462,18 @@ class FeatureVocabularies:
 
     @classmethod
     def from_state_dict(cls, state):
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            As :meth:`state_dict` returns it.
+
+        Returns
+        -------
+        FeatureVocabularies
+            The same vocabularies.
+        """
         obj = cls.__new__(cls)
         obj.tag_column = state["tag_column"]
         obj.words = Vocabulary.from_state_dict(state["words"])

@@ -15,7 +15,7 @@ Tasks plug into :func:`fit` through :class:`meprop_numba.tasks.base.Task`.
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import OPTIMIZERS, RunConfig, build_optimizer
 from .loop import (TrainingDiverged, TrainingInterrupted, blas_threads, check_outputs, compare,
-                   fit, load_model, model_parameters, run_generators, thread_limits, train_step,
+                   fit, load_model, run_generators, thread_limits, train_step,
                    warm_up)
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "load_model",
-    "model_parameters",
     "run_generators",
     "thread_limits",
     "train_step",

@@ -62,11 +62,14 @@ def checkpoint_path(directory, which="best"):
     Parameters
     ----------
     directory : str or os.PathLike
+        A checkpoint directory.
     which : {'best', 'last'}
+        The best-dev or the last epoch's checkpoint.
 
     Returns
     -------
     str
+        The file's path.
 
     Raises
     ------
@@ -104,6 +107,7 @@ def atomic_write(path, write):
     Returns
     -------
     None
+        `path` holds the new content.
 
     Raises
     ------
@@ -149,6 +153,7 @@ def clean_temporary_files(directory):
     Parameters
     ----------
     directory : str or os.PathLike
+        A checkpoint directory (nothing happens if it does not exist).
 
     Returns
     -------
@@ -159,8 +164,6 @@ def clean_temporary_files(directory):
     ------
     OSError
         If a file cannot be removed.
-
-    Never raises.
 
     Examples
     --------
@@ -200,11 +203,14 @@ def write_json(path, payload):
     Parameters
     ----------
     path : str or os.PathLike
+        The JSON file.
     payload : dict
+        JSON-ready values (NumPy scalars allowed).
 
     Returns
     -------
     None
+        `path` holds the JSON.
 
     Raises
     ------
@@ -265,6 +271,7 @@ def save_checkpoint(path, *, task, params, **meta):
     Returns
     -------
     None
+        `path` holds the checkpoint.
 
     Raises
     ------

@@ -41,6 +41,7 @@ def check_positive_int(name, value, *, allow_none=False, minimum=1):
     Returns
     -------
     None
+        When `value` is acceptable.
 
     Raises
     ------
@@ -79,7 +80,9 @@ class RunConfig:
         Lazy (row-sparse) optimizer updates; False updates every row as a
         dense optimizer would.
     epochs : int
+        Passes over the training data.
     batch_size : int
+        Examples (sentences) per training step.
     seed : int
         Seeds initialisation, shuffling, dropout and random selections.
     dtype : {'float32', 'float64'}
@@ -127,6 +130,11 @@ class RunConfig:
     def validate(self):
         """Check every field (shared ones, then :meth:`check`); return self.
 
+        Returns
+        -------
+        RunConfig
+            `self`, so that calls chain.
+
         Raises
         ------
         ValueError
@@ -165,14 +173,36 @@ class RunConfig:
         return float(self.lr) if self.lr is not None else float(self.DEFAULT_LR[self.optimizer])
 
     def to_dict(self):
-        """The fields as JSON values (tuples become lists), with ``lr`` the rate used."""
+        """The fields as JSON values (tuples become lists), with ``lr`` the rate used.
+
+        Returns
+        -------
+        dict
+            JSON values, as stored in results and checkpoints.
+        """
         d = dataclasses.asdict(self)
         d["lr"] = self.learning_rate if self.optimizer in OPTIMIZERS else self.lr
         return _jsonable(d)
 
     @classmethod
     def from_dict(cls, d):
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError.
+
+        Parameters
+        ----------
+        d : dict
+            As :meth:`to_dict` returns it.
+
+        Returns
+        -------
+        RunConfig
+            An instance of this class.
+
+        Raises
+        ------
+        ValueError
+            A key that is not a field.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -196,11 +226,14 @@ def build_optimizer(config, params):
     Parameters
     ----------
     config : RunConfig
+        Gives ``optimizer``, the learning rate and ``lazy``.
     params : list of ndarray
+        The parameters it updates in place (``model.parameters()``).
 
     Returns
     -------
     SGD, Adam or AdaGrad
+        The optimizer.
 
     Raises
     ------
@@ -233,6 +266,7 @@ def positive_int_arg(text):
     Returns
     -------
     int
+        The value.
 
     Raises
     ------
@@ -269,6 +303,7 @@ def k_arg(text):
     Returns
     -------
     int or None
+        The value.
 
     Raises
     ------
@@ -305,6 +340,7 @@ def k_list_arg(text):
     Returns
     -------
     int, None or tuple
+        The value.
 
     Raises
     ------
@@ -334,6 +370,7 @@ def positive_float_arg(text):
     Returns
     -------
     float
+        The value.
 
     Raises
     ------
@@ -368,6 +405,7 @@ def probability_arg(text):
     Returns
     -------
     float
+        The value.
 
     Raises
     ------
@@ -409,6 +447,7 @@ def check_k(name, k, width, *, layers=None):
     Returns
     -------
     None
+        When `k` is acceptable.
 
     Raises
     ------

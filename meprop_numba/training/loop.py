@@ -31,7 +31,6 @@ __all__ = [
     "compare",
     "fit",
     "load_model",
-    "model_parameters",
     "run_generators",
     "thread_limits",
     "train_step",
@@ -44,6 +43,13 @@ TIMERS = ("forward", "backward", "optimizer")
 
 class TrainingDiverged(FloatingPointError):
     """The loss or a gradient became NaN or Inf; training stopped.
+
+    Parameters
+    ----------
+    message : str
+        What diverged, where.
+    results : dict, optional
+        As below.
 
     Attributes
     ----------
@@ -67,12 +73,19 @@ class TrainingDiverged(FloatingPointError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`fit`; the last checkpoint and the results JSON are intact.
 
+    Construction never raises.
+
+    Parameters
+    ----------
+    message : str
+        Where the run stopped and which checkpoint is kept.
+    results : dict
+        As below.
+
     Attributes
     ----------
     results : dict
         The results up to the interruption, with ``stopped`` set.
-
-    Never raises.
 
     Examples
     --------
@@ -88,56 +101,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 # ---------------------------------------------------------------- models
 
-def model_parameters(model):
-    """The parameter arrays of `model`, in its fixed order.
-
-    Parameters
-    ----------
-    model : meprop_numba.nn.Module
-
-    Returns
-    -------
-    list of ndarray
-
-    Never raises.
-
-    Examples
-    --------
-    >>> from meprop_numba.nn import MLP
-    >>> from meprop_numba.training import model_parameters
-    >>> [p.shape for p in model_parameters(MLP(4, 3, 2, layers=1, rng=0))]
-    [(3, 4), (3,), (2, 3), (2,)]
-    """
-    if hasattr(model, "parameters"):
-        return list(model.parameters())
-    return list(model.params())
-
-
-def _state_dict(model):
-    if hasattr(model, "state_dict"):
-        return {name: np.array(value, copy=True) for name, value in model.state_dict().items()}
-    return {str(i): p.copy() for i, p in enumerate(model.params())}
-
-
-def _load_state_dict(model, params):
-    if hasattr(model, "load_state_dict"):
-        model.load_state_dict(params)
-        return
-    mine = model.params()
-    if sorted(params) != sorted(str(i) for i in range(len(mine))) or any(
-            params[str(i)].shape != p.shape or params[str(i)].dtype != p.dtype
-            for i, p in enumerate(mine)):
-        raise ValueError("the checkpoint's parameters do not match the model")
-    for i, p in enumerate(mine):
-        p[...] = params[str(i)]
-
-
 def load_model(task, checkpoint, which="best"):
     """Rebuild the model saved in a checkpoint (for evaluation or prediction).
 
     Parameters
     ----------
     task : meprop_numba.tasks.base.Task
+        The plugin of the checkpoint's task.
     checkpoint : str or os.PathLike
         A checkpoint directory (its `which` file is read) or a ``.npz`` file.
     which : {'best', 'last'}, optional
@@ -145,6 +115,7 @@ def load_model(task, checkpoint, which="best"):
     Returns
     -------
     model : meprop_numba.nn.Module
+        The model, holding the saved parameters.
     config : RunConfig
         The task's config as saved.
     state : dict
@@ -171,7 +142,7 @@ def load_model(task, checkpoint, which="best"):
     try:
         config = task.config_class.from_dict(state["config"]).validate()
         model = task.build_model(config, state["extra_state"], np.random.default_rng(0))
-        _load_state_dict(model, state["params"])
+        model.load_state_dict(state["params"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint does not describe a usable "
                               f"{task.name} model ({exc})") from exc
@@ -196,6 +167,7 @@ def train_step(model, optimizer, loss, batch, timers=None):
     Parameters
     ----------
     model : meprop_numba.nn.Module
+        The model being trained.
     optimizer : meprop_numba.optim.Optimizer
         Over the model's parameters.
     loss : callable
@@ -248,7 +220,7 @@ def train_step(model, optimizer, loss, batch, timers=None):
         optimizer.step(model.grads())
     except ValueError as exc:
         if ("NaN or Inf" in str(exc) or not _all_finite([grad])
-                or not _all_finite(model_parameters(model))):
+                or not _all_finite(model.parameters())):
             raise TrainingDiverged(f"the gradient holds NaN or Inf ({exc})") from exc
         raise
     t3 = time.perf_counter()
@@ -264,7 +236,7 @@ def train_step(model, optimizer, loss, batch, timers=None):
 def blas_threads(n):
     """Context manager limiting the BLAS thread pool to `n` threads.
 
-    Uses ``threadpoolctl`` when it is installed; otherwise (or with
+    Never raises. Uses ``threadpoolctl`` when it is installed; otherwise (or with
     ``n=None``) it changes nothing and BLAS follows
     ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``. On a busy machine a
     multi-threaded BLAS is many times slower on the small products of a
@@ -273,12 +245,12 @@ def blas_threads(n):
     Parameters
     ----------
     n : int or None
+        Thread limit; None changes nothing.
 
     Returns
     -------
     context manager
-
-    Never raises.
+        Limits BLAS inside the ``with`` block.
 
     Examples
     --------
@@ -313,6 +285,7 @@ def thread_limits(n):
     Parameters
     ----------
     n : int or None
+        Threads; None changes nothing.
 
     Yields
     ------
@@ -367,6 +340,7 @@ def check_outputs(out=None, checkpoint_dir=None, *, resume=False, overwrite=Fals
     Returns
     -------
     None
+        When the paths can be used.
 
     Raises
     ------
@@ -443,7 +417,9 @@ def warm_up(task, config, data, extra_state):
     Parameters
     ----------
     task : meprop_numba.tasks.base.Task
+        The task plugin.
     config : RunConfig
+        The run's config (the model is built as it says).
     data : object
         The task's data.
     extra_state : dict
@@ -472,7 +448,7 @@ def warm_up(task, config, data, extra_state):
     start = time.perf_counter()
     rng = np.random.default_rng(12345)
     model = task.build_model(config, extra_state, rng)
-    optimizer = build_optimizer(config, model_parameters(model))
+    optimizer = build_optimizer(config, model.parameters())
     batch = next(iter(task.batches(config, data, rng)))
     train_step(model, optimizer, task.loss, batch)
     return time.perf_counter() - start
@@ -489,18 +465,20 @@ def _progress_bar(total, desc, enabled):
 def run_generators(seed):
     """The two independent generators of a run: the model's and the data's.
 
-    The model generator draws the initial weights, dropout masks and random-k
+    Never raises. The model generator draws the initial weights, dropout masks and random-k
     selections; the data generator shuffles (and draws word dropout).
 
     Parameters
     ----------
     seed : int
+        The run's seed.
 
     Returns
     -------
-    model_rng, data_rng : numpy.random.Generator
-
-    Never raises.
+    model_rng : numpy.random.Generator
+        The model's generator.
+    data_rng : numpy.random.Generator
+        The data's generator.
 
     Examples
     --------
@@ -641,7 +619,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
     timer_names = (*TIMERS, *task.component_timers, "train", "eval")
     model_rng, data_rng = run_generators(config.seed)
     model = task.build_model(config, extra_state, model_rng)
-    optimizer = build_optimizer(config, model_parameters(model))
+    optimizer = build_optimizer(config, model.parameters())
     results = {
         "task": task.name,
         "config": config.to_dict(),
@@ -661,7 +639,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
     best_path = checkpoint_path(checkpoint_dir, "best") if checkpoint_dir else None
     if state is not None:
         try:
-            _load_state_dict(model, state["params"])
+            model.load_state_dict(state["params"])
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{last_path}: does not match the model ({exc})") from exc
@@ -675,7 +653,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             log(f"resuming from epoch {start_epoch} of {last_path}")
 
     def save(path, epoch, **extra):
-        save_checkpoint(path, task=task.name, params=_state_dict(model),
+        save_checkpoint(path, task=task.name, params=model.state_dict(),
                         config=config.to_dict(), epoch=epoch, extra_state=extra_state,
                         best=results["best"], **extra)
 
@@ -732,7 +710,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             train_s = time.perf_counter() - epoch_start - eval_s
             if bar is not None:
                 bar.close()
-            if not _all_finite(model_parameters(model)):
+            if not _all_finite(model.parameters()):
                 raise TrainingDiverged("a parameter became NaN or Inf")
             after = task.component_seconds(model)
             record = {"epoch": epoch, "train_loss": loss_sum / max(step, 1)}
@@ -787,6 +765,7 @@ def compare(task, config, data=None, **kwargs):
     Parameters
     ----------
     task : meprop_numba.tasks.base.Task
+        The task plugin.
     config : RunConfig
         The meProp arm; the dense arm is ``task.dense_config(config)``.
     data : object, optional

@@ -24,6 +24,8 @@ def _component_label(name):
 def epoch_table(runs, metric="accuracy", component_timers=()):
     """The per-epoch table of one or more runs.
 
+    Never raises for results from :func:`~meprop_numba.training.fit`.
+
     Parameters
     ----------
     runs : list of (str, dict)
@@ -36,8 +38,7 @@ def epoch_table(runs, metric="accuracy", component_timers=()):
     Returns
     -------
     str
-
-    Never raises.
+        The table, one row per epoch of each run.
 
     Examples
     --------
@@ -73,17 +74,21 @@ def epoch_table(runs, metric="accuracy", component_timers=()):
 def summary_line(label, results, metric="accuracy"):
     """One line: the best dev evaluation and the test metric there.
 
+    Never raises for results from :func:`~meprop_numba.training.fit`.
+
     Parameters
     ----------
     label : str
+        The run's name.
     results : dict
+        As :func:`~meprop_numba.training.fit` returns them.
     metric : str, optional
+        The task's primary metric.
 
     Returns
     -------
     str
-
-    Never raises.
+        The line.
 
     Examples
     --------
@@ -111,6 +116,8 @@ def summary_line(label, results, metric="accuracy"):
 def speedup_line(label, speedup, component_timers=()):
     """The dense/meProp time ratios of :func:`~meprop_numba.training.compare`.
 
+    Never raises for a ``speedup`` dict from :func:`~meprop_numba.training.compare`.
+
     Parameters
     ----------
     label : str
@@ -118,12 +125,12 @@ def speedup_line(label, speedup, component_timers=()):
     speedup : dict
         ``compare(...)["speedup"]``.
     component_timers : tuple of str, optional
+        The task's extra timers, shown with the backward pass.
 
     Returns
     -------
     str
-
-    Never raises.
+        The line.
 
     Examples
     --------

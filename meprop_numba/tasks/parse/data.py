@@ -18,6 +18,17 @@ NULL_ID, UNK_ID, ROOT_ID = 0, 1, 2
 def universal_relation(deprel):
     """The universal part of a DEPREL: ``"nmod:poss"`` -> ``"nmod"``.
 
+    Parameters
+    ----------
+    deprel : str
+        A relation as written in CoNLL-U.
+
+    Returns
+    -------
+    str
+        The part before the first ``:`` (all of it without one). Never raises
+        for a string.
+
     Examples
     --------
     >>> universal_relation("nmod:poss"), universal_relation("root")
@@ -88,6 +99,7 @@ class ParseVocabulary:
 
     @property
     def n_transitions(self):
+        """Number of transitions, ``2 L + 1``."""
         return 2 * len(self.labels) + 1
 
     @property
@@ -96,12 +108,28 @@ class ParseVocabulary:
         return self.label_ids.get("root", -1)
 
     def state_dict(self):
-        """Plain-data form (for checkpoints)."""
+        """Plain-data form (for checkpoints).
+
+        Returns
+        -------
+        dict
+            ``{"words": [...], "pos": [...], "labels": [...]}``, JSON values.
+        """
         return {"words": list(self.words), "pos": list(self.pos), "labels": list(self.labels)}
 
     @classmethod
     def from_state_dict(cls, state):
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        ParseVocabulary
+        """
         obj = cls.__new__(cls)
         obj.words, obj.pos, obj.labels = list(state["words"]), list(state["pos"]), list(state["labels"])
         obj._index()
@@ -113,6 +141,23 @@ class ParseVocabulary:
         Unknown words and tags map to UNK; a relation unseen in training maps
         to label -1 (never predicted, so it counts as an error), and such a
         sentence cannot serve as a training tree.
+
+        Parameters
+        ----------
+        sentences : list of Sentence
+            The sentences to encode.
+        with_tree : bool, default True
+            Encode HEAD and DEPREL too (else they are left zero).
+
+        Returns
+        -------
+        Treebank
+            Their ids, ROOT first in each sentence.
+
+        Raises
+        ------
+        ValueError
+            If `with_tree` and a sentence has no tree.
         """
         lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
         offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
@@ -141,8 +186,27 @@ class Treebank:
     """Sentences as flat int64 arrays; sentence ``s`` is ``[offsets[s], offsets[s + 1])``.
 
     Entry 0 of each sentence is ROOT (word and POS id ``ROOT_ID``, head 0,
-    label 0); entry ``i`` is word ``i``. `heads` and `labels` are zero for
-    sentences encoded without a tree.
+    label 0); entry ``i`` is word ``i``. Construction stores the arrays as
+    given and never raises; :meth:`ParseVocabulary.encode` builds them.
+
+    Parameters
+    ----------
+    words, pos : numpy.ndarray of int64
+        Word and POS ids.
+    heads : numpy.ndarray of int64
+        1-based head of each word (0: ROOT); zero without a tree.
+    labels : numpy.ndarray of int64
+        Relation id of each word; zero without a tree.
+    offsets : numpy.ndarray of int64
+        ``len(sentences) + 1`` start offsets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z = np.zeros(5, dtype=np.int64)
+    >>> tb = Treebank(z, z, z, z, np.array([0, 3, 5]))
+    >>> len(tb), tb.n_words, tb.max_length
+    (2, 3, 2)
     """
 
     words: np.ndarray
@@ -161,10 +225,22 @@ class Treebank:
 
     @property
     def max_length(self):
+        """Words in the longest sentence."""
         return int(np.diff(self.offsets).max()) - 1 if len(self) else 0
 
     def subset(self, index):
-        """The sentences `index` (a boolean mask or integer ids), in that order."""
+        """The sentences `index`, in that order.
+
+        Parameters
+        ----------
+        index : array_like of bool or int
+            A boolean mask over the sentences or sentence ids.
+
+        Returns
+        -------
+        Treebank
+            A new treebank holding copies of those sentences.
+        """
         index = np.arange(len(self))[np.asarray(index)]
         lo, hi = self.offsets[index], self.offsets[index + 1]
         take = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(index) else \
@@ -175,7 +251,13 @@ class Treebank:
                         offsets)
 
     def word_mask(self):
-        """Boolean mask of the entries that are words (not ROOT)."""
+        """Boolean mask of the entries that are words (not ROOT).
+
+        Returns
+        -------
+        numpy.ndarray of bool
+            False at each sentence's ROOT entry, True elsewhere.
+        """
         mask = np.ones(len(self.words), dtype=bool)
         mask[self.offsets[:-1]] = False
         return mask

@@ -28,7 +28,9 @@ class ParserModel(Module):
     n_transitions : int
         Output classes, ``2 L + 1``.
     dim : int, default 50
+        Embedding size.
     hidden : int, default 500
+        Hidden units.
     k : int or None, default 20
         meProp k of the hidden layer; None or `hidden` is dense.
     selection : {'topk', 'unified', 'random'}, default 'topk'
@@ -37,6 +39,8 @@ class ParserModel(Module):
         Dropout on the hidden activations.
     dtype : {numpy.float32, numpy.float64}, default float32
     rng : numpy.random.Generator or int, optional
+        Source of the initial weights, dropout masks and random-k
+        selections (kept as ``model.rng``).
 
     Raises
     ------
@@ -73,11 +77,32 @@ class ParserModel(Module):
 
     @property
     def layers(self):
+        """The layers in forward order (tables, hidden, activation, dropout, output)."""
         return [self.word_embedding, self.pos_embedding, self.label_embedding, self.hidden,
                 self.activation, self.dropout, self.output]
 
     def forward(self, features, train=False):
-        """Transition scores ``(B, n_transitions)`` of int feature ids ``(B, 48)``."""
+        """Transition scores of a batch of configurations.
+
+        Parameters
+        ----------
+        features : array_like of int, shape (B, 48)
+            Feature ids (word, POS, label slots).
+        train : bool, default False
+            Keep what :meth:`backward` needs (dropout on).
+
+        Returns
+        -------
+        numpy.ndarray, shape (B, n_transitions)
+            The output layer's scores (logits).
+
+        Raises
+        ------
+        ValueError
+            If `features` is not ``(B, 48)``.
+        IndexError
+            If an id is outside its table.
+        """
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != N_SLOTS:
             raise ValueError(f"features must have shape (B, {N_SLOTS}), got {features.shape}")
@@ -91,7 +116,18 @@ class ParserModel(Module):
         return self.output.forward(self.dropout.forward(h, train), train)
 
     def backward(self, grad_out):
-        """Back-propagate to every table; returns None (ids have no gradient)."""
+        """Back-propagate to every table and layer; store the gradients for :meth:`grads`.
+
+        Parameters
+        ----------
+        grad_out : numpy.ndarray, shape (B, n_transitions)
+            Gradient of the loss with respect to the last training forward's output.
+
+        Returns
+        -------
+        None
+            The ids have no gradient.
+        """
         g = self.dropout.backward(self.output.backward(grad_out))
         dx = self.hidden.backward(self.activation.backward(g))
         B, d = dx.shape[0], self.dim
@@ -102,13 +138,35 @@ class ParserModel(Module):
         return None
 
     def params(self):
+        """The parameter arrays, in a fixed order.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            Word, POS and label tables, hidden weight and bias, output
+            weight and bias; updated in place by the optimizers.
+        """
         return [q for layer in self.layers for q in layer.params()]
 
     def grads(self):
+        """Gradients of the last :meth:`backward`.
+
+        Returns
+        -------
+        list
+            Aligned with :meth:`params`: RowSparse for the tables and the
+            hidden weight, dense arrays for the biases and output weight.
+        """
         return [g for layer in self.layers for g in layer.grads()]
 
     def parameters(self):
-        """The parameter arrays (same as :meth:`params`)."""
+        """The parameter arrays (same as :meth:`params`).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The arrays of :meth:`params`.
+        """
         return self.params()
 
     def _named(self):
@@ -121,11 +179,23 @@ class ParserModel(Module):
         return out
 
     def state_dict(self):
-        """Name -> copy of each parameter (``"hidden.weight"``, ...)."""
+        """Name -> copy of each parameter.
+
+        Returns
+        -------
+        dict
+            ``"word_embedding.weight"``, ..., ``"hidden.weight"``,
+            ``"hidden.bias"``, ``"output.weight"``, ``"output.bias"``.
+        """
         return {name: value.copy() for name, value in self._named().items()}
 
     def load_state_dict(self, state):
         """Copy `state` into the parameters in place; checks every entry before changing any.
+
+        Parameters
+        ----------
+        state : dict
+            Name -> array, as :meth:`state_dict` returns.
 
         Raises
         ------
@@ -150,11 +220,6 @@ class ParserModel(Module):
             arrays[name] = value
         for name, target in named.items():
             target[...] = arrays[name]
-
-    def predict_scores(self, features, batch_size=4096):
-        """Scores of `features` in batches (evaluation mode)."""
-        out = [self.forward(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.output.out_features))
 
     def __repr__(self):
         return (f"ParserModel(words={self.word_embedding.num_embeddings}, "

@@ -24,8 +24,7 @@ from .metrics import attachment_scores
 from .model import ACTIVATIONS, ParserModel
 from .transitions import is_projective, oracle, parse
 
-__all__ = ["ENV_DATA_DIR", "ParseConfig", "ParseData", "ParseTask", "load_parse_data",
-           "write_conllu_predictions"]
+__all__ = ["ENV_DATA_DIR", "ParseConfig", "ParseTask"]
 
 #: Environment variable naming the treebank folder when ``--data-dir`` is not given.
 ENV_DATA_DIR = "MEPROP_NUMBA_PARSE_DIR"
@@ -35,11 +34,16 @@ _SELECTIONS = ("topk", "unified", "random")
 
 @dataclasses.dataclass
 class ParseConfig(RunConfig):
-    """Options of ``--task parse`` (the shared ones are :class:`RunConfig`'s).
+    """Options of a parser run: the shared :class:`~meprop_numba.training.RunConfig` fields and these.
 
     Parameters
     ----------
+    data_dir, optimizer, lr, lazy, epochs, batch_size, seed, dtype, threads, device, evals_per_epoch, eval_test : see RunConfig
+        The shared fields of :class:`~meprop_numba.training.RunConfig`
+        (``batch_size`` default 100 here: transitions per step; the meProp
+        paper used 10,000). Default learning rates: Adam 0.001, AdaGrad 0.01.
     hidden : int, default 500
+        Hidden units.
     dim : int, default 50
         Size of the word, POS and label embeddings.
     k : int or None, default 20
@@ -49,10 +53,9 @@ class ParseConfig(RunConfig):
     dropout : float, default 0.0
         On the hidden activations.
     min_word_freq : int, default 2
+        Training words seen fewer times share the UNK embedding.
     max_train_sentences, max_dev_sentences : int or None
         Use only the first sentences of a split (quick runs).
-    batch_size : int, default 100
-        Transitions per step (the meProp paper used 10,000).
 
     Raises
     ------
@@ -80,6 +83,7 @@ class ParseConfig(RunConfig):
     max_dev_sentences: int = None
 
     def check(self):
+        """Check the parser's fields; raise ValueError naming the bad one."""
         for name in ("hidden", "dim", "min_word_freq"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("k", self.k, allow_none=True)
@@ -98,7 +102,13 @@ class ParseConfig(RunConfig):
 
 @dataclasses.dataclass
 class ParseData:
-    """A treebank ready for training: vocabulary, oracle examples, dev and test trees."""
+    """A treebank ready for training: vocabulary, oracle examples, dev and test trees.
+
+    Built by :func:`load_parse_data`. `features` and `transitions` are the
+    static oracle's configurations of the projective training trees; `stats`
+    counts sentences, skipped trees and the seconds spent reading and in
+    the oracle.
+    """
 
     vocab: ParseVocabulary
     features: np.ndarray
@@ -171,7 +181,18 @@ def write_conllu_predictions(input_path, heads, labels, label_names, out):
 
 
 class ParseTask(Task):
-    """``--task parse``: the arc-standard parser of :mod:`meprop_numba.tasks.parse`."""
+    """The ``parse`` task: the arc-standard parser of :mod:`meprop_numba.tasks.parse`.
+
+    The methods implement :mod:`meprop_numba.tasks.base`'s protocol.
+    Construction never raises.
+
+    Examples
+    --------
+    >>> from meprop_numba.tasks import TASKS
+    >>> task = TASKS["parse"]
+    >>> task.label(task.config_class()), task.metric, task.component_timers
+    ('meProp k=20 topk', 'las', ('backward_linear', 'backward_hidden'))
+    """
 
     name = "parse"
     help = "transition-based dependency parsing (Chen & Manning 2014) with a meProp hidden layer"
@@ -243,15 +264,14 @@ class ParseTask(Task):
         return {"backward_linear": model.hidden.backward_seconds + model.output.backward_seconds,
                 "backward_hidden": model.hidden.backward_seconds}
 
-    def parse(self, model, vocab, treebank):
-        """Predicted ``(heads, labels)`` of `treebank` (flat layout)."""
+    def _parse(self, model, vocab, treebank):
         return parse(model.forward, treebank, len(vocab.labels), root_label=vocab.root_label)
 
     def evaluate(self, model, data, split):
         treebank = data.dev if split == "dev" else data.test
         if treebank is None or treebank.n_words == 0:
             return {"uas": None, "las": None}
-        scores = attachment_scores(treebank, *self.parse(model, data.vocab, treebank))
+        scores = attachment_scores(treebank, *self._parse(model, data.vocab, treebank))
         return {"uas": scores["uas"], "las": scores["las"]}
 
     def extra_state(self, data):
@@ -261,7 +281,7 @@ class ParseTask(Task):
         vocab = ParseVocabulary.from_state_dict(extra_state["vocab"])
         sentences = read_conllu(input_path)
         treebank = vocab.encode(sentences, with_tree=False)
-        heads, labels = self.parse(model, vocab, treebank)
+        heads, labels = self._parse(model, vocab, treebank)
         mask = treebank.word_mask()
         write_conllu_predictions(input_path, heads[mask], labels[mask], vocab.labels, out)
         return len(sentences)

@@ -32,10 +32,12 @@ def is_projective(treebank):
     Parameters
     ----------
     treebank : Treebank
+        Sentences with gold trees.
 
     Returns
     -------
     numpy.ndarray of bool, shape (len(treebank),)
+        True for the projective trees.
 
     Raises
     ------
@@ -67,10 +69,11 @@ def oracle(treebank, n_labels):
 
     Returns
     -------
-    features : numpy.ndarray, int32, shape (T, 48)
+    features : numpy.ndarray of int32, shape (T, 48)
         Ids of the 18 word, 18 POS and 12 label slots of each configuration
         the oracle passes through, of the sentences it derives.
-    transitions : numpy.ndarray, int64, shape (T,)
+    transitions : numpy.ndarray of int64, shape (T,)
+        The oracle's transition at each configuration.
     derived : numpy.ndarray of bool, shape (len(treebank),)
         Whether the oracle derived the sentence's tree (False exactly for the
         non-projective ones); their configurations are left out.
@@ -116,6 +119,7 @@ def parse(score, treebank, n_labels, *, root_label=-1, batch_size=512):
     treebank : Treebank
         The sentences (their heads and labels are not read).
     n_labels : int
+        Number of relations L.
     root_label : int, optional
         The ROOT relation's label id: arcs from ROOT get it and no other arc
         does. -1 (default) leaves labels unconstrained.
@@ -125,10 +129,12 @@ def parse(score, treebank, n_labels, *, root_label=-1, batch_size=512):
 
     Returns
     -------
-    heads, labels : numpy.ndarray, int64
-        Aligned with the treebank's flat arrays (entry 0 of each sentence,
+    heads : numpy.ndarray of int64
+        Predicted heads, aligned with the treebank's flat arrays (entry 0 of each sentence,
         ROOT, is 0). Every sentence gets a tree: one word attached to ROOT,
         every word one head, no cycle.
+    labels : numpy.ndarray of int64
+        Predicted relation ids, aligned the same way.
 
     Raises
     ------
