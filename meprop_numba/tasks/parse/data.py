@@ -45,20 +45,17 @@ def _table(counts, min_freq):
 class ParseVocabulary:
     """Word, POS and relation tables of the parser, built from training sentences.
 
+    The ``words`` and ``pos`` attributes are lists id -> string (ids 0, 1, 2
+    are NULL, UNK and ROOT); ``labels`` is the sorted list of universal
+    relations: transition ``1 + l`` is LEFT-ARC with ``labels[l]`` and
+    ``1 + L + l`` RIGHT-ARC.
+
     Parameters
     ----------
     sentences : list of Sentence
         Training sentences with a tree (``head`` and ``deprel`` set).
     min_word_freq : int, default 2
         Words seen fewer times share the UNK embedding (which is then trained).
-
-    Attributes
-    ----------
-    words, pos : list of str
-        Id -> string; ids 0, 1, 2 are NULL, UNK and ROOT.
-    labels : list of str
-        The sorted universal relations; transition ``1 + l`` is LEFT-ARC with
-        ``labels[l]``, ``1 + L + l`` RIGHT-ARC.
 
     Raises
     ------
