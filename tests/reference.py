@@ -353,3 +353,134 @@ def torch_meprop_lstm(torch, params, x, lengths, *, num_layers, bidirectional, k
     out = torch.zeros(B, T, layer_in[0].shape[1], dtype=x.dtype)
     out = torch.stack([torch.cat([seq, out[b, seq.shape[0]:]]) for b, seq in enumerate(layer_in)])
     return out, torch.stack(h_n), torch.stack(c_n)
+
+
+# ------------------------------------------------------ dependency parsing
+# Trees are lists ``heads`` of length n + 1 (entry 0, ROOT, unused) with
+# 1-based heads, 0 for the root word.
+def is_descendant(heads, node, ancestor):
+    """Whether `ancestor` is on the head chain of `node` (or is `node`)."""
+    seen = set()
+    while node != ancestor:
+        if node == 0 or node in seen:
+            return False
+        seen.add(node)
+        node = heads[node]
+    return True
+
+
+def projective_reference(heads):
+    """A tree is projective when every word between a head and its dependent descends from the head."""
+    for dep in range(1, len(heads)):
+        head = heads[dep]
+        for w in range(min(head, dep) + 1, max(head, dep)):
+            if not is_descendant(heads, w, head):
+                return False
+    return True
+
+
+class ArcStandardReference:
+    """Arc-standard configuration kept as plain lists, children found by searching the arcs."""
+
+    def __init__(self, words, pos):
+        self.words, self.pos = list(words), list(pos)  # entry 0 is ROOT
+        self.n = len(words) - 1
+        self.stack, self.next, self.head, self.label = [0], 1, {}, {}
+
+    def terminal(self):
+        return self.stack == [0] and self.next > self.n
+
+    def apply(self, t, n_labels):
+        if t == 0:
+            assert self.next <= self.n, "SHIFT with an empty buffer"
+            self.stack.append(self.next)
+            self.next += 1
+            return
+        top, second = self.stack[-1], self.stack[-2]
+        if t <= n_labels:
+            assert second != 0, "LEFT-ARC onto ROOT"
+            dep, head, label = second, top, t - 1
+            self.stack[-2:] = [top]
+        else:
+            dep, head, label = top, second, t - 1 - n_labels
+            self.stack.pop()
+        self.head[dep], self.label[dep] = head, label
+
+    def valid(self, t, n_labels, root_label):
+        if t == 0:
+            return self.next <= self.n
+        if len(self.stack) < 2:
+            return False
+        second = self.stack[-2]
+        label = (t - 1) % n_labels
+        if t <= n_labels:
+            return second != 0 and label != root_label
+        if second == 0:
+            return self.next > self.n and (root_label < 0 or label == root_label)
+        return label != root_label
+
+    def _children(self, node, left):
+        kids = [d for d, h in self.head.items() if h == node and (d < node) == left]
+        return sorted(kids) if left else sorted(kids, reverse=True)
+
+    def _kid(self, node, left, rank):
+        if node is None:
+            return None
+        kids = self._children(node, left)
+        return kids[rank] if len(kids) > rank else None
+
+    def features(self):
+        """The 18 word, 18 POS and 12 label ids (0 for an empty slot, label ids + 1)."""
+        s = [self.stack[-1 - i] if len(self.stack) > i else None for i in range(3)]
+        b = [self.next + i if self.next + i <= self.n else None for i in range(3)]
+        nodes = s + b
+        for j in range(2):
+            nodes += [self._kid(s[j], True, 0), self._kid(s[j], False, 0),
+                      self._kid(s[j], True, 1), self._kid(s[j], False, 1)]
+        for j in range(2):
+            nodes += [self._kid(self._kid(s[j], True, 0), True, 0),
+                      self._kid(self._kid(s[j], False, 0), False, 0)]
+        words = [0 if v is None else self.words[v] for v in nodes]
+        tags = [0 if v is None else self.pos[v] for v in nodes]
+        labels = [0 if v is None else self.label[v] + 1 for v in nodes[6:]]
+        return words + tags + labels
+
+
+def greedy_parse_reference(words, pos, score, n_labels, root_label=-1):
+    """Parse one sentence: the best-scoring valid transition (lowest id on ties) each step."""
+    config = ArcStandardReference(words, pos)
+    while not config.terminal():
+        scores = score(np.array([config.features()], dtype=np.int32))[0]
+        best = None
+        for t in range(2 * n_labels + 1):
+            if config.valid(t, n_labels, root_label) and (best is None or scores[t] > scores[best]):
+                best = t
+        config.apply(best, n_labels)
+    return ([0] + [config.head[d] for d in range(1, config.n + 1)],
+            [0] + [config.label[d] for d in range(1, config.n + 1)])
+
+
+@st.composite
+def projective_trees(draw, max_words=12):
+    """A uniformly shaped random projective tree: heads list (ROOT entry 0) built span by span.
+
+    A projective tree over a span is a root word whose left and right sides
+    are sequences of adjacent projective subtrees attached to it.
+    """
+    n = draw(st.integers(1, max_words))
+    heads = [0] * (n + 1)
+
+    def subtree(a, b, parent):
+        r = draw(st.integers(a, b))
+        heads[r] = parent
+        forest(a, r - 1, r)
+        forest(r + 1, b, r)
+
+    def forest(a, b, parent):
+        while a <= b:
+            end = draw(st.integers(a, b))
+            subtree(a, end, parent)
+            a = end + 1
+
+    subtree(1, n, 0)
+    return heads

@@ -65,6 +65,7 @@ Examples
 >>> list(model.state_dict())
 ['0.weight', '0.bias', '2.weight', '2.bias', '4.weight', '4.bias']
 """
+from .activations import Cube
 from .embedding import Embedding
 from .layers import Dropout, Linear, Module, ReLU, Sequential, array_module
 from .lstm import LSTM
@@ -72,6 +73,7 @@ from .loss import log_softmax, softmax_cross_entropy
 from .mlp import MLP
 
 __all__ = [
+    "Cube",
     "Dropout",
     "Embedding",
     "LSTM",

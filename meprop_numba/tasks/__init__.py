@@ -10,17 +10,21 @@ registry.
   (``--task mlp``).
 - :mod:`~meprop_numba.tasks.pos`: part-of-speech tagging with a meProp
   LSTM on a Universal Dependencies treebank (``--task pos``).
+- :mod:`~meprop_numba.tasks.parse`: transition-based dependency parsing
+  with a meProp hidden layer on a Universal Dependencies treebank
+  (``--task parse``).
 
 Examples
 --------
 >>> from meprop_numba.tasks import TASKS
 >>> sorted(TASKS)
-['mlp', 'pos']
+['mlp', 'parse', 'pos']
 >>> TASKS["pos"].config_class().batch_size, TASKS["mlp"].config_class().batch_size
 (1, 10)
 """
 from .base import Task
 from .mlp import MLPTask
+from .parse.task import ParseTask
 from .pos import POSTask
 
 __all__ = ["TASKS", "Task", "register"]
@@ -69,3 +73,4 @@ def register(task):
 
 register(MLPTask())
 register(POSTask())
+register(ParseTask())
