@@ -11,12 +11,18 @@ Here removal is physical: the neuron's row of its layer's weight and bias
 and its column of the next layer's weight are deleted, together with the
 optimizer state of those entries (:meth:`meprop_numba.Adam.shrink`), so the
 forward and backward passes that follow run on smaller matrices. A shrunk
-:class:`~meprop_numba.nn.MLP` has per-layer widths: its ``state_dict()``
-holds the smaller arrays, and ``MLP(in_features, model.hidden_sizes,
-n_classes, k=[layer.k for layer in model.linear_layers[:-1]])`` rebuilds a
-model that loads it, so a checkpoint records ``hidden_sizes`` (and the
-per-layer k, which becomes None, i.e. dense, where a layer shrank to k
-neurons or fewer).
+:class:`~meprop_numba.nn.MLP` has per-layer widths (``model.hidden_sizes``)
+and its ``state_dict()`` holds the smaller arrays. A checkpoint records
+those widths (:meth:`Simplifier.state_dict` holds them, with the counts
+since the last prune); a model is rebuilt from it by building it as
+configured, :func:`shrink_to` the recorded widths, then
+``load_state_dict``. A layer left with k or fewer neurons back-propagates
+densely (its k becomes None), which :func:`shrink_to` reproduces.
+
+The LSTM counts its selections too
+(:meth:`meprop_numba.nn.LSTM.count_selections`); removing LSTM units is
+not implemented yet (the layer keeps one width for every layer and
+direction).
 
 Examples
 --------
@@ -46,7 +52,7 @@ import numpy as np
 from ._validation import integer_k, kept_indices, unit_interval
 from .nn.layers import Dropout, Linear, ReLU, Sequential
 
-__all__ = ["PruneSchedule", "Simplifier", "prunable_layers"]
+__all__ = ["PruneSchedule", "Simplifier", "prunable_layers", "remove_neurons", "shrink_to"]
 
 #: Modules that act entry by entry, so a removed neuron's output is removed with it.
 _ELEMENTWISE = (ReLU, Dropout)
@@ -93,6 +99,121 @@ def prunable_layers(model):
         elif not isinstance(layer, _ELEMENTWISE):
             previous = None  # a module that mixes features: neurons before it cannot be removed
     return pairs
+
+
+def remove_neurons(model, keeps, optimizer=None):
+    """Keep only the given hidden neurons of `model`, physically: all layers, or none.
+
+    For each prunable layer (:func:`prunable_layers`) the rows of its
+    weight and bias and the columns of the next layer's weight outside
+    `keep` are removed, and so is the optimizer state of those entries
+    (:meth:`meprop_numba.Adam.shrink`). The model's arrays are replaced by
+    the smaller ones (the one place where a module's parameters are
+    rebound; the optimizer is told in the same call). A layer whose k is
+    no longer below its width back-propagates densely from then on
+    (``k=None``, exactly what keeping every entry means).
+
+    Parameters
+    ----------
+    model : meprop_numba.nn.Sequential
+        The model (an :class:`~meprop_numba.nn.MLP`).
+    keeps : sequence of array_like of int
+        Per prunable layer, the strictly increasing indices of the neurons
+        that stay (at least one).
+    optimizer : meprop_numba.optim.Optimizer, optional
+        The optimizer over ``model.parameters()``, shrunk alongside.
+
+    Returns
+    -------
+    None
+        The model (and optimizer) hold the smaller arrays.
+
+    Raises
+    ------
+    TypeError
+        If `model` is not a Sequential or a `keep` is not integer.
+    ValueError
+        If `keeps` does not hold one entry per prunable layer, an entry is
+        empty, not increasing or out of range, or the optimizer does not
+        hold the model's parameters. Nothing changes then.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba.nn import MLP
+    >>> from meprop_numba.simplify import remove_neurons
+    >>> model = MLP(6, 8, 2, k=4, rng=0)
+    >>> remove_neurons(model, [[0, 2, 5], np.arange(8)])
+    >>> model.hidden_sizes, model.linear_layers[0].k, model.linear_layers[1].weight.shape
+    ([3, 8], None, (8, 3))
+    """
+    pairs = prunable_layers(model)
+    keeps = list(keeps)
+    if len(keeps) != len(pairs):
+        raise ValueError(f"keeps must give one index array per prunable layer "
+                         f"({len(pairs)}), got {len(keeps)}")
+    keeps = [kept_indices(keep, layer.out_features, f"keeps[{i}]")
+             for i, ((layer, _), keep) in enumerate(zip(pairs, keeps))]
+    cuts, targets = [], []
+    for (layer, reader), keep in zip(pairs, keeps):
+        if keep.size == layer.out_features:
+            continue  # everything stays: leave the arrays (and training) untouched
+        cuts += [(layer.weight, keep, 0), (layer.bias, keep, 0), (reader.weight, keep, 1)]
+        targets += [(layer, "weight"), (layer, "bias"), (reader, "weight")]
+    if not cuts:
+        return
+    arrays = optimizer.shrink(cuts) if optimizer is not None else _shrink_arrays(cuts)
+    for (module, name), array in zip(targets, arrays):
+        setattr(module, name, array)
+    for layer, reader in pairs:
+        for module in (layer, reader):
+            module._x, module._grads = None, [None, None]
+        if layer.k is not None and layer.k >= layer.out_features:
+            layer.k = None
+
+
+def shrink_to(model, hidden_sizes):
+    """Shrink a freshly built model to the widths a simplified model was saved with.
+
+    A checkpoint of a simplified model records its ``hidden_sizes``;
+    rebuilding it is: build the model as configured, ``shrink_to`` those
+    widths (keeping the first neurons of each layer: their values are
+    overwritten next), then ``load_state_dict``.
+
+    Parameters
+    ----------
+    model : meprop_numba.nn.Sequential
+        The model as built from its config.
+    hidden_sizes : sequence of int
+        The width of each prunable layer, each in ``[1, current width]``.
+
+    Returns
+    -------
+    None
+        The model has the given widths.
+
+    Raises
+    ------
+    ValueError
+        If `hidden_sizes` does not give one width in range per prunable layer.
+
+    Examples
+    --------
+    >>> from meprop_numba.nn import MLP
+    >>> from meprop_numba.simplify import shrink_to
+    >>> model = MLP(6, 8, 2, k=4, rng=0)
+    >>> shrink_to(model, [5, 3])
+    >>> [(name, p.shape) for name, p in model.named_parameters()][2:4]
+    [('2.weight', (3, 5)), ('2.bias', (3,))]
+    """
+    pairs = prunable_layers(model)
+    sizes = list(hidden_sizes)
+    if len(sizes) != len(pairs):
+        raise ValueError(f"hidden_sizes must give one width per prunable layer ({len(pairs)}), "
+                         f"got {len(sizes)}")
+    keeps = [np.arange(integer_k(n, layer.out_features, f"hidden_sizes[{i}]"))
+             for i, (n, (layer, _)) in enumerate(zip(sizes, pairs))]
+    remove_neurons(model, keeps)
 
 
 class PruneSchedule:
@@ -294,7 +415,7 @@ class Simplifier:
         return removed
 
     def remove(self, keeps):
-        """Keep only the given neurons of each prunable layer, physically.
+        """Keep only the given neurons of each prunable layer (:func:`remove_neurons`).
 
         Parameters
         ----------
@@ -305,36 +426,10 @@ class Simplifier:
         Raises
         ------
         ValueError
-            If `keeps` does not hold one entry per prunable layer, or an
-            entry is empty, not increasing or out of range; or the optimizer
-            does not hold the model's parameters. Nothing changes then.
+            As :func:`remove_neurons`; nothing changes then.
         """
-        keeps = list(keeps)
-        if len(keeps) != len(self.pairs):
-            raise ValueError(f"keeps must give one index array per prunable layer "
-                             f"({len(self.pairs)}), got {len(keeps)}")
-        keeps = [kept_indices(keep, layer.out_features, f"keeps[{i}]")
-                 for i, ((layer, _), keep) in enumerate(zip(self.pairs, keeps))]
-        cuts, targets = [], []
-        for (layer, reader), keep in zip(self.pairs, keeps):
-            if keep.size == layer.out_features:
-                continue  # everything stays: leave the arrays (and training) untouched
-            cuts += [(layer.weight, keep, 0), (layer.bias, keep, 0), (reader.weight, keep, 1)]
-            targets += [(layer, "weight"), (layer, "bias"), (reader, "weight")]
-        if not cuts:
-            return
-        if self.optimizer is not None:
-            arrays = self.optimizer.shrink(cuts)
-        else:
-            arrays = _shrink_arrays(cuts)
         before = sum(self.hidden_sizes)
-        for (module, name), array in zip(targets, arrays):
-            setattr(module, name, array)
-        for layer, reader in self.pairs:
-            for module in (layer, reader):
-                module._x, module._grads = None, [None, None]
-            if layer.k is not None and layer.k >= layer.out_features:
-                layer.k = None  # keeping every entry is dense back propagation
+        remove_neurons(self.model, keeps, self.optimizer)
         self.removed += before - sum(self.hidden_sizes)
 
     def after_step(self, epoch, batch, batches_per_epoch):
@@ -364,10 +459,12 @@ class Simplifier:
         Returns
         -------
         dict
-            ``{"counts": [int64 arrays], "examples": [ints], "removed": int}``
-            per prunable layer.
+            ``{"hidden_sizes": [ints], "counts": [int64 arrays], "examples":
+            [ints], "removed": int}``, lists per prunable layer; a checkpoint
+            rebuilds the model with :func:`shrink_to` from ``hidden_sizes``.
         """
-        return {"counts": [np.array(layer.selection_counts, copy=True) for layer, _ in self.pairs],
+        return {"hidden_sizes": self.hidden_sizes,
+                "counts": [np.array(layer.selection_counts, copy=True) for layer, _ in self.pairs],
                 "examples": [int(layer.counted_examples) for layer, _ in self.pairs],
                 "removed": int(self.removed)}
 
@@ -387,8 +484,12 @@ class Simplifier:
             If the number of layers or a count array's shape differs, or a
             count is negative; nothing changes then.
         """
-        if not isinstance(state, dict) or set(state) != {"counts", "examples", "removed"}:
-            raise TypeError("state must be a dict with 'counts', 'examples' and 'removed'")
+        keys = {"hidden_sizes", "counts", "examples", "removed"}
+        if not isinstance(state, dict) or set(state) != keys:
+            raise TypeError(f"state must be a dict with the keys {sorted(keys)}")
+        if list(state["hidden_sizes"]) != self.hidden_sizes:
+            raise ValueError(f"state is for hidden sizes {list(state['hidden_sizes'])}, the model has "
+                             f"{self.hidden_sizes}; shrink_to them first")
         counts, examples = list(state["counts"]), list(state["examples"])
         if len(counts) != len(self.pairs) or len(examples) != len(self.pairs):
             raise ValueError(f"state holds {len(counts)} layers, the model {len(self.pairs)}")

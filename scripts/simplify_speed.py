@@ -5,7 +5,10 @@
    (:meth:`meprop_numba.nn.Linear.count_selections`), one not, train on the
    same minibatches in alternating blocks of steps; the ratio of the
    medians of the blocks' CPU times (``time.thread_time_ns``, so the other
-   processes on the machine disturb it little) is the overhead.
+   processes on the machine disturb it little) is the overhead. On a
+   loaded machine that ratio is noisy by a few percent, so the counting
+   call itself is also timed alone (on top-k selections of the step's
+   shape, once per hidden layer) and reported as a share of the step.
 2. Inference: the forward pass of the dense 784-500-500-10 against the same
    model shrunk to the given hidden sizes (what simplification leaves),
    again alternating, batch 1000 (evaluation) and the training batch.
@@ -85,7 +88,20 @@ def counting_overhead(k, args, rng):
 
     _alternate([block(0), block(1)], 2)  # warm-up (compilation, caches)
     plain, counted = _alternate([block(0), block(1)], args.blocks)
-    return plain / args.steps, counted / args.steps
+    return plain / args.steps, counted / args.steps, _counting_call(models[1], k, args, rng)
+
+
+def _counting_call(model, k, args, rng):
+    """CPU seconds of the counting calls of one step (every hidden layer), timed alone."""
+    reps = 2000
+    total = 0.0
+    for layer in model.linear_layers[:-1]:
+        kept = mp.topk_indices(rng.standard_normal((args.batch, layer.out_features)).astype(np.float32), k)
+        start = time.thread_time_ns()
+        for _ in range(reps):
+            layer._count(kept, args.batch)
+        total += (time.thread_time_ns() - start) * 1e-9 / reps
+    return total
 
 
 def inference_ratio(batch, hidden, blocks, rng):
@@ -112,9 +128,10 @@ def main():
           f"one thread; {args.blocks} alternating blocks of {args.steps} steps per side; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for k in args.k:
-        plain, counted = counting_overhead(k, args, rng)
+        plain, counted, call = counting_overhead(k, args, rng)
         print(f"k={k:4d}: step {plain * 1e3:.3f} ms without counting, {counted * 1e3:.3f} ms with: "
-              f"overhead {100 * (counted / plain - 1):+.2f}%")
+              f"overhead {100 * (counted / plain - 1):+.2f}%; the counting calls alone "
+              f"{call * 1e6:.1f} us = {100 * call / plain:.2f}% of the step")
     for batch in (1000, args.batch):
         t_dense, t_small = inference_ratio(batch, args.hidden, args.blocks, rng)
         print(f"forward, batch {batch}: dense 500-500 {t_dense * 1e3:.3f} ms, "

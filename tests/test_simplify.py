@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import meprop_numba as mp
 from meprop_numba.nn import MLP, Dropout, Linear, Module, ReLU, Sequential, softmax_cross_entropy
-from meprop_numba.simplify import PruneSchedule, Simplifier, prunable_layers
+from meprop_numba.simplify import PruneSchedule, Simplifier, prunable_layers, shrink_to
 
 from reference import AdamReference, selection_mask, snapshot, topk_reference, unified_topk_reference
 
@@ -236,6 +236,14 @@ def test_shrunk_model_saves_and_loads_with_its_recorded_sizes():
     rebuilt.load_state_dict(model.state_dict())
     x = np.random.default_rng(13).standard_normal((5, 12))
     np.testing.assert_array_equal(rebuilt.forward(x), model.forward(x))
+    # The same from the config the run started with and the recorded widths.
+    again = MLP(12, 16, 4, k=10, dtype=np.float64, rng=0)
+    shrink_to(again, simplifier.state_dict()["hidden_sizes"])
+    assert [layer.k for layer in again.linear_layers[:-1]] == ks
+    again.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+    with pytest.raises(ValueError):
+        shrink_to(MLP(12, 16, 4, rng=0), [17, 3])
     with pytest.raises(ValueError, match="shape"):
         MLP(12, 16, 4, k=10, dtype=np.float64, rng=0).load_state_dict(model.state_dict())
     # The optimizer's checkpoint has the new shapes too and loads into one built on the rebuilt model.
@@ -253,7 +261,8 @@ def test_resume_across_a_prune_is_bit_identical():
         start = 0
         if resume is not None:
             sd, osd, ssd, rng_state, start = resume
-            model = MLP(12, sd["sizes"], 4, k=sd["ks"], dtype=np.float64, rng=15)
+            model = MLP(12, 16, 4, k=3, dtype=np.float64, rng=15)
+            shrink_to(model, ssd["hidden_sizes"])  # as a checkpoint is loaded
             model.load_state_dict(sd["params"])
             model.rng.bit_generator.state = rng_state
             opt = mp.Adam(model.parameters(), lr=1e-2)
