@@ -15,7 +15,7 @@ ratio. One thread for numba and BLAS.
 Usage (the results in docs/results_simplify.md)::
 
     python scripts/simplify_study.py --data-dir ../shared/data/fashion-mnist \\
-        --epochs 4 --cycle 2 --k 160 --p 0.1 --batch 100 --seed 0
+        --epochs 6 --cycle 3 --k 160 --p 0.1 --batch 100 --seed 0
 """
 import argparse
 import json
@@ -38,8 +38,8 @@ from meprop_numba.training import fit  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST IDX files")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--cycle", type=int, default=2, help="epochs per cycle (released: 5)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--cycle", type=int, default=3, help="epochs per cycle (released: 5)")
     parser.add_argument("--parts", type=int, default=8, help="prunes per epoch in pruning cycles")
     parser.add_argument("--k", type=int, default=160)
     parser.add_argument("--p", type=float, default=0.1)

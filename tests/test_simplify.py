@@ -112,9 +112,12 @@ def test_counting_changes_no_gradient():
 
 # ------------------------------------------------------------------ prune
 
-def test_prune_with_p_zero_removes_nothing_and_training_stays_bit_identical():
-    batches = _batches(4, 6)
-    models = [MLP(12, 10, 4, k=3, dropout=0.2, dtype=np.float64, rng=5) for _ in range(2)]
+@pytest.mark.parametrize("selection,dtype", [("topk", np.float64), ("unified", np.float32),
+                                             ("random", np.float32)])
+def test_prune_with_p_zero_removes_nothing_and_training_stays_bit_identical(selection, dtype):
+    batches = _batches(4, 6, dtype=dtype)
+    models = [MLP(12, 10, 4, k=3, selection=selection, dropout=0.2, dtype=dtype, rng=5)
+              for _ in range(2)]
     opts = [mp.Adam(m.parameters(), lr=1e-2) for m in models]
     simplifier = Simplifier(models[1], opts[1], p=0.0)
     for x, y in batches:
