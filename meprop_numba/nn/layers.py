@@ -441,11 +441,15 @@ class Linear(Module):
             If no training forward preceded it.
         TypeError, ValueError
             From :func:`~meprop_numba.linear_backward` (dtype or shape of
-            `grad_out`, NaN or Inf in it).
+            `grad_out`, NaN or Inf in it); TypeError too while counting
+            selections on CUDA parameters (counting is host only).
         """
         if self._x is None:
             raise RuntimeError(_NO_TRAINING_FORWARD)
         x, W = self._x, self.weight
+        if self.selection_counts is not None and not isinstance(W, np.ndarray):
+            raise TypeError("counting selections (count_selections) needs host (NumPy) "
+                            "parameters; stop it with count_selections(False)")
         start = time.perf_counter()
         if self.selection == "random" and self.k is not None:
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
