@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`Dataset` with a train/dev/test split: the
 dev set is the last `dev_size` training images (by default one twelfth of
-them, i.e. the paper's 5,000 of 60,000), the test set is the file's test set.
+them: 5,000 of 60,000; the released meProp code holds out the first 5,000 instead), the
+test set is the file's test set.
 Images are flattened to ``(N, 784)`` and scaled to ``[0, 1]``.
 """
 import os
@@ -368,7 +369,7 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
     name_str = os.fspath(name)
 
     if name_str == "embedded":
-        with resources.files("meprop_numba").joinpath("datasets", EMBEDDED_FILE).open("rb") as fh:
+        with resources.files("meprop_numba.data").joinpath("embedded", EMBEDDED_FILE).open("rb") as fh:
             with np.load(fh) as npz:
                 arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
         splits = [(arrays[f"x_{s}"], arrays[f"y_{s}"],
