@@ -169,7 +169,11 @@ def _simplifier(config, model, optimizer, state):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"simplify: this task's model cannot be simplified ({exc})") from exc
     if state is not None and state.get("simplify") is not None:
-        simplifier.load_state_dict(state["simplify"])
+        try:
+            simplifier.load_state_dict(state["simplify"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint's simplify state does not match the model "
+                                  f"({exc})") from exc
     return simplifier
 
 
@@ -625,6 +629,9 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
         raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: trained on other "
                               "data (its vocabularies or shapes differ from this data's)")
     task.check_data(config, data)
+    if config.simplify is not None:  # refused before any earlier checkpoint is touched
+        _simplifier(config, task.build_model(config, extra_state, np.random.default_rng(0)),
+                    None, None)
     if checkpoint_dir is not None:
         os.makedirs(checkpoint_dir, exist_ok=True)
         if not resume:
