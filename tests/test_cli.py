@@ -270,7 +270,7 @@ def test_python_dash_m_help():
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0
     for option in ("--dataset", "--compare", "--dense-update", "--resume", "--task", "--threads",
-                   "--selection", "--dev-size"):
+                   "--selection", "--dev-size", "--simplify", "--simplify-cycle"):
         assert option in proc.stdout
     for command in ("evaluate", "predict"):
         proc = subprocess.run([sys.executable, "-m", "meprop_numba", command, "--help"],
