@@ -215,3 +215,20 @@ def choice(value, allowed, name):
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
     return value
+
+
+def kept_indices(keep, size, name="keep"):
+    """Validate the indices kept along an axis of length `size`.
+
+    They must be integer, 1-D, non-empty, strictly increasing and in range.
+    Returns a private C-contiguous int64 copy.
+    """
+    keep = np.asarray(keep)
+    if keep.ndim != 1 or keep.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {keep.shape}")
+    if keep.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {keep.dtype}")
+    keep = np.array(keep, dtype=np.int64, copy=True)
+    if keep[0] < 0 or keep[-1] >= size or (keep.size > 1 and (np.diff(keep) <= 0).any()):
+        raise ValueError(f"{name} must be strictly increasing indices in [0, {size})")
+    return keep

@@ -77,6 +77,16 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     >>> bool(np.allclose(dW.to_dense(), g.T @ x))
     True
     """
+    return _linear_backward(x, W, g, k, indices, unified, need_dx)[:3]
+
+
+def _linear_backward(x, W, g, k, indices, unified, need_dx):
+    """:func:`linear_backward` that also returns the selection it used.
+
+    The fourth value is the kept entries: an int64 array of shape (B, k)
+    (per example), of shape (k,) (shared by the minibatch), or None when
+    every entry was kept (dense) or the arrays are on a GPU.
+    """
     x = float_array(x, "x", 2)
     W = float_array(W, "W", 2)
     g = float_array(g, "g", 2)
@@ -114,26 +124,27 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
         from . import _cuda
 
         dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified, need_dx=bool(need_dx))
-        return dx, RowSparse._trusted(rows, values, (n, m)), db
+        return dx, RowSparse._trusted(rows, values, (n, m)), db, None
     finite(g, "g")
     finite(x, "x")
 
     if indices is None:
         if k is None or k == n:
-            return _dense_backward(x, W, g, need_dx)
+            return _dense_backward(x, W, g, need_dx) + (None,)
         if unified:
             db, abs_sums = _cpu_topk.column_sums_and_abs_sums(g)
             cols, g_sel = _cpu_topk.select_and_gather_columns(g, abs_sums, k)
-            return _shared_products(x, W, cols, g_sel, db, need_dx)
+            return _shared_products(x, W, cols, g_sel, db, need_dx) + (cols,)
         indices = _topk_host(g, k, False)
     if indices.ndim == 1:
-        return _shared_backward(x, W, g, np.sort(indices), need_dx)
+        cols = np.sort(indices)
+        return _shared_backward(x, W, g, cols, need_dx) + (cols,)
     if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
         dx, rows, values, db = launch(_cpu_linear.per_example_backward_parallel,
                                       _cpu_linear.per_example_backward, x, W, g, indices, need_dx)
     else:
         dx, rows, values, db = _cpu_linear.per_example_backward(x, W, g, indices, need_dx)
-    return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db
+    return (dx if need_dx else None), RowSparse._trusted(rows, values, (n, m)), db, indices
 
 
 def _dense_backward(x, W, g, need_dx):

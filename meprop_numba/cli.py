@@ -33,7 +33,7 @@ EXIT_OK, EXIT_WRITE, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 
 def _add_shared_arguments(parser, task):
     """The options every task shares, with `task`'s defaults in their help."""
-    from .training.config import OPTIMIZERS, positive_float_arg
+    from .training.config import OPTIMIZERS, positive_float_arg, probability_arg
 
     defaults = task.config_class()
     lrs = ", ".join(f"{name} {defaults.DEFAULT_LR[name]:g}" for name in OPTIMIZERS)
@@ -63,6 +63,20 @@ def _add_shared_arguments(parser, task):
                        help="evaluate the test split at each new best dev result and report it "
                             f"(default {'on' if defaults.eval_test else 'off'} for --task "
                             f"{task.name})")
+
+    group = parser.add_argument_group("model simplification (meSimp)")
+    group.add_argument("--simplify", metavar="P", type=probability_arg, default=None,
+                       help="remove, at every prune, the hidden neurons that back propagation "
+                            "kept for fewer than a fraction P of the examples since the last "
+                            "prune (the authors: 0.1); default off")
+    group.add_argument("--simplify-cycle", metavar="EPOCHS", type=positive_int_arg,
+                       default=defaults.simplify_cycle,
+                       help="epochs per cycle; prunes happen in even cycles (0, 2, ...) only "
+                            f"(default {defaults.simplify_cycle})")
+    group.add_argument("--simplify-parts", metavar="N", type=positive_int_arg,
+                       default=defaults.simplify_parts,
+                       help="prunes per epoch in a pruning cycle, after each N-th part "
+                            f"(default {defaults.simplify_parts})")
 
     group = parser.add_argument_group("run control")
     group.add_argument("--threads", type=positive_int_arg, default=None,
@@ -165,7 +179,9 @@ def _shared_fields(args):
     shared = dict(optimizer=args.optimizer, lr=args.lr, lazy=not args.dense_update,
                   batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
                   threads=args.threads, device=args.device,
-                  evals_per_epoch=args.evals_per_epoch, eval_test=args.eval_test)
+                  evals_per_epoch=args.evals_per_epoch, eval_test=args.eval_test,
+                  simplify=args.simplify, simplify_cycle=args.simplify_cycle,
+                  simplify_parts=args.simplify_parts)
     if args.epochs is not None:
         shared["epochs"] = args.epochs
     return shared

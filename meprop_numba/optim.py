@@ -20,7 +20,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._cpu import optim as K
-from ._validation import finite, flag, float_array, is_cuda_array, positive_float, shape_dtype, unit_interval
+from ._validation import (finite, flag, float_array, is_cuda_array, kept_indices, positive_float, shape_dtype,
+                          unit_interval)
 from .sparse import RowSparse
 
 _INF = float("inf")
@@ -277,6 +278,98 @@ class Optimizer:
                     self._update_rows(p, gr.rows, np.ascontiguousarray(gr.values), st, h)
                 else:
                     self._update_flat(p.reshape(-1), gr.reshape(-1), {s: a.reshape(-1) for s, a in st.items()}, h)
+
+    def shrink(self, cuts):
+        """Keep only some rows or columns of parameters, and of their state: all cuts, or none.
+
+        Model simplification removes neurons: rows of a weight and of its
+        bias, columns of the next weight. This builds the smaller arrays
+        (copies of the kept entries, C-contiguous) for the parameters and
+        for every state array of theirs (moments, velocity, sums of
+        squares), and makes them the arrays this optimizer updates from
+        now on; ``step_count`` and the hyper-parameters are unchanged, so
+        the surviving entries continue exactly as before. The model must
+        then hold the returned arrays in place of the old ones
+        (:class:`meprop_numba.simplify.Simplifier` does both).
+
+        Parameters
+        ----------
+        cuts : sequence of (ndarray, array_like of int, int)
+            ``(param, keep, axis)``: one of this optimizer's parameters
+            (the array itself), the indices to keep along `axis` (strictly
+            increasing, at least one, each in range) and the axis (0 for
+            rows, 1 for columns of a 2-D parameter). A parameter may appear
+            more than once; its cuts apply in order.
+
+        Returns
+        -------
+        list of ndarray
+            The new array of each cut's parameter, aligned with `cuts` (for
+            a parameter cut twice, the result after both at each entry).
+
+        Raises
+        ------
+        TypeError
+            If `cuts` is not a sequence of triples, a `keep` is not
+            integer, or a parameter is a CUDA array (shrinking is host only).
+        ValueError
+            If a parameter is not one of this optimizer's, an axis is not
+            one of the parameter's, or a `keep` is empty, not strictly
+            increasing, or out of range. Nothing changes then.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import meprop_numba as mp
+        >>> W = np.arange(6.0).reshape(3, 2)
+        >>> opt = mp.Adam([W], lr=0.1)
+        >>> opt.step([np.ones((3, 2))])
+        >>> [W2] = opt.shrink([(W, [0, 2], 0)])
+        >>> W2.shape, opt.state[0]["m"].shape
+        ((2, 2), (2, 2))
+        >>> opt.params[0] is W2
+        True
+        """
+        if isinstance(cuts, (str, bytes)) or not hasattr(cuts, "__iter__"):
+            raise TypeError(f"cuts must be a sequence of (param, keep, axis), got {type(cuts).__name__}")
+        cuts = list(cuts)
+        with self._lock:
+            self._check_owned()
+            index = {id(p): j for j, p in enumerate(self._params)}
+            shapes = {}
+            plan = []
+            for c, cut in enumerate(cuts):
+                if not isinstance(cut, (tuple, list)) or len(cut) != 3:
+                    raise TypeError(f"cuts[{c}] must be a triple (param, keep, axis), got {cut!r}")
+                param, keep, axis = cut
+                j = index.get(id(param))
+                if j is None:
+                    raise ValueError(f"cuts[{c}]: the array is not one of this optimizer's parameters")
+                if is_cuda_array(param):
+                    raise TypeError(f"cuts[{c}]: shrinking CUDA parameters is not supported")
+                shape = shapes.get(j, self._layout[j][0])
+                if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral) \
+                        or not 0 <= axis < len(shape):
+                    raise ValueError(f"cuts[{c}]: axis must be an axis of the {len(shape)}-D parameter, got {axis!r}")
+                keep = kept_indices(keep, shape[axis], f"cuts[{c}] keep")
+                shapes[j] = shape[:axis] + (keep.size,) + shape[axis + 1:]
+                plan.append((j, keep, int(axis)))
+            # Build everything first, then swap it in: nothing changes on an error above.
+            params = list(self._params)
+            states = [dict(st) for st in self.state]
+            for j, keep, axis in plan:
+                params[j] = np.ascontiguousarray(np.take(params[j], keep, axis=axis))
+                for s in states[j]:
+                    states[j][s] = np.ascontiguousarray(np.take(states[j][s], keep, axis=axis))
+            layout = list(self._layout)
+            for j in shapes:
+                layout[j] = shape_dtype(params[j])
+            self.params = params
+            self._params = tuple(params)
+            self._layout = tuple(layout)
+            self.state = states
+            self._state = tuple(tuple(st.items()) for st in states)
+            return [params[j] for j, _, _ in plan]
 
     def state_dict(self):
         """Return a checkpointable copy of the optimizer state.

@@ -270,7 +270,7 @@ def test_python_dash_m_help():
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0
     for option in ("--dataset", "--compare", "--dense-update", "--resume", "--task", "--threads",
-                   "--selection", "--dev-size"):
+                   "--selection", "--dev-size", "--simplify", "--simplify-cycle"):
         assert option in proc.stdout
     for command in ("evaluate", "predict"):
         proc = subprocess.run([sys.executable, "-m", "meprop_numba", command, "--help"],
@@ -312,3 +312,31 @@ def test_a_full_disk_is_one_clear_message_and_the_old_checkpoint_survives(idx_di
     assert "No space left on device" in err and "Traceback" not in err
     assert (ckpt / "last.npz").read_bytes() == before
     assert sorted(os.listdir(ckpt)) == ["best.npz", "last.npz"]
+
+
+def test_simplify_trains_resumes_and_predicts_through_the_command(idx_dir, tmp_path, capsys):
+    from meprop_numba.training import load_model
+
+    ckpt = tmp_path / "ck"
+    options = ("--simplify", "0.2", "--simplify-cycle", "1", "--simplify-parts", "3")
+    assert cli.main(_tiny(idx_dir, *options, "--epochs", "1", "--checkpoint-dir", str(ckpt))) == 0
+    state = load_checkpoint(ckpt / "last.npz")
+    sizes = state["simplify"]["hidden_sizes"]
+    assert state["config"]["simplify"] == 0.2 and state["config"]["simplify_parts"] == 3
+    assert sizes != [16, 16], "the case must exercise a removal"
+    assert state["params"]["2.weight"].shape == (sizes[1], sizes[0])
+    # Epoch 2 is in an odd cycle (no prune): resuming keeps the widths; epoch 3 prunes again.
+    assert cli.main(["train", "--checkpoint-dir", str(ckpt), "--resume", "--epochs", "3",
+                     "--no-progress"]) == 0
+    history = load_checkpoint(ckpt / "last.npz")["history"]
+    assert history[1]["hidden_sizes"] == sizes
+    capsys.readouterr()
+    model, _, _ = load_model(TASKS["mlp"], ckpt, "last")
+    assert model.hidden_sizes == history[2]["hidden_sizes"]
+    images = np.random.default_rng(2).integers(0, 255, (5, 28, 28)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    assert cli.main(["predict", "--checkpoint-dir", str(ckpt), "--which", "last",
+                     str(tmp_path / "x.npy")]) == 0
+    expected = model.predict((images.reshape(5, -1) / 255.0).astype(np.float32))
+    assert [int(v) for v in capsys.readouterr().out.split()] == expected.tolist()
+    assert cli.main(["evaluate", "--checkpoint-dir", str(ckpt)]) == 0  # best.npz, its own widths

@@ -373,3 +373,12 @@ def test_ewt_short_training_learns():
     results = _fit(config)
     # Majority-tag guessing gives about 0.15 on EWT XPOS; a learning tagger is far above.
     assert results["best_dev_accuracy"] > 0.5
+
+
+def test_simplify_is_refused_for_the_tagger_before_any_checkpoint_changes(treebank, tmp_path):
+    base = pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=1, batch_size=2, lr=0.01)
+    _fit(base, checkpoint_dir=str(tmp_path))
+    before = (tmp_path / "last.npz").read_bytes()
+    with pytest.raises(ValueError, match="simplify"):
+        _fit(dataclasses.replace(base, simplify=0.1), checkpoint_dir=str(tmp_path), overwrite=True)
+    assert (tmp_path / "last.npz").read_bytes() == before

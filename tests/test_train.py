@@ -379,3 +379,42 @@ def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
     with pytest.raises(OSError, match="cannot write"):
         atomic_write(tmp_path / "f", broken)
     assert os.listdir(tmp_path) == []
+
+
+def test_simplify_prunes_on_schedule_and_resumes_bit_identically(tmp_path):
+    data = _toy_dataset()
+    over = dict(simplify=0.2, simplify_cycle=1, simplify_parts=3, epochs=3, lr=0.01)
+    full = _fit(_config(**over), data, checkpoint_dir=tmp_path / "full")
+    sizes = [e["hidden_sizes"] for e in full["epochs"]]
+    assert sizes[0] != [16, 16], "the case must exercise a removal"
+    assert sizes[1] == sizes[0]  # epoch 2: an odd cycle, no prune
+    assert full["model"].hidden_sizes == sizes[2]
+    _fit(_config(**{**over, "epochs": 1}), data, checkpoint_dir=tmp_path / "cut")
+    resumed = _fit(_config(**over), data, checkpoint_dir=tmp_path / "cut", resume=True)
+    for (name, a), (_, b) in zip(full["model"].named_parameters(),
+                                 resumed["model"].named_parameters()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    last, _, _ = load_model(MLP_TASK, tmp_path / "full", "last")
+    for a, b in zip(last.parameters(), full["model"].parameters()):
+        np.testing.assert_array_equal(a, b)
+    best, _, state = load_model(MLP_TASK, tmp_path / "full", "best")
+    assert MLP_TASK.evaluate(best, data, "dev")["accuracy"] == state["best"]["dev_accuracy"]
+
+
+def test_simplify_with_p_zero_trains_exactly_as_without():
+    data = _toy_dataset()
+    plain = _fit(_config(epochs=2), data)
+    simp = _fit(_config(epochs=2, simplify=0.0, simplify_cycle=1, simplify_parts=4), data)
+    for a, b in zip(plain["model"].parameters(), simp["model"].parameters()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_simplify_is_refused_where_the_model_has_no_prunable_layer():
+    from meprop_numba.nn import LSTM
+    from meprop_numba import Adam
+
+    lstm = LSTM(3, 4, rng=0)
+    with pytest.raises(ValueError, match="simplify"):
+        loop_module._simplifier(_config(simplify=0.1), lstm, Adam(lstm.parameters()), None)
+    with pytest.raises(ValueError, match="simplify"):
+        _config(simplify=1.0).validate()

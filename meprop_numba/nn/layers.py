@@ -4,7 +4,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import linear_backward, random_indices
+from .. import random_indices
+from ..backward import _linear_backward
 from .._validation import _FLOAT_DTYPES, choice, integer_k, unit_interval
 from .._cpu import mlp as _mlp_kernels
 
@@ -333,6 +334,11 @@ class Linear(Module):
     backward_seconds : float
         Wall time spent in the weight/input gradient computation (including
         the top-k selection) since creation; the training loop reads it.
+    selection_counts : numpy.ndarray of int64 or None
+        While counting (:meth:`count_selections`): per output neuron, how
+        many examples kept it in back propagation since counting started.
+    counted_examples : int
+        Examples back-propagated since counting started.
 
     Raises
     ------
@@ -374,6 +380,8 @@ class Linear(Module):
         self.k = None if k is None else int(k)
         self.selection, self.input_grad = selection, bool(input_grad)
         self.backward_seconds = 0.0
+        self.selection_counts = None
+        self.counted_examples = 0
         self._x = None
         self._grads = [None, None]
 
@@ -433,23 +441,83 @@ class Linear(Module):
             If no training forward preceded it.
         TypeError, ValueError
             From :func:`~meprop_numba.linear_backward` (dtype or shape of
-            `grad_out`, NaN or Inf in it).
+            `grad_out`, NaN or Inf in it); TypeError too while counting
+            selections on CUDA parameters (counting is host only).
         """
         if self._x is None:
             raise RuntimeError(_NO_TRAINING_FORWARD)
         x, W = self._x, self.weight
+        if self.selection_counts is not None and not isinstance(W, np.ndarray):
+            raise TypeError("counting selections (count_selections) needs host (NumPy) "
+                            "parameters; stop it with count_selections(False)")
         start = time.perf_counter()
         if self.selection == "random" and self.k is not None:
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
-            dx, dW, db = linear_backward(x, W, grad_out, indices=indices, need_dx=self.input_grad)
+            dx, dW, db, kept = _linear_backward(x, W, grad_out, None, indices, False,
+                                                self.input_grad)
         else:
-            dx, dW, db = linear_backward(x, W, grad_out, self.k,
-                                         unified=self.selection == "unified",
-                                         need_dx=self.input_grad)
+            dx, dW, db, kept = _linear_backward(x, W, grad_out, self.k, None,
+                                                self.selection == "unified", self.input_grad)
+        if self.selection_counts is not None:
+            self._count(kept, x.shape[0])
         self.backward_seconds += time.perf_counter() - start
         self._x = None
         self._grads = [dW, db]
         return dx if self.input_grad else None
+
+    def count_selections(self, enable=True):
+        """Start (from zero) or stop counting how often each output neuron is kept.
+
+        While counting, every :meth:`backward` adds to
+        :attr:`selection_counts`, per output neuron, the number of examples
+        of the minibatch that kept it: with ``selection='topk'`` or
+        ``'random'`` the examples whose k entries include it; with
+        ``'unified'`` the k shared columns count once for every example of
+        the minibatch; dense back propagation (``k=None``) counts every
+        neuron for every example. :attr:`counted_examples` adds the
+        minibatch size. Model simplification
+        (:class:`meprop_numba.simplify.Simplifier`) reads both. Counting
+        uses the selection the backward pass makes anyway, so it changes no
+        result (host arrays only).
+
+        Parameters
+        ----------
+        enable : bool, optional
+            True (default): reset the counts to zero and count; False: stop
+            and drop them (``selection_counts`` becomes None).
+
+        Returns
+        -------
+        None
+            The layer counts from now on (or no longer).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from meprop_numba.nn import Linear
+        >>> layer = Linear(3, 4, k=1, rng=0)
+        >>> layer.count_selections()
+        >>> _ = layer.forward(np.ones((2, 3), dtype=np.float32), train=True)
+        >>> _ = layer.backward(np.array([[0, 5, 0, 1], [0, 0, -7, 1]], dtype=np.float32))
+        >>> layer.selection_counts, layer.counted_examples
+        (array([0, 1, 1, 0]), 2)
+        """
+        self.counted_examples = 0
+        self.selection_counts = (np.zeros(self.out_features, dtype=np.int64) if enable
+                                 else None)
+
+    def _count(self, kept, batch):
+        counts = self.selection_counts
+        if counts.shape != (self.out_features,):  # the layer was shrunk: start again
+            counts = self.selection_counts = np.zeros(self.out_features, dtype=np.int64)
+            self.counted_examples = 0
+        if kept is None:
+            counts += batch
+        elif kept.ndim == 1:
+            counts[kept] += batch
+        else:
+            counts += np.bincount(kept.ravel(), minlength=counts.shape[0])
+        self.counted_examples += batch
 
     def grads(self):
         """Gradients ``[dW, db]`` from the last :meth:`backward`.

@@ -107,6 +107,13 @@ class LSTM(Module):
         After a meProp backward: per layer and direction the (T, B, K) int64
         selected entries of ``dL/da_t`` (-1 at padded steps), in that
         direction's processing order.
+    selection_counts : list of ndarray or None
+        While counting (:meth:`count_selections`): per layer and direction
+        (the order of :meth:`parameters`), per hidden unit, the valid steps
+        at which back propagation kept at least one of its four gate
+        entries.
+    counted_steps : int
+        Valid (non-padded) steps back-propagated since counting started.
 
     Raises
     ------
@@ -176,6 +183,8 @@ class LSTM(Module):
         self._cache = None
         self._workspaces = {}
         self.backward_seconds = 0.0
+        self.selection_counts = None
+        self.counted_steps = 0
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -329,10 +338,64 @@ class LSTM(Module):
             d_layer = d_in
         self._grads = grads
         self.last_selected = selected if self.k is not None else []
+        if self.selection_counts is not None:
+            self._count(selected, lengths)
         self._cache = None
         dx = np.ascontiguousarray(d_layer.transpose(1, 0, 2))
         self.backward_seconds += time.perf_counter() - start
         return dx
+
+    def count_selections(self, enable=True):
+        """Start (from zero) or stop counting how often each hidden unit is kept.
+
+        A hidden unit j owns four entries of the gate gradient (i, f, g, o
+        at j). While counting, every :meth:`backward` adds, per layer,
+        direction and unit, the valid steps at which meProp kept at least
+        one of them (dense BPTT keeps all: every step counts), and adds the
+        valid steps to :attr:`counted_steps`. The counts come from the
+        selections the backward pass makes anyway (:attr:`last_selected`),
+        so no result changes.
+
+        Parameters
+        ----------
+        enable : bool, optional
+            True (default): reset the counts to zero and count; False: stop
+            (``selection_counts`` becomes None).
+
+        Returns
+        -------
+        None
+            The layer counts from now on (or no longer).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from meprop_numba.nn import LSTM
+        >>> lstm = LSTM(3, 4, k=1, rng=0)
+        >>> lstm.count_selections()
+        >>> y = lstm.forward(np.ones((2, 5, 3), dtype=np.float32), train=True, lengths=[5, 2])
+        >>> _ = lstm.backward(np.ones_like(y))
+        >>> lstm.counted_steps, int(lstm.selection_counts[0].max()) <= 7
+        (7, True)
+        """
+        self.counted_steps = 0
+        self.selection_counts = ([np.zeros(self.hidden_size, dtype=np.int64)
+                                  for _ in range(len(self._params) // 3)] if enable else None)
+
+    def _count(self, selected, lengths):
+        h = self.hidden_size
+        steps = int(lengths.sum())
+        for counts, sel in zip(self.selection_counts, selected):
+            if sel is None:  # dense BPTT: every unit at every step
+                counts += steps
+                continue
+            T, B, K = sel.shape
+            kept = np.zeros((T * B, h), dtype=bool)
+            flat = sel.reshape(T * B, K)
+            valid = flat >= 0
+            kept[np.nonzero(valid)[0], flat[valid] % h] = True
+            counts += kept.sum(axis=0)
+        self.counted_steps += steps
 
     def _dense(self, dH, X, H, C, TC, G, W_x, W_h, lengths):
         T, B, h = dH.shape

@@ -10,16 +10,32 @@ from .layers import SELECTIONS, Dropout, Linear, ReLU, Sequential, _float_dtype
 __all__ = ["MLP"]
 
 
-def _per_layer_k(k, layers, hidden):
+def _per_layer_widths(hidden, layers):
+    """One checked width per hidden layer, from an int (with `layers`) or a sequence."""
+    big = np.iinfo(np.int64).max
+    if isinstance(hidden, (numbers.Integral, np.bool_)):
+        integer_k(hidden, big, "hidden")
+        layers = 2 if layers is None else integer_k(layers, big, "layers")
+        return [int(hidden)] * layers
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (Sequence, np.ndarray)):
+        raise TypeError(f"hidden must be an integer or a sequence of them, got {type(hidden).__name__}")
+    if len(hidden) == 0:
+        raise ValueError("hidden must give at least one width")
+    if layers is not None and integer_k(layers, big, "layers") != len(hidden):
+        raise ValueError(f"layers={layers} disagrees with the {len(hidden)} widths in hidden")
+    return [integer_k(width, big, f"hidden[{i}]") for i, width in enumerate(hidden)]
+
+
+def _per_layer_k(k, widths):
     """One checked k (int or None) per hidden layer, from an int, None or a sequence."""
     if k is None or isinstance(k, (numbers.Integral, np.bool_)):
-        return [None if k is None else integer_k(k, hidden)] * layers
+        return [None if k is None else integer_k(k, width) for width in widths]
     if isinstance(k, (str, bytes)) or not isinstance(k, (Sequence, np.ndarray)):
         raise TypeError(f"k must be an integer, None or a sequence of them, got {type(k).__name__}")
-    if len(k) != layers:
-        raise ValueError(f"k must give one value per hidden layer ({layers}), got {len(k)}")
-    return [None if value is None else integer_k(value, hidden, f"k[{i}]")
-            for i, value in enumerate(k)]
+    if len(k) != len(widths):
+        raise ValueError(f"k must give one value per hidden layer ({len(widths)}), got {len(k)}")
+    return [None if value is None else integer_k(value, width, f"k[{i}]")
+            for i, (value, width) in enumerate(zip(k, widths))]
 
 
 class MLP(Sequential):
@@ -35,14 +51,16 @@ class MLP(Sequential):
     ----------
     in_features : int
         Input size (784 for 28x28 images).
-    hidden : int
-        Width of every hidden layer (the paper: 500).
+    hidden : int or sequence of int
+        Width of every hidden layer (the paper: 500), or one width per
+        hidden layer (a simplified model: ``[154, 60]``).
     n_classes : int
         Output size.
     layers : int, optional
-        Number of hidden layers (default 2, the paper's MNIST model).
+        Number of hidden layers (default 2, the paper's MNIST model, for an
+        integer `hidden`; ``len(hidden)`` for a sequence).
     k : int, None or sequence of (int or None), optional
-        meProp k of the hidden layers, each in ``[1, hidden]``: one value
+        meProp k of the hidden layers, each in ``[1, width]``: one value
         for every hidden layer, or one per hidden layer (``[20, None]``:
         meProp in the first, dense in the second). None, or ``k == hidden``,
         is exact dense back propagation.
@@ -66,9 +84,9 @@ class MLP(Sequential):
         If a size, `layers` or `k` is not an integer, or `dtype` is not
         float32/float64.
     ValueError
-        If a size is not positive, a `k` is outside ``[1, hidden]`` (or
-        `output_k` outside ``[1, n_classes]``), a sequence `k` does not
-        hold one entry per hidden layer, `selection` is unknown or
+        If a size is not positive, a `k` is outside ``[1, width]`` of its
+        layer (or `output_k` outside ``[1, n_classes]``), a sequence `k`
+        or `hidden` does not hold one entry per hidden layer, `selection` is unknown or
         `dropout` is outside ``[0, 1)``.
 
     Examples
@@ -88,17 +106,19 @@ class MLP(Sequential):
     (2,)
     >>> [layer.k for layer in MLP(784, 500, 10, k=[20, None], rng=0).linear_layers]
     [20, None, None]
+    >>> MLP(784, [154, 60], 10, k=20, rng=0).hidden_sizes
+    [154, 60]
     """
 
-    def __init__(self, in_features, hidden, n_classes, layers=2, k=None, selection="topk", *,
+    def __init__(self, in_features, hidden, n_classes, layers=None, k=None, selection="topk", *,
                  dropout=0.0, output_k=None, dtype=np.float32, rng=None):
         big = np.iinfo(np.int64).max
-        integer_k(hidden, big, "hidden")
+        widths = _per_layer_widths(hidden, layers)
         integer_k(n_classes, big, "n_classes")
-        layers = integer_k(layers, big, "layers")
+        layers = len(widths)
         dropout = unit_interval(dropout, "dropout")
         selection = choice(selection, SELECTIONS, "selection")
-        ks = _per_layer_k(k, layers, hidden)
+        ks = _per_layer_k(k, widths)
         if output_k is not None:
             integer_k(output_k, n_classes, "output_k")
         self.dtype = _float_dtype(dtype)
@@ -106,12 +126,12 @@ class MLP(Sequential):
         modules = []
         width = in_features
         for i in range(layers):
-            modules.append(Linear(width, hidden, ks[i], selection, dtype=self.dtype,
+            modules.append(Linear(width, widths[i], ks[i], selection, dtype=self.dtype,
                                   rng=self.rng, input_grad=i > 0))
             modules.append(ReLU())
             if dropout > 0:
                 modules.append(Dropout(dropout, rng=self.rng))
-            width = hidden
+            width = widths[i]
         modules.append(Linear(width, n_classes, output_k, selection, dtype=self.dtype,
                               rng=self.rng, input_grad=layers > 0))
         super().__init__(modules)
@@ -120,6 +140,11 @@ class MLP(Sequential):
     def linear_layers(self):
         """The :class:`Linear` layers, input to output."""
         return [m for m in self.layers if isinstance(m, Linear)]
+
+    @property
+    def hidden_sizes(self):
+        """Width of each hidden layer, input to output (smaller after simplification)."""
+        return [layer.out_features for layer in self.linear_layers[:-1]]
 
     @property
     def backward_linear_seconds(self):

@@ -49,6 +49,8 @@ class MLPConfig(RunConfig):
     eval_test : bool
         Default True here: the test accuracy at the best dev epoch is
         reported, as in the paper.
+    simplify, simplify_cycle, simplify_parts : see RunConfig
+        Model simplification (meSimp); same defaults (off).
     dataset : str
         ``'embedded'`` (shipped with the package), ``'fashion-mnist'``,
         ``'mnist'`` or a directory of IDX files (see

@@ -529,7 +529,7 @@ class POSConfig(RunConfig):
 
     Parameters
     ----------
-    data_dir, optimizer, lr, lazy, epochs, batch_size, seed, dtype, threads, device, evals_per_epoch, eval_test : see RunConfig
+    data_dir, optimizer, lr, lazy, epochs, batch_size, seed, dtype, threads, device, evals_per_epoch, eval_test, simplify, simplify_cycle, simplify_parts : see RunConfig
         The shared fields of :class:`~meprop_numba.training.RunConfig`
         (``batch_size`` default 1 here).
     tag : {"xpos", "upos"}

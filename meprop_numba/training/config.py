@@ -94,6 +94,17 @@ class RunConfig:
         the epoch's end). Checkpoints are written at the epoch's end.
     eval_test : bool
         Also evaluate the test split (reported at the best-dev evaluation).
+    simplify : float or None
+        Model simplification (meSimp, :mod:`meprop_numba.simplify`): at
+        every prune remove the hidden neurons kept by fewer than this
+        fraction of the examples since the previous prune (the authors:
+        0.1); None (default) trains the model as built. Tasks whose model
+        has no prunable hidden layer refuse it.
+    simplify_cycle : int
+        Epochs per cycle of the prune schedule (default 5): prunes happen in
+        even cycles only.
+    simplify_parts : int
+        Prunes per epoch in a pruning cycle (default 8).
 
     Raises
     ------
@@ -123,6 +134,9 @@ class RunConfig:
     device: str = "cpu"
     evals_per_epoch: int = 1
     eval_test: bool = False
+    simplify: float = None
+    simplify_cycle: int = 5
+    simplify_parts: int = 8
 
     #: Fields that may differ between a checkpoint and the run resuming it.
     RESUMABLE: ClassVar[frozenset] = frozenset({"epochs", "threads", "data_dir", "eval_test"})
@@ -161,6 +175,12 @@ class RunConfig:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        p = self.simplify
+        if p is not None and (isinstance(p, bool) or not isinstance(p, numbers.Real)
+                              or not 0.0 <= p < 1.0):
+            raise ValueError(f"simplify must be None or a fraction in [0, 1), got {p!r}")
+        check_positive_int("simplify_cycle", self.simplify_cycle)
+        check_positive_int("simplify_parts", self.simplify_parts)
         self.check()
         return self
 

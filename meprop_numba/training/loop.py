@@ -20,6 +20,7 @@ import numpy as np
 from .. import get_num_threads, set_num_threads
 from .checkpoint import (BEST, LAST, CheckpointError, checkpoint_path, clean_temporary_files,
                          load_checkpoint, save_checkpoint, write_json, _json_value)
+from ..simplify import PruneSchedule, Simplifier, shrink_to
 from .config import build_optimizer
 
 __all__ = [
@@ -142,11 +143,38 @@ def load_model(task, checkpoint, which="best"):
     try:
         config = task.config_class.from_dict(state["config"]).validate()
         model = task.build_model(config, state["extra_state"], np.random.default_rng(0))
+        _shrink_to_saved(model, state)
         model.load_state_dict(state["params"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint does not describe a usable "
                               f"{task.name} model ({exc})") from exc
     return model, config, state
+
+
+def _shrink_to_saved(model, state):
+    """A simplified model's checkpoint records its widths: shrink the fresh model to them."""
+    saved = state.get("simplify")
+    if saved is not None:
+        shrink_to(model, saved["hidden_sizes"])
+
+
+def _simplifier(config, model, optimizer, state):
+    """The run's :class:`~meprop_numba.simplify.Simplifier` (None without ``simplify``)."""
+    if config.simplify is None:
+        return None
+    try:
+        simplifier = Simplifier(model, optimizer, config.simplify,
+                                schedule=PruneSchedule(config.simplify_cycle,
+                                                       config.simplify_parts))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"simplify: this task's model cannot be simplified ({exc})") from exc
+    if state is not None and state.get("simplify") is not None:
+        try:
+            simplifier.load_state_dict(state["simplify"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint's simplify state does not match the model "
+                                  f"({exc})") from exc
+    return simplifier
 
 
 # ---------------------------------------------------------------- one step
@@ -601,6 +629,9 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
         raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: trained on other "
                               "data (its vocabularies or shapes differ from this data's)")
     task.check_data(config, data)
+    if config.simplify is not None:  # refused before any earlier checkpoint is touched
+        _simplifier(config, task.build_model(config, extra_state, np.random.default_rng(0)),
+                    None, None)
     if checkpoint_dir is not None:
         os.makedirs(checkpoint_dir, exist_ok=True)
         if not resume:
@@ -619,7 +650,14 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
     timer_names = (*TIMERS, *task.component_timers, "train", "eval")
     model_rng, data_rng = run_generators(config.seed)
     model = task.build_model(config, extra_state, model_rng)
+    if state is not None:
+        try:
+            _shrink_to_saved(model, state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: does not match "
+                                  f"the model ({exc})") from exc
     optimizer = build_optimizer(config, model.parameters())
+    simplifier = _simplifier(config, model, optimizer, state)
     results = {
         "task": task.name,
         "config": config.to_dict(),
@@ -653,6 +691,8 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             log(f"resuming from epoch {start_epoch} of {last_path}")
 
     def save(path, epoch, **extra):
+        if simplifier is not None:
+            extra["simplify"] = simplifier.state_dict()
         save_checkpoint(path, task=task.name, params=model.state_dict(),
                         config=config.to_dict(), epoch=epoch, extra_state=extra_state,
                         best=results["best"], **extra)
@@ -702,6 +742,8 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             epoch_start = time.perf_counter()
             for step, batch in enumerate(task.batches(config, data, data_rng), start=1):
                 loss_sum += train_step(model, optimizer, task.loss, batch, timers)
+                if simplifier is not None:
+                    simplifier.after_step(epoch - 1, step - 1, n_steps)
                 if bar is not None:
                     bar.update(1)
                 if step in eval_after:
@@ -719,6 +761,8 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             record.update({f"{name}_s": after[name] - components[name]
                            for name in task.component_timers})
             record["train_s"] = train_s
+            if simplifier is not None:
+                record["hidden_sizes"] = simplifier.hidden_sizes
             record["eval_s"] = eval_s
             results["epochs"].append(record)
             _summarise(results, metric, timer_names)
