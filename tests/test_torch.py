@@ -563,13 +563,6 @@ def test_fullgraph_compile_gradients_equal_eager():
 
 
 # ------------------------------------------------------------------------ training
-def _selection_keyword(fn):
-    """The native API's name for the selection argument ('selection', formerly 'mode')."""
-    import inspect
-
-    return "selection" if "selection" in inspect.signature(fn).parameters else "mode"
-
-
 def _torch_mlp(hidden, dtype=torch.float32):
     return torch.nn.Sequential(torch.nn.Linear(784, hidden, dtype=dtype), torch.nn.ReLU(),
                                torch.nn.Linear(hidden, hidden, dtype=dtype), torch.nn.ReLU(),
@@ -584,7 +577,7 @@ def test_converted_model_steps_in_lockstep_with_the_native_mlp(selection, batch)
     from meprop_numba.nn import MLP, softmax_cross_entropy
 
     data = load_dataset("embedded", dtype=np.float64)
-    native = MLP(784, 64, 10, layers=2, k=20, dtype=np.float64, rng=0, **{_selection_keyword(MLP): selection})
+    native = MLP(784, 64, 10, layers=2, k=20, dtype=np.float64, rng=0, selection=selection)
     native_opt = mp.Adam(native.params(), lr=1e-3)
     model = _torch_mlp(64, torch.float64)
     with torch.no_grad():
@@ -609,11 +602,15 @@ SELECTION, BATCH, HIDDEN, EPOCHS = "unified", 50, 128, 1
 
 def _native_accuracy(seed):
     from meprop_numba.data import load_dataset
-    from meprop_numba.train import TrainConfig, train
+    from meprop_numba.tasks import TASKS
+    from meprop_numba.training import fit
 
-    config = TrainConfig(dataset="embedded", hidden=HIDDEN, k=20, epochs=EPOCHS, batch_size=BATCH, seed=seed,
-                         threads=1, **{_selection_keyword(TrainConfig): SELECTION})
-    return train(config, load_dataset("embedded"), progress=False)["epochs"][-1]["test_accuracy"]
+    task = TASKS["mlp"]
+    config = task.config_class(dataset="embedded", hidden=HIDDEN, k=20, selection=SELECTION, epochs=EPOCHS,
+                               batch_size=BATCH, seed=seed, threads=1)
+    data = load_dataset("embedded")
+    model = fit(task, config, data, progress=False)["model"]
+    return float(model.accuracy(data.x_test, data.y_test))
 
 
 def _torch_accuracy(seed):

@@ -257,6 +257,18 @@ class MePropLinear(nn.Linear):
         self._k = _check_k(value, self.out_features)
 
     def forward(self, input):
+        """Return ``F.linear(input, weight, bias)``; in training with autograd, a meProp backward.
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            ``(..., in_features)``, float32 or float64 in training.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., out_features)``.
+        """
         if self._k is None or not self.training or not torch.is_grad_enabled():
             return F.linear(input, self.weight, self.bias)
         _check_inputs(input, self.weight)
@@ -265,6 +277,13 @@ class MePropLinear(nn.Linear):
         return linear_op(input, self.weight, self.bias, self._k, self.selection)
 
     def extra_repr(self):
+        """Describe the layer: ``nn.Linear``'s description followed by the meProp settings.
+
+        Returns
+        -------
+        str
+            The text ``repr`` shows between the parentheses.
+        """
         return f"{super().extra_repr()}, k={self._k}, selection={self.selection!r}, sparse_grad={self.sparse_grad}"
 
     @classmethod
@@ -274,7 +293,12 @@ class MePropLinear(nn.Linear):
         Parameters
         ----------
         layer : torch.nn.Linear
-        k, selection, sparse_grad
+            The layer whose parameters the new one shares.
+        k : int or None
+            As :class:`MePropLinear`.
+        selection : {'topk', 'unified', 'random'}, optional
+            As :class:`MePropLinear`.
+        sparse_grad : bool, optional
             As :class:`MePropLinear`.
 
         Returns
@@ -338,6 +362,7 @@ def convert(model, *, k, selection="topk", sparse_grad=True, include=None, exclu
     Parameters
     ----------
     model : torch.nn.Module
+        The model to convert in place (or an ``nn.Linear`` itself).
     k : int or None
         meProp k of every converted layer (see :class:`MePropLinear`).
     selection : {'topk', 'unified', 'random'}, optional

@@ -228,14 +228,21 @@ class MePropLSTM(nn.LSTM):
 
     Parameters
     ----------
-    input_size, hidden_size, num_layers, bias
-        As for :class:`torch.nn.LSTM`.
+    input_size : int
+        Features of each input step, as for :class:`torch.nn.LSTM`.
+    hidden_size : int
+        Hidden units per direction.
+    num_layers : int, default 1
+        Stacked LSTM layers.
+    bias : bool, default True
+        Whether the gates have biases.
     batch_first : bool, default True
         Input and output (B, T, features). Note: ``torch.nn.LSTM`` defaults
         to False; with False they are time-major (T, B, features), which
         the kernels use anyway (no transpose copy). Unbatched 2-D input
         (T, features) is taken as ``torch.nn.LSTM`` takes it.
     bidirectional : bool, default False
+        Run a second, reversed direction in every layer.
     k : int or None, default None
         Entries kept per step: ``1 <= k <= hidden_size`` per gate, or
         ``1 <= k <= 4 * hidden_size`` with ``scope="concat"``. None: dense.
@@ -248,8 +255,10 @@ class MePropLSTM(nn.LSTM):
         COO tensors (the layout of ``nn.Embedding(sparse=True)``; only
         optimizers that take sparse gradients accept them) instead of
         dense tensors with zero rows.
-    device, dtype
-        Factory arguments; dtype float32 or float64.
+    device : torch.device or str, optional
+        Factory argument, as for :class:`torch.nn.LSTM`.
+    dtype : torch.dtype, optional
+        Factory argument: float32 or float64.
 
     Raises
     ------
@@ -312,7 +321,13 @@ class MePropLSTM(nn.LSTM):
         ----------
         lstm : torch.nn.LSTM
             Without dropout or projections; its ``batch_first`` is kept.
-        k, scope, selection, sparse_grad
+        k : int or None, optional
+            As for :class:`MePropLSTM`.
+        scope : {"per_gate", "concat"}, optional
+            As for :class:`MePropLSTM`.
+        selection : {"topk", "random"}, optional
+            As for :class:`MePropLSTM`.
+        sparse_grad : bool, optional
             As for :class:`MePropLSTM`.
 
         Returns
@@ -390,7 +405,9 @@ class MePropLSTM(nn.LSTM):
         Returns
         -------
         output : Tensor or PackedSequence
+            The last layer's hidden states at every step, as ``torch.nn.LSTM`` returns them.
         (h_n, c_n) : tuple of Tensor, shape (num_layers * directions, B, hidden_size)
+            The final hidden and cell states of every layer and direction.
 
         Raises
         ------
@@ -458,6 +475,13 @@ class MePropLSTM(nn.LSTM):
         return out, state
 
     def extra_repr(self):
+        """Describe the layer: ``torch.nn.LSTM``'s description followed by the meProp settings.
+
+        Returns
+        -------
+        str
+            The text ``repr`` shows between the parentheses.
+        """
         sparsity = "dense" if self.k is None else f"k={self.k}, scope={self.scope!r}, " \
             f"selection={self.selection!r}, sparse_grad={self.sparse_grad}"
         return f"{super().extra_repr()}, {sparsity}"

@@ -42,6 +42,8 @@ class ParseConfig(RunConfig):
         The shared fields of :class:`~meprop_numba.training.RunConfig`
         (``batch_size`` default 100 here: transitions per step; the meProp
         paper used 10,000). Default learning rates: Adam 0.001, AdaGrad 0.01.
+    simplify, simplify_cycle, simplify_parts : see RunConfig
+        Model simplification (meSimp); same defaults (off).
     hidden : int, default 500
         Hidden units.
     dim : int, default 50
