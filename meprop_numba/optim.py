@@ -219,7 +219,8 @@ class Optimizer:
                 if vshape != (gr.nnz_rows, pshape[1]):
                     raise ValueError(f"{name}.values has shape {vshape}, expected {(gr.nnz_rows, pshape[1])}")
                 if is_cuda_array(gr.values):
-                    _gpu().check_finite(gr.values, name)
+                    # rows too (sorted, distinct, in range), on the device, before any parameter changes
+                    _gpu().check_gradient((gr.rows, gr.values), pshape[0], name)
                 else:
                     finite(np.ascontiguousarray(gr.values), name)
                 checked.append(gr)

@@ -645,6 +645,20 @@ def test_device_rows_are_validated_before_any_write():
                 np.testing.assert_array_equal(host(a), 0)
 
 
+def test_bad_device_rows_in_a_later_gradient_leave_every_param_unchanged():
+    rng = np.random.default_rng(25)
+    p0, p1 = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)
+    d0, d1 = dev(p0), dev(p1)
+    opt = mp.Adam([d0, d1], lr=0.1)
+    good = mp.RowSparse(dev(np.array([1, 3])), dev(np.ones((2, 3), np.float32)), p0.shape)
+    bad = mp.RowSparse(dev(np.array([2, 2])), dev(np.ones((2, 3), np.float32)), p1.shape)
+    with pytest.raises(ValueError, match="rows"):
+        opt.step([good, bad])
+    np.testing.assert_array_equal(host(d0), p0)
+    np.testing.assert_array_equal(host(d1), p1)
+    assert opt.step_count == 0
+
+
 @pytest.mark.parametrize("unified", [False, True])
 def test_non_finite_x_is_refused_and_nothing_changes(unified):
     x, W, g = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.ones((2, 4), np.float32)
