@@ -4,7 +4,7 @@ The module is a subclass of :class:`torch.nn.LSTM` with the same gate order
 (i, f, g, o), weight layout and parameter names, so state dicts move freely
 between the two. In training mode (with autograd recording) the forward and
 the backward run through this package's compiled LSTM loops
-(:mod:`meprop_numba.nn._lstm_kernels`) inside one
+(:mod:`meprop_numba._cpu.lstm`) inside one
 :class:`torch.autograd.Function`, on zero-copy NumPy views of the tensors;
 the package's layout (``W_x`` (4h, in), ``W_h`` (4h, h), gates i, f, g, o)
 is ``torch.nn.LSTM``'s, so nothing is converted but the two biases, which
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .._kernels import magnitude_bits
+from .._cpu.topk import magnitude_bits
 from .._validation import integer_k
-from ..nn import _lstm_kernels as K
-from ..nn.lstm import _MODES as _SCOPES
+from .._cpu import lstm as K
+from ..nn.lstm import _SCOPES
 from ..nn.lstm import _SELECTIONS, _check_batch, _check_lengths, _reverse_index, _time_gather
 
 __all__ = ["MePropLSTM"]

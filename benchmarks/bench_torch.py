@@ -1,0 +1,92 @@
+"""meprop_numba.torch against plain PyTorch (float32; skipped without torch).
+
+``time_*`` time one training step (or one layer's backward); the
+``track_*_speedup`` benchmarks report the PyTorch dense time divided by the
+meProp time, both measured in the same process (best of a few repeats).
+"""
+from . import best_time
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise NotImplementedError("PyTorch is not installed (pip install 'meprop_numba[torch]')") from None
+    return torch
+
+
+class MLPTrainingStep:
+    """784-500-500-10 MLP: zero_grad, forward, cross entropy, backward, optimizer step.
+
+    ``convert(model, k=20)`` + lazy Adam against ``nn.Linear`` + ``torch.optim.Adam``.
+    """
+
+    params = (["topk", "unified"],)
+    param_names = ["selection"]
+
+    def setup(self, selection):
+        torch = _torch()
+        from meprop_numba.torch import convert, optim
+
+        batch = 10 if selection == "topk" else 50
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.rand(batch, 784, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+        self.steps = {}
+        for kind in ("dense", "meprop"):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 500),
+                                        torch.nn.ReLU(), torch.nn.Linear(500, 10))
+            if kind == "meprop":
+                convert(model, k=20, selection=selection)
+                opt = optim.Adam(model.parameters())
+            else:
+                opt = torch.optim.Adam(model.parameters())
+
+            def step(model=model, opt=opt):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+
+            step()  # warm-up: JIT and optimizer state
+            self.steps[kind] = step
+
+    def time_dense(self, selection):
+        self.steps["dense"]()
+
+    def time_meprop(self, selection):
+        self.steps["meprop"]()
+
+    def track_step_speedup(self, selection):
+        return best_time(self.steps["dense"]) / best_time(self.steps["meprop"])
+
+    track_step_speedup.unit = "x"
+
+
+class WideLayerBackward:
+    """One 4096 -> 4096 layer, batch 256, unified k=64: backward alone."""
+
+    def setup(self):
+        torch = _torch()
+        from meprop_numba.torch import MePropLinear
+
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(256, 4096, generator=gen).requires_grad_(True)
+        self.g = torch.randn(256, 4096, generator=gen)
+        self.layers = {"dense": torch.nn.Linear(4096, 4096), "meprop": MePropLinear(4096, 4096, k=64,
+                                                                                   selection="unified")}
+        self.backward("meprop")
+
+    def backward(self, kind):
+        self.layers[kind](self.x).backward(self.g)
+
+    def time_dense_forward_backward(self):
+        self.backward("dense")
+
+    def time_meprop_forward_backward(self):
+        self.backward("meprop")
+
+    def track_forward_backward_speedup(self):
+        return best_time(lambda: self.backward("dense")) / best_time(lambda: self.backward("meprop"))
+
+    track_forward_backward_speedup.unit = "x"

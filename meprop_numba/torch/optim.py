@@ -1,0 +1,412 @@
+"""Lazy optimizers for PyTorch parameters, updated in place by the compiled kernels.
+
+Each is a ``torch.optim.Optimizer`` (param groups, ``state_dict`` in
+torch's format with torch's state names, ``torch.optim.lr_scheduler``).
+A row-sparse gradient (a COO tensor with one sparse dimension, the layout
+of :class:`~meprop_numba.torch.MePropLinear` and
+``nn.Embedding(sparse=True)``) updates only its rows: the parameter and
+optimizer state of the other rows are left as they are.  A dense gradient
+updates every element, as torch's own optimizer does.
+
+How the lazy updates differ from torch's sparse ones:
+
+- :class:`Adam` with a dense gradient is ``torch.optim.Adam`` (eps added to
+  the bias-corrected ``sqrt(v)``).  With a row-sparse gradient the
+  touched rows take that same update and the others are skipped, moments
+  included.  ``torch.optim.SparseAdam`` also skips them, but adds eps to
+  the uncorrected ``sqrt(v)`` (a larger effective eps early in training).
+  The step count for bias correction counts the steps in which the
+  parameter had a gradient, as in both torch optimizers.
+- :class:`SGD` with momentum keeps a dense velocity; a row-sparse gradient
+  decays and applies the velocity of its rows only.  torch's ``SGD`` with
+  a sparse gradient keeps a sparse velocity that grows to every row ever
+  touched and moves all of them at every step.
+- :class:`AdaGrad`: a zero gradient changes nothing, so lazy and dense
+  updates agree (as torch's ``Adagrad`` with a sparse gradient).
+
+Moments below the dtype's smallest normal number are flushed to zero
+(subnormal arithmetic is ~100x slower on x86); that changes no value by
+more than 1.2e-38 in float32.
+"""
+import math
+
+import numpy as np
+import torch
+
+from . import _backend
+
+K = _backend.optim_kernels
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+#: Smallest normal number per dtype: decaying state below it is flushed to zero.
+_TINY = {np.dtype(t): np.finfo(t).tiny for t in (np.float32, np.float64)}
+
+
+def _betas(betas):
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return (_backend.unit_interval(betas[0], "betas[0]"), _backend.unit_interval(betas[1], "betas[1]"))
+
+
+def _grad_arrays(p, g, name):
+    """``(rows, values)`` of a row-sparse gradient or ``(None, flat)`` of a dense one, after every check."""
+    if g.dtype != p.dtype or g.device != p.device:
+        raise TypeError(f"the gradient of {name} is {g.dtype} on {g.device}, expected {p.dtype} on {p.device}")
+    layout = g.layout
+    if layout == torch.sparse_coo:
+        if p.dim() != 2 or g.sparse_dim() != 1:
+            raise ValueError(f"the gradient of {name} is sparse in {g.sparse_dim()} dimension(s); "
+                             "only row-sparse gradients (sparse_dim 1) of 2-D parameters are taken")
+        rows = g._indices()[0].numpy()
+        # The autograd engine drops the coalesced flag of the gradients it stores; rows
+        # already sorted and distinct need no coalescing (a sort, 10x the cost of this test).
+        if not g.is_coalesced() and rows.shape[0] > 1 and not (rows[1:] > rows[:-1]).all():
+            g = g.coalesce()  # sorted, distinct rows; repeats (accumulated gradients) summed
+            rows = g._indices()[0].numpy()
+        values = g._values().contiguous().numpy()
+        _backend.finite(values, f"the gradient of {name}")
+        return rows, values
+    if layout != torch.strided:
+        raise TypeError(f"the gradient of {name} has layout {layout}; expected dense or sparse COO")
+    flat = g.detach().contiguous().numpy().reshape(-1)
+    _backend.finite(flat, f"the gradient of {name}")
+    return None, flat
+
+
+#: Options of torch's optimizers these leave out, with the value that means "off".  They
+#: are stored in the param groups (torch's optimizers need them to load the state) and
+#: a state that turns one on is refused.
+_TORCH_ONLY = {"weight_decay": 0.0, "amsgrad": False, "maximize": False, "nesterov": False, "dampening": 0.0}
+
+
+class _KernelOptimizer(torch.optim.Optimizer):
+    """Shared step: check every gradient first, then update parameter by parameter.
+
+    NumPy views of each parameter and of its state tensors are cached while
+    those tensors stay the same objects (a view costs ~1 us, and a step of
+    a small model holds dozens of them).
+    """
+
+    #: torch's names of the per-parameter state tensors, the ones shaped like the parameter first.
+    _state_names = ()
+    _param_shaped = 0
+
+    #: The options of :data:`_TORCH_ONLY` that torch's optimizer of the same kind has.
+    _torch_options = ("weight_decay", "maximize")
+
+    def __init__(self, params, defaults):
+        super().__init__(params, dict(defaults, **{key: _TORCH_ONLY[key] for key in self._torch_options}))
+
+    def _work(self):
+        """(group, param, P, rows, grad) for every parameter with a gradient, all checked."""
+        work = []
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                name = f"param_groups[{i}]['params'][{j}] (shape {tuple(p.shape)})"
+                P = self._param_view(p, name)
+                work.append((group, p, P) + _grad_arrays(p, g, name))
+        return work
+
+    def _param_view(self, p, name):
+        cache = self.__dict__.setdefault("_view_cache", {})
+        entry = cache.get(id(p))
+        if entry is not None and entry[0] is p and entry[1] == p.data_ptr():
+            return entry[2]
+        if p.dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"{name} has dtype {p.dtype}; these optimizers update float32/float64 parameters")
+        if p.device.type != "cpu":
+            raise TypeError(f"{name} is on {p.device}; these optimizers update CPU tensors")
+        if not p.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (it is updated in place through a NumPy view)")
+        P = p.detach().numpy()
+        cache[id(p)] = (p, p.data_ptr(), P)
+        return P
+
+    def _state_views(self, p, group):
+        """NumPy views of `p`'s state tensors in ``_state_names`` order, made on first use."""
+        state = self.state[p]
+        if not state:
+            self._init_state(state, p, group)
+        if "step" in state and not torch.is_tensor(state["step"]):
+            state["step"] = torch.tensor(float(state["step"]))  # older torch checkpoints
+        tensors = tuple(state[s] for s in self._state_names)
+        cache = self.__dict__.setdefault("_state_cache", {})
+        entry = cache.get(id(p))
+        if entry is not None and entry[0] is p and all(a is b for a, b in zip(entry[1], tensors)):
+            return entry[2]
+        for s, t in zip(self._state_names[:self._param_shaped], tensors):
+            if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device or not t.is_contiguous():
+                raise ValueError(f"optimizer state {s!r} is {t.dtype} {tuple(t.shape)} on {t.device}, "
+                                 f"expected a contiguous {p.dtype} {tuple(p.shape)} like its parameter")
+        views = tuple(t.numpy() for t in tensors)
+        cache[id(p)] = (p, tensors, views)
+        return views
+
+    def load_state_dict(self, state_dict):
+        """Load a state from :meth:`state_dict` (or torch's optimizer of the same kind).
+
+        The shape of every state tensor is checked against its parameter
+        before anything is loaded.
+
+        Raises
+        ------
+        ValueError
+            If a state tensor does not match its parameter's shape (or
+            torch's own checks fail: a different number of groups or parameters).
+        """
+        for group in state_dict["param_groups"]:
+            for key, plain in _TORCH_ONLY.items():
+                if group.get(key, plain) != plain:
+                    raise ValueError(f"the state has {key}={group[key]!r} in a param group; "
+                                     f"{type(self).__name__} implements only {key}={plain!r}")
+        params = [p for group in self.param_groups for p in group["params"]]
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        shaped = self._state_names[:self._param_shaped]
+        for pid, p in zip(ids, params):
+            for s, t in state_dict["state"].get(pid, {}).items():
+                if s in shaped and torch.is_tensor(t) and t.shape != p.shape:
+                    raise ValueError(f"state {s!r} of parameter {pid} has shape {tuple(t.shape)}, "
+                                     f"expected {tuple(p.shape)}")
+        super().load_state_dict(state_dict)
+
+    @staticmethod
+    def _closure_loss(closure):
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+
+def _zeros(p):
+    return torch.zeros_like(p, memory_format=torch.contiguous_format)
+
+
+def _step_tensor():
+    return torch.tensor(0.0)  # torch's format: a float32 scalar tensor
+
+
+class Adam(_KernelOptimizer):
+    """Adam whose row-sparse gradients update only their rows.
+
+    With a dense gradient the update is ``torch.optim.Adam``'s (without
+    weight decay or amsgrad).  State names are torch's (``step``,
+    ``exp_avg``, ``exp_avg_sq``), so state dicts move between the two.
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or param-group dicts, as ``torch.optim.Optimizer``.
+        Float32/float64, contiguous, on the CPU.
+    lr : float, optional
+        Learning rate (default 1e-3), > 0.
+    betas : tuple of float, optional
+        Moment decay rates, each in ``[0, 1)``.
+    eps : float, optional
+        Added to the bias-corrected ``sqrt(v)`` (default 1e-8), > 0.
+
+    Raises
+    ------
+    TypeError, ValueError
+        From the constructor for bad hyperparameters; from :meth:`step` for
+        a parameter or gradient of the wrong dtype, device or layout, or a
+        gradient holding NaN/Inf (checked for every parameter before any
+        is changed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meprop_numba.torch import MePropLinear, optim
+    >>> layer = MePropLinear(4, 3, k=1)
+    >>> opt = optim.Adam(layer.parameters(), lr=0.01)
+    >>> layer(torch.randn(2, 4)).sum().backward()
+    >>> opt.step()
+    >>> sorted(opt.state[layer.weight])
+    ['exp_avg', 'exp_avg_sq', 'step']
+    """
+
+    _state_names = ("exp_avg", "exp_avg_sq", "step")
+    _torch_options = ("weight_decay", "amsgrad", "maximize")
+    _param_shaped = 2
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        defaults = dict(lr=_backend.positive_float(lr, "lr"), betas=_betas(betas),
+                        eps=_backend.positive_float(eps, "eps"))
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _init_state(state, p, group):
+        state.update(step=_step_tensor(), exp_avg=_zeros(p), exp_avg_sq=_zeros(p))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update every parameter that has a gradient, in place.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss.
+
+        Returns
+        -------
+        The closure's loss, or None.
+        """
+        loss = self._closure_loss(closure)
+        for group, p, P, rows, grad in self._work():
+            M, V, step = self._state_views(p, group)
+            step += 1
+            t = float(step)
+            b1, b2 = group["betas"]
+            c2 = math.sqrt(1.0 - b2**t)
+            cast = P.dtype.type
+            args = (cast(group["lr"] * c2 / (1.0 - b1**t)), cast(b1), cast(b2), cast(group["eps"] * c2),
+                    _TINY[P.dtype])
+            if rows is None:
+                K.adam_flat(P.reshape(-1), M.reshape(-1), V.reshape(-1), grad, *args)
+            else:
+                K.adam_rows(P, M, V, rows, grad, *args)
+        return loss
+
+
+class SGD(_KernelOptimizer):
+    """SGD with optional momentum whose row-sparse gradients update only their rows.
+
+    ``v = momentum * v + g; p -= lr * v`` (``p -= lr * g`` without
+    momentum): ``torch.optim.SGD`` with dampening 0, no Nesterov, no weight
+    decay.  The velocity is torch's ``momentum_buffer``.
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or param-group dicts. Float32/float64, contiguous, CPU.
+    lr : float, optional
+        Learning rate (default 1e-3), > 0.
+    momentum : float, optional
+        In ``[0, 1)``; 0 (default) keeps no state.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`Adam`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meprop_numba.torch import optim
+    >>> w = torch.nn.Parameter(torch.ones(3, 2))
+    >>> w.grad = torch.sparse_coo_tensor([[1]], torch.ones(1, 2), (3, 2), check_invariants=True)
+    >>> optim.SGD([w], lr=0.5).step()
+    >>> w.data
+    tensor([[1.0000, 1.0000],
+            [0.5000, 0.5000],
+            [1.0000, 1.0000]])
+    """
+
+    _state_names = ("momentum_buffer",)
+    _torch_options = ("weight_decay", "dampening", "nesterov", "maximize")
+    _param_shaped = 1
+
+    def __init__(self, params, lr=1e-3, momentum=0.0):
+        defaults = dict(lr=_backend.positive_float(lr, "lr"), momentum=_backend.unit_interval(momentum, "momentum"))
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _init_state(state, p, group):
+        state["momentum_buffer"] = _zeros(p)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update every parameter that has a gradient, in place (see :meth:`Adam.step`)."""
+        loss = self._closure_loss(closure)
+        for group, p, P, rows, grad in self._work():
+            cast = P.dtype.type
+            lr, mu = cast(group["lr"]), group["momentum"]
+            if mu == 0:
+                if rows is None:
+                    K.sgd_flat(P.reshape(-1), grad, lr)
+                else:
+                    K.sgd_rows(P, rows, grad, lr)
+                continue
+            if self.state[p].get("momentum_buffer") is None:
+                self.state[p].pop("momentum_buffer", None)  # torch stores None without momentum
+            (V,) = self._state_views(p, group)
+            tiny = _TINY[P.dtype]
+            if rows is None:
+                K.momentum_flat(P.reshape(-1), V.reshape(-1), grad, lr, cast(mu), tiny)
+            else:
+                K.momentum_rows(P, V, rows, grad, lr, cast(mu), tiny)
+        return loss
+
+
+class AdaGrad(_KernelOptimizer):
+    """AdaGrad: ``s += g**2; p -= lr_t * g / (sqrt(s) + eps)``.
+
+    ``torch.optim.Adagrad`` without weight decay; ``lr_t = lr / (1 + (t -
+    1) lr_decay)`` at the parameter's t-th step.  State names are torch's
+    (``step``, ``sum``).  A zero gradient changes nothing, so the lazy row
+    update equals the dense one.
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or param-group dicts. Float32/float64, contiguous, CPU.
+    lr : float, optional
+        Learning rate (default 1e-2), > 0.
+    lr_decay : float, optional
+        >= 0 (default 0).
+    initial_accumulator_value : float, optional
+        Starting value of ``s``, >= 0 (default 0).
+    eps : float, optional
+        Added to the denominator (default 1e-10), > 0.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`Adam`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meprop_numba.torch import optim
+    >>> w = torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))
+    >>> w.grad = torch.tensor([[2.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    >>> optim.AdaGrad([w], lr=0.5).step()
+    >>> w.data
+    tensor([[-0.5000,  0.0000],
+            [ 0.0000,  0.5000]], dtype=torch.float64)
+    """
+
+    _state_names = ("sum", "step")
+    _param_shaped = 1
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+        defaults = dict(lr=_backend.positive_float(lr, "lr"),
+                        lr_decay=_backend.positive_float(lr_decay, "lr_decay", allow_zero=True),
+                        initial_accumulator_value=_backend.positive_float(
+                            initial_accumulator_value, "initial_accumulator_value", allow_zero=True),
+                        eps=_backend.positive_float(eps, "eps"))
+        super().__init__(params, defaults)
+        for group in self.param_groups:  # torch's Adagrad makes its state at construction
+            for p in group["params"]:
+                self._init_state(self.state[p], p, group)
+
+    @staticmethod
+    def _init_state(state, p, group):
+        state["step"] = _step_tensor()
+        state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.contiguous_format)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update every parameter that has a gradient, in place (see :meth:`Adam.step`)."""
+        loss = self._closure_loss(closure)
+        for group, p, P, rows, grad in self._work():
+            S, step = self._state_views(p, group)
+            step += 1
+            cast = P.dtype.type
+            lr = cast(group["lr"] / (1.0 + (float(step) - 1.0) * group["lr_decay"]))
+            if rows is None:
+                K.adagrad_flat(P.reshape(-1), S.reshape(-1), grad, lr, cast(group["eps"]))
+            else:
+                K.adagrad_rows(P, S, rows, grad, lr, cast(group["eps"]))
+        return loss
