@@ -73,6 +73,7 @@ def choose_reduction(row_counts, union_rows, width, world_size):
     -------
     str
         ``'sparse'`` (all-gather) or ``'dense'`` (all-reduce of the union).
+        It never raises.
 
     Examples
     --------
