@@ -110,3 +110,38 @@ def test_choose_reduction_gathers_disjoint_rows_and_reduces_overlapping_ones(row
     union = data.draw(st.integers(rows, rows * world))
     if choose_reduction(counts, union, width, world) == "dense":  # more overlap never goes back to gathering
         assert choose_reduction(counts, data.draw(st.integers(rows, union)), width, world) == "dense"
+
+
+@pytest.fixture
+def one_rank_group():
+    import datetime
+
+    dist = torch.distributed
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("selection", ["unified", "topk"])
+@pytest.mark.parametrize("sparse_grad", [True, False])
+def test_one_rank_gives_the_layers_own_gradients_and_unwrap_restores_them(one_rank_group, selection, sparse_grad):
+    x = torch.randn(7, dist_worker.SIZES[0], dtype=torch.float64)
+    y = torch.randint(0, dist_worker.SIZES[-1], (7,))
+    grads = {}
+    for wrapped in (False, True):
+        model = dist_worker.make_model(selection, sparse_grad=sparse_grad)
+        net = MePropDataParallel(model) if wrapped else model
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        grads[wrapped] = {n: p.grad for n, p in model.named_parameters()}
+    for name, g in grads[False].items():
+        assert grads[True][name].layout == g.layout
+        assert torch.allclose(grads[True][name].to_dense(), g.to_dense(), rtol=1e-12, atol=1e-14)
+    model = net.unwrap()
+    assert all("forward" not in vars(m) for m in model.modules())
+    sent = dict(net.bytes_sent)
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert dict(net.bytes_sent) == sent  # the unwrapped model no longer communicates
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad.to_dense(), grads[False][name].to_dense(), rtol=1e-12, atol=1e-14)
