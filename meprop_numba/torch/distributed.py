@@ -134,6 +134,8 @@ def _global_unified(comm, name, x, weight, g2, k, need_dx):
     cols = np.sort(topk_indices(scores.cpu().numpy()[None, :], k)[0])
     cols = torch.from_numpy(cols).to(g2.device)
     dx, rows, values, _ = _backward_tensors(x, weight, g2, None, True, cols, need_dx)
+    if rows.shape[0] != cols.shape[0]:  # an empty shard: no rows of its own, but it joins the all-reduce
+        rows, values = cols, values.new_zeros((cols.shape[0], weight.shape[1]))
     values = values.clone()  # the kernel's result is a read-only array; reduce into a buffer of our own
     comm.all_reduce(values, f"the {k} selected weight-gradient rows of {name}", "rows")
     return dx, rows, values, db
@@ -144,10 +146,10 @@ def _union_rows(comm, name, x, weight, g2, k, selection, reduction, need_dx):
     n, m = weight.shape
     indices = _random_indices(g2, n, k) if selection == "random" else None
     dx, rows, values, db = _backward_tensors(x, weight, g2, k, False, indices, need_dx)
-    comm.all_reduce(db, f"the bias gradient of {name}", "bias")
+    db = comm.all_reduce(db.clone(), f"the bias gradient of {name}", "bias")
     count = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
     counts = [int(c) for c in comm.all_gather(count, f"the row counts of {name}", "index")]
-    padded = rows.new_full((max(counts),), n)
+    padded = rows.new_full((max(1, max(counts)),), n)
     padded[:rows.shape[0]] = rows
     gathered = comm.all_gather(padded, f"the row indices of {name}", "index")
     all_rows = torch.cat([r[:c] for r, c in zip(gathered, counts)])
@@ -159,12 +161,12 @@ def _union_rows(comm, name, x, weight, g2, k, selection, reduction, need_dx):
         block = block.index_select(0, union) if union.shape[0] < n else block
         comm.all_reduce(block, f"the union rows of {name}", "rows")
         return dx, union, block, db
-    block = values.new_zeros((max(counts), m))
+    block = values.new_zeros((max(1, max(counts)), m))
     block[:rows.shape[0]] = values
     blocks = comm.all_gather(block, f"the gathered rows of {name}", "rows")
-    summed = values.new_zeros((n, m)).index_add_(0, all_rows,
-                                                   torch.cat([b[:c] for b, c in zip(blocks, counts)]))
-    return dx, union, summed.index_select(0, union), db
+    summed = values.new_zeros((union.shape[0], m)).index_add_(
+        0, torch.searchsorted(union, all_rows), torch.cat([b[:c] for b, c in zip(blocks, counts)]))
+    return dx, union, summed, db
 
 
 class _ReducedLinear(torch.autograd.Function):
