@@ -63,7 +63,12 @@ class MLPTrainingStep:
 
 
 class WideLayerBackward:
-    """One 4096 -> 4096 layer, batch 256, unified k=64: backward alone."""
+    """One 4096 -> 4096 layer, batch 256, unified k=64: forward + backward.
+
+    A backward needs a fresh graph, so asv times it with its forward (the
+    same ``F.linear`` on both sides); ``scripts/torch_speed.py`` times the
+    backward alone.
+    """
 
     def setup(self):
         torch = _torch()
