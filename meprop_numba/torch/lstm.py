@@ -229,7 +229,11 @@ class MePropLSTM(nn.LSTM):
 
     Parameters
     ----------
-    input_size, hidden_size, num_layers, bias
+    input_size, hidden_size : int
+        As for :class:`torch.nn.LSTM`.
+    num_layers : int, default 1
+        As for :class:`torch.nn.LSTM`.
+    bias : bool, default True
         As for :class:`torch.nn.LSTM`.
     batch_first : bool, default True
         Input and output (B, T, features). Note: ``torch.nn.LSTM`` defaults
@@ -237,6 +241,7 @@ class MePropLSTM(nn.LSTM):
         the kernels use anyway (no transpose copy). Unbatched 2-D input
         (T, features) is taken as ``torch.nn.LSTM`` takes it.
     bidirectional : bool, default False
+        As for :class:`torch.nn.LSTM`: a second LSTM runs backwards in time.
     k : int or None, default None
         Entries kept per step: ``1 <= k <= hidden_size`` per gate, or
         ``1 <= k <= 4 * hidden_size`` with ``scope="concat"``. None: dense.
@@ -249,7 +254,7 @@ class MePropLSTM(nn.LSTM):
         COO tensors (the layout of ``nn.Embedding(sparse=True)``; only
         optimizers that take sparse gradients accept them) instead of
         dense tensors with zero rows.
-    device, dtype
+    device, dtype : optional
         Factory arguments; dtype float32 or float64.
 
     Raises
