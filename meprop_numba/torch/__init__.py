@@ -3,7 +3,9 @@
 :class:`MePropLinear` is a drop-in ``torch.nn.Linear`` whose backward runs
 this package's sparse kernels; :func:`convert` swaps the ``nn.Linear``
 modules of an existing model; :mod:`meprop_numba.torch.optim` holds lazy
-optimizers that update only the rows of row-sparse gradients.
+optimizers that update only the rows of row-sparse gradients;
+:class:`MePropLSTM` is a meProp ``torch.nn.LSTM``;
+:mod:`meprop_numba.torch.distributed` trains them data-parallel.
 
 >>> import torch
 >>> from meprop_numba.torch import convert, optim
