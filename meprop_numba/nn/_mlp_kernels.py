@@ -68,3 +68,37 @@ def softmax_cross_entropy(logits, labels):
         loss -= np.float64(row[y] - top) - np.log(total)
         out[y] -= inv_b
     return loss * inv_b, grad
+
+
+@njit(**JIT_OPTIONS)
+def add_memory(g, memory, beta):
+    """``g + beta * memory`` on the non-zero entries of `g` (zeros stay zero), as a new array."""
+    B, n = g.shape
+    out = np.empty((B, n), dtype=g.dtype)
+    zero = g.dtype.type(0)
+    for b in range(B):
+        for i in range(n):
+            v = g[b, i]
+            out[b, i] = v + beta * memory[i] if v != zero else zero
+    return out
+
+
+@njit(**JIT_OPTIONS)
+def dropped_mean(g, indices, shared):
+    """Mean over the rows of `g` of its entries outside the selection.
+
+    `indices` is (B, k), one set per row, or (1, k) shared by every row
+    (`shared`); returns the float vector of length n in `g`'s dtype.
+    """
+    B, n = g.shape
+    total = np.zeros(n, dtype=np.float64)
+    for b in range(B):
+        for i in range(n):
+            total[i] += g[b, i]
+        sel = indices[0] if shared else indices[b]
+        for j in range(sel.shape[0]):
+            total[sel[j]] -= g[b, sel[j]]
+    out = np.empty(n, dtype=g.dtype)
+    for i in range(n):
+        out[i] = total[i] / B
+    return out

@@ -3,13 +3,15 @@ import time
 
 import numpy as np
 
-from .. import linear_backward, random_indices
-from .._validation import _FLOAT_DTYPES, integer_k, unit_interval
+from .. import balanced_indices, linear_backward, random_indices, topk_indices
+from ..backward import _per_example_backward, _shared_backward
+from ..topk import _balanced_host, _topk_host
+from .._validation import _FLOAT_DTYPES, finite, integer_k, unit_interval
 from . import _mlp_kernels
 
 __all__ = ["Dropout", "Linear", "Module", "ReLU", "Sequential", "array_module"]
 
-MODES = ("topk", "unified", "random")
+MODES = ("topk", "unified", "random", "balanced")
 
 
 def array_module(x):
@@ -136,9 +138,12 @@ class Linear(Module):
     The forward pass is one BLAS product. The backward pass keeps only `k`
     entries of the output gradient per example (``mode='topk'``), `k`
     columns shared by the minibatch (``'unified'``) or `k` random entries
-    per example (``'random'``, the paper's baseline), so only those rows of
-    `W` receive a gradient (a :class:`~meprop_numba.RowSparse`). The bias
-    gradient stays dense, as in the paper.
+    per example (``'random'``, the paper's baseline), or the ``k // 2``
+    largest positive and ``k - k // 2`` largest-magnitude negative entries
+    per example (``'balanced'``, see :func:`~meprop_numba.balanced_indices`),
+    so only those rows of `W` receive a gradient (a
+    :class:`~meprop_numba.RowSparse`). The bias gradient stays dense, as in
+    the paper.
 
     Parameters
     ----------
@@ -146,7 +151,7 @@ class Linear(Module):
     k : int or None, optional
         Entries kept in back propagation; None (default) or
         ``k >= out_features`` gives exact dense back propagation.
-    mode : {'topk', 'unified', 'random'}, optional
+    mode : {'topk', 'unified', 'random', 'balanced'}, optional
     dtype : {numpy.float32, numpy.float64}, optional
     rng : numpy.random.Generator or int, optional
         Initialises the weights uniformly in ``±1/sqrt(in_features)`` (the
@@ -155,6 +160,14 @@ class Linear(Module):
         Whether :meth:`backward` returns the input gradient. The first layer
         of a network does not need it; the dense path then skips that
         product (as autograd frameworks do).
+    error_feedback : float, optional
+        Memory decay ``beta`` in ``[0, 1)`` of error feedback (0, the
+        default, turns it off; needs `k`). The batch mean of the output
+        gradient's dropped entries is kept as one vector of `out_features`;
+        the next backward adds ``beta`` times it to the entries of its
+        output gradient that are non-zero (inactive ReLU units stay zero)
+        before selecting, so the backward stays k entries per example. The
+        bias gradient is taken from the output gradient as given.
 
     Attributes
     ----------
@@ -171,7 +184,8 @@ class Linear(Module):
     TypeError
         If a size or `k` is not an integer, or `dtype` is not float32/float64.
     ValueError
-        If a size or `k` is not positive, or `mode` is unknown.
+        If a size or `k` is not positive, `mode` is unknown, or
+        `error_feedback` is outside ``[0, 1)``.
 
     Examples
     --------
@@ -188,7 +202,7 @@ class Linear(Module):
     """
 
     def __init__(self, in_features, out_features, k=None, mode="topk", *, dtype=np.float32,
-                 rng=None, input_grad=True):
+                 rng=None, input_grad=True, error_feedback=0.0):
         in_features = integer_k(in_features, np.iinfo(np.int64).max, "in_features")
         out_features = integer_k(out_features, np.iinfo(np.int64).max, "out_features")
         if k is not None:
@@ -198,12 +212,15 @@ class Linear(Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         dtype = _float_dtype(dtype)
+        error_feedback = unit_interval(error_feedback, "error_feedback")
         self.rng = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         self.weight = self.rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
         self.bias = self.rng.uniform(-bound, bound, out_features).astype(dtype)
         self.k, self.mode, self.input_grad = k, mode, bool(input_grad)
         self.backward_seconds = 0.0
+        self.error_feedback = error_feedback
+        self._memory = None
         self._x = None
         self._grads = [None, None]
 
@@ -233,16 +250,88 @@ class Linear(Module):
             raise RuntimeError("backward called before forward(x, train=True)")
         x, W = self._x, self.weight
         start = time.perf_counter()
-        if self.mode == "random" and self.k is not None:
+        unified = self.mode == "unified"
+        if self.k is not None and self.error_feedback:
+            x, grad_out = np.ascontiguousarray(x), np.ascontiguousarray(grad_out)
+        if self.k is not None and self.error_feedback and self._feedback_ready(x, grad_out):
+            dx, dW, db = self._feedback_backward(x, grad_out)
+        elif self.k is not None and self.mode == "random":
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
             dx, dW, db = linear_backward(x, W, grad_out, indices=indices, need_dx=self.input_grad)
         else:
-            dx, dW, db = linear_backward(x, W, grad_out, self.k, unified=self.mode == "unified",
+            dx, dW, db = linear_backward(x, W, grad_out, self.k, unified=unified,
+                                         balanced=self.mode == "balanced" and self.k is not None,
                                          need_dx=self.input_grad)
         self.backward_seconds += time.perf_counter() - start
         self._x = None
         self._grads = [dW, db]
         return dx if self.input_grad else None
+
+    def select(self, g):
+        """The entries of an output gradient `g` that this layer's backward keeps.
+
+        Parameters
+        ----------
+        g : ndarray, shape (B, out_features)
+            Output gradient (with error feedback: after the memory is added).
+
+        Returns
+        -------
+        ndarray of int64 or None
+            ``(B, k)`` indices per example, ``(k,)`` for ``mode='unified'``,
+            None when the layer is dense. ``'random'`` draws from :attr:`rng`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from meprop_numba.nn import Linear
+        >>> Linear(3, 4, k=2, mode="balanced", rng=0).select(np.array([[3.0, 2.0, 1.0, -1.0]]))
+        array([[0, 3]])
+        """
+        if self.k is None:
+            return None
+        if self.mode == "random":
+            return random_indices(self.out_features, self.k, batch=g.shape[0], rng=self.rng)
+        if self.mode == "balanced":
+            return balanced_indices(g, self.k)
+        return topk_indices(g, self.k, unified=self.mode == "unified")
+
+    def _feedback_ready(self, x, g):
+        """Whether `g` (and `x`) can take the compiled error-feedback path; raises on NaN/Inf."""
+        W = self.weight
+        if array_module(g) is not np or array_module(x) is not np:
+            raise TypeError("error_feedback takes host (NumPy) arrays")
+        ok = (type(g) is np.ndarray and type(x) is np.ndarray and g.ndim == 2 and x.ndim == 2
+              and g.dtype == W.dtype and x.dtype == W.dtype and g.flags.c_contiguous
+              and x.flags.c_contiguous and g.shape == (x.shape[0], W.shape[0])
+              and x.shape[1] == W.shape[1])
+        if ok:
+            finite(g, "grad_out")
+            finite(x, "x")
+        return ok
+
+    def _with_memory(self, g):
+        if self._memory is None:
+            return g
+        return _mlp_kernels.add_memory(g, self._memory, g.dtype.type(self.error_feedback))
+
+    def _feedback_backward(self, x, grad_out):
+        """Select on grad_out plus the memory, back-propagate that, keep what was dropped."""
+        g = self._with_memory(grad_out)
+        if self.mode == "random":
+            indices = random_indices(self.out_features, self.k, batch=g.shape[0], rng=self.rng)
+        elif self.mode == "balanced":
+            indices = _balanced_host(g, self.k)
+        else:
+            indices = _topk_host(g, self.k, self.mode == "unified")
+        if indices.ndim == 1:
+            cols = np.sort(indices)
+            dx, dW, _ = _shared_backward(x, self.weight, g, cols, self.input_grad)
+            self._memory = _mlp_kernels.dropped_mean(g, cols[None, :], True)
+        else:
+            dx, dW, _ = _per_example_backward(x, self.weight, g, indices, self.input_grad)
+            self._memory = _mlp_kernels.dropped_mean(g, indices, False)
+        return dx, dW, grad_out.sum(axis=0)
 
     def params(self):
         return [self.weight, self.bias]
