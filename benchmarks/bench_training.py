@@ -71,7 +71,7 @@ class TrainingSteps:
         _meprop_steps(self.model, self.optimizer, self.x, self.y, self.batches[:3])
 
     def _build(self, k, mode):
-        model = MLP(self.x.shape[1], HIDDEN, self.n_classes, k=k, mode=mode, rng=0)
+        model = MLP(self.x.shape[1], HIDDEN, self.n_classes, k=k, selection=mode, rng=0)
         return model, mp.Adam(model.params(), lr=1e-3, lazy=True)
 
     def time_steps(self, case):

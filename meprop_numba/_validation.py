@@ -171,3 +171,16 @@ def index_array(indices, B, n, name="indices"):
         if (ordered[..., 1:] == ordered[..., :-1]).any():
             raise ValueError(f"{name} repeats an index within a row; each selected entry must be distinct")
     return np.ascontiguousarray(indices, dtype=np.int64)
+
+
+def choice(value, allowed, name):
+    """Return `value` after checking it is one of `allowed`.
+
+    Raises
+    ------
+    ValueError
+        If `value` is not in `allowed`; the message names `name` and lists the choices.
+    """
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value

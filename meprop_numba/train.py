@@ -22,7 +22,7 @@ import numpy as np
 
 from . import AdaGrad, Adam, SGD, get_num_threads, set_num_threads
 from .nn import MLP, softmax_cross_entropy
-from .nn.layers import MODES
+from .nn.layers import SELECTIONS as MODES
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -227,7 +227,7 @@ def build_model(config, n_features, n_classes, rng=None):
     if rng is None:
         rng = _seeds(config.seed)[0]
     return MLP(n_features, config.hidden, n_classes, layers=config.layers, k=config.k,
-               mode=config.mode, dropout=config.dropout, output_k=config.output_k,
+               selection=config.mode, dropout=config.dropout, output_k=config.output_k,
                dtype=np.dtype(config.dtype), rng=rng)
 
 

@@ -151,7 +151,7 @@ def main():
         batches = batches_of(order, batch)
         ours = {}
         for label, kk in (("meprop", k), ("dense", None)):
-            model = MLP(n_in, HIDDEN, data.n_classes, layers=LAYERS, k=kk, mode=mode, rng=0)
+            model = MLP(n_in, HIDDEN, data.n_classes, layers=LAYERS, k=kk, selection=mode, rng=0)
             opt = mp.Adam(model.params(), lr=1e-3, lazy=True)
             meprop_epoch(model, opt, x, y, batches[:5])  # compile and warm caches
             ours[label] = (model, opt)

@@ -42,7 +42,7 @@ def main(argv=None):
           "| max abs logit | max first-layer activation |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, k, mode, batch in SETTINGS:
-        model = MLP(x.shape[1], 500, data.n_classes, k=k, mode=mode, rng=0)
+        model = MLP(x.shape[1], 500, data.n_classes, k=k, selection=mode, rng=0)
         optimizer = mp.Adam(model.params(), lr=1e-3)
         losses = []
         for start in range(0, len(order), batch):

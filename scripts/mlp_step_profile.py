@@ -50,7 +50,7 @@ def main():
     mp.set_num_threads(1)
     data = load_dataset(args.dataset, args.data_dir)
     x_all, y_all = data.x_train, data.y_train
-    model = MLP(x_all.shape[1], 500, data.n_classes, k=args.k or None, mode=args.mode, rng=0)
+    model = MLP(x_all.shape[1], 500, data.n_classes, k=args.k or None, selection=args.mode, rng=0)
     optimizer = mp.Adam(model.params(), lr=1e-3, lazy=True)
     names = [f"{type(layer).__name__.lower()}{i}" for i, layer in enumerate(model.layers)]
     totals = {}

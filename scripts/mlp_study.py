@@ -182,7 +182,7 @@ def backward_timing(data, ks, steps, repeat=3):
         order = np.random.default_rng(0).permutation(len(y))
         batches = [order[i * batch:(i + 1) * batch] for i in range(steps + 20)]
         for k in [None] + list(ks):
-            model = MLP(x.shape[1], 500, data.n_classes, k=k, mode=mode, rng=0)
+            model = MLP(x.shape[1], 500, data.n_classes, k=k, selection=mode, rng=0)
             optimizer = mp.Adam(model.params(), lr=1e-3)
             hidden = model.linear_layers[:-1]
             best = np.inf

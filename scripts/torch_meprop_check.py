@@ -78,7 +78,7 @@ def lockstep(torch, data, k, mode, batch_size, hidden, layers, steps, seed=0):
     import meprop_numba as mp
     from meprop_numba.nn import MLP, softmax_cross_entropy
 
-    model = MLP(data.n_features, hidden, data.n_classes, layers=layers, k=k, mode=mode,
+    model = MLP(data.n_features, hidden, data.n_classes, layers=layers, k=k, selection=mode,
                 dtype=np.float64, rng=seed)
     optimizer = mp.Adam(model.params(), lr=1e-3, lazy=False)
     params = [torch.tensor(p.copy(), requires_grad=True) for p in model.params()]

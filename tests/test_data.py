@@ -148,8 +148,121 @@ def test_missing_files_without_download_raise(tmp_path, monkeypatch):
 def test_label_count_mismatch_is_reported(tmp_path):
     _write_fake_mnist(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(5, dtype=np.uint8))
-    with pytest.raises(ValueError, match="6 test images but 5 labels"):
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz holds 6 images but "
+                                         r"\S*t10k-labels-idx1-ubyte.gz holds 5 labels"):
         load_dataset(tmp_path)
+
+
+# ------------------------------------------------- contents checked at load
+
+def _write_raw(path, array, code):
+    path.write_bytes(_manual_idx_bytes(array, code))
+
+
+def _labels(values, dtype=np.uint8):
+    return np.array(values, dtype=dtype)
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+@pytest.mark.parametrize("kind,array,code,pattern", [
+    ("labels-idx1", _labels([1, 2, 0, -1, 3, -1], np.int8), 0x09, r"label -1 at index 3 is negative"),
+    ("labels-idx1", _labels([1, 2, 2**31 - 1, 0, 1, 1], np.int32), 0x0C,
+     r"label 2147483647 at index 2 is outside class ids, \[0, 65536\)"),
+    ("labels-idx1", _labels([0.0] * 6, np.float32), 0x0D, r"labels must be a 1-D array of integers"),
+    ("labels-idx1", np.zeros((6, 2), np.uint8), 0x08, r"labels must be a 1-D array of integers"),
+    ("images-idx3", np.zeros((6, 0, 0), np.uint8), 0x08, r"images of 0x0 pixels"),
+    ("images-idx3", np.zeros((6, 28, 0), np.uint8), 0x08, r"images of 28x0 pixels"),
+    ("images-idx3", np.zeros((6, 28, 28), np.float32), 0x0D, r"images must be unsigned bytes"),
+    ("images-idx3", np.zeros((6, 784), np.uint8), 0x08, r"expected 3-D images"),
+    ("images-idx3", np.zeros((5, 28, 28), np.uint8), 0x08,
+     r"holds 5 images but \S*labels-idx1-ubyte holds 6"),
+])
+def test_bad_contents_are_refused_naming_the_file(tmp_path, split, kind, array, code, pattern):
+    _write_fake_mnist(tmp_path, n_train=6, n_test=6, compress=False)
+    _write_raw(tmp_path / f"{split}-{kind}-ubyte", array, code)
+    with pytest.raises(ValueError, match=rf"{split}-{kind}-ubyte:? {pattern}"):
+        load_dataset(tmp_path)
+
+
+def test_test_labels_outside_the_training_classes_are_refused(tmp_path):
+    _write_fake_mnist(tmp_path, n_train=4, n_test=3, compress=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", _labels([0, 4, 2, 1]))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", _labels([4, 5, 0]))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: label 5 at index 1 is outside "
+                                         r"the training labels' classes \(\S*train-labels-idx1-"
+                                         r"ubyte\), \[0, 5\)"):
+        load_dataset(tmp_path)
+
+
+def test_labels_outside_a_named_datasets_classes_are_refused(tmp_path):
+    _write_fake_mnist(tmp_path / "mnist")
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz", _labels([3] * 23 + [10]))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 10 at index 23 is "
+                                         r"outside this dataset's classes, \[0, 10\)"):
+        load_dataset("mnist", data_dir=tmp_path, download_missing=False)
+
+
+def test_empty_training_set_is_refused(tmp_path):
+    _write_fake_mnist(tmp_path, compress=False)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: holds no images"):
+        load_dataset(tmp_path)
+
+
+def test_test_images_of_another_size_are_refused(tmp_path):
+    _write_fake_mnist(tmp_path, compress=False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((6, 32, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: test images are 32x28 pixels "
+                                         r"but the training images \(\S*train-images-idx3-ubyte\) "
+                                         r"are 28x28"):
+        load_dataset(tmp_path)
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("shape_in_header", [(2**32 - 1,), (60000, 65535, 65535), (65536,) * 4])
+def test_header_larger_than_the_file_is_refused_without_allocating(tmp_path, compress,
+                                                                  shape_in_header):
+    # A header promising up to hundreds of GiB (or, in int64, an overflowing product) over 64 bytes.
+    header = bytes([0, 0, 0x08, len(shape_in_header)])
+    header += b"".join(int(d).to_bytes(4, "big") for d in shape_in_header)
+    payload = header + bytes(range(64))
+    path = tmp_path / ("huge.gz" if compress else "huge")
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+    def read():
+        with pytest.raises(IDXFormatError, match=r"huge(\.gz)?: truncated data: header promises"):
+            read_idx(path)
+
+    assert _peak_bytes(read) < 1 << 20
+
+
+def test_gzip_header_within_the_ratio_reads_in_bounded_chunks(tmp_path):
+    # 2 MB of incompressible data can honestly promise more than 2 MB; reading stops at the
+    # end of the stream without ever holding the promised size.
+    data = np.random.default_rng(0).integers(0, 256, 2_000_000, dtype=np.uint8).tobytes()
+    promised = 2_000_000_000
+    path = tmp_path / "long.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 0x08, 1]) + promised.to_bytes(4, "big") + data))
+    assert promised < 1100 * path.stat().st_size
+
+    def read():
+        with pytest.raises(IDXFormatError, match=r"promises 2000000000 bytes .* file holds 2000000"):
+            read_idx(path)
+
+    assert _peak_bytes(read) < 64 << 20
 
 
 def test_bad_arguments(tmp_path):

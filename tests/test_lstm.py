@@ -165,7 +165,7 @@ def test_dense_bptt_matches_reference(dtype, bidirectional, num_layers):
 def test_k_covering_everything_equals_dense(dtype, mode, k):
     x, lengths = make_case(dtype)
     dout = np.random.default_rng(3).standard_normal((3, 6, 8)).astype(dtype)
-    full = LSTM(5, 4, bidirectional=True, k=k, mode=mode, dtype=dtype, rng=1)
+    full = LSTM(5, 4, bidirectional=True, k=k, scope=mode, dtype=dtype, rng=1)
     dense = LSTM(5, 4, bidirectional=True, dtype=dtype, rng=1)
     y, dx, grads = run_layer(full, x, lengths, dout)
     y0, dx0, grads0 = run_layer(dense, x, lengths, dout)
@@ -218,7 +218,7 @@ def test_finite_differences(k):
 def test_meprop_equals_masked_dense_bptt(mode, k, bidirectional, num_layers):
     """float64: the library's selection is the reference's own top-k at every step."""
     x, lengths = make_case(np.float64, seed=7)
-    layer = LSTM(5, 6, num_layers, bidirectional=bidirectional, k=k, mode=mode,
+    layer = LSTM(5, 6, num_layers, bidirectional=bidirectional, k=k, scope=mode,
                  dtype=np.float64, rng=8)
     dout = np.random.default_rng(9).standard_normal((3, 6, layer.output_size))
     y, dx, grads = run_layer(layer, x, lengths, dout)
@@ -298,7 +298,7 @@ def keep_selected(layer, lengths):
 @pytest.mark.parametrize("mode", ["per_gate", "concat"])
 def test_meprop_float32_matches_reference_with_its_selection(mode):
     x, lengths = make_case(np.float32, seed=11)
-    layer = LSTM(5, 6, bidirectional=True, k=2, mode=mode, dtype=np.float32, rng=12)
+    layer = LSTM(5, 6, bidirectional=True, k=2, scope=mode, dtype=np.float32, rng=12)
     dout = np.random.default_rng(13).standard_normal((3, 6, 12)).astype(np.float32)
     y, dx, grads = run_layer(layer, x, lengths, dout)
     assert y.dtype == dx.dtype == np.float32
@@ -390,9 +390,9 @@ def test_validation_errors():
         layer.forward(x, lengths=[3.0, 1.0])
     with pytest.raises(ValueError, match="k must be in"):
         LSTM(5, 4, k=5)
-    with pytest.raises(ValueError, match="mode"):
-        LSTM(5, 4, k=2, mode="rows")
-    LSTM(5, 4, k=16, mode="concat")
+    with pytest.raises(ValueError, match="scope"):
+        LSTM(5, 4, k=2, scope="rows")
+    LSTM(5, 4, k=16, scope="concat")
     layer.forward(x, train=True)
     with pytest.raises(ValueError, match="dout must have shape"):
         layer.backward(np.zeros((2, 3, 5), dtype=np.float32))

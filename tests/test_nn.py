@@ -118,7 +118,7 @@ def test_meprop_with_k_equal_n_trains_like_dense(mode, dtype):
     x = rng.normal(size=(8, 12)).astype(dtype)
     y = rng.integers(0, 4, 8)
     dense = MLP(12, 6, 4, layers=2, k=None, dtype=dtype, rng=5)
-    meprop = MLP(12, 6, 4, layers=2, k=6, mode=mode, dtype=dtype, rng=5)
+    meprop = MLP(12, 6, 4, layers=2, k=6, selection=mode, dtype=dtype, rng=5)
     opt_d = mp.Adam(dense.params(), lr=1e-2)
     opt_m = mp.Adam(meprop.params(), lr=1e-2)
     for _ in range(3):
@@ -154,13 +154,13 @@ def test_linear_unified_and_random_modes():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(4, 3))
     g = rng.normal(size=(4, 8))
-    unified = Linear(3, 8, k=3, mode="unified", rng=0, dtype=np.float64)
+    unified = Linear(3, 8, k=3, selection="unified", rng=0, dtype=np.float64)
     unified.forward(x, train=True)
     unified.backward(g)
     cols = np.sort(np.argsort(-np.abs(g).sum(axis=0))[:3])
     np.testing.assert_array_equal(unified.grads()[0].rows, cols)
 
-    random = Linear(3, 8, k=3, mode="random", rng=0, dtype=np.float64)
+    random = Linear(3, 8, k=3, selection="random", rng=0, dtype=np.float64)
     random.forward(x, train=True)
     replay = np.random.default_rng()
     replay.bit_generator.state = random.rng.bit_generator.state
@@ -189,7 +189,7 @@ def test_linear_forward_and_init():
     assert np.abs(layer.weight).max() <= 0.1 and np.abs(layer.bias).max() <= 0.1
     x = np.random.default_rng(0).normal(size=(2, 100)).astype(np.float32)
     np.testing.assert_allclose(layer.forward(x), x @ layer.weight.T + layer.bias, rtol=1e-5)
-    assert Linear(3, 4, k=9).k is None  # k >= out_features is dense
+    assert Linear(3, 4, k=4).k is None  # k == out_features is dense
     # One example (1-D) and a stack of minibatches (3-D) broadcast as in x @ W.T.
     np.testing.assert_allclose(layer.forward(x[0]), x[0] @ layer.weight.T + layer.bias, rtol=1e-5)
     x3 = np.random.default_rng(1).normal(size=(3, 2, 100)).astype(np.float32)
@@ -197,10 +197,16 @@ def test_linear_forward_and_init():
 
 
 def test_layer_argument_errors():
-    with pytest.raises(ValueError, match="mode"):
-        Linear(3, 4, k=2, mode="best")
+    with pytest.raises(ValueError, match="selection"):
+        Linear(3, 4, k=2, selection="best")
     with pytest.raises(ValueError, match="k"):
         Linear(3, 4, k=0)
+    # k above out_features is refused exactly as linear_backward refuses it.
+    with pytest.raises(ValueError) as layer_error:
+        Linear(3, 4, k=5)
+    with pytest.raises(ValueError) as functional_error:
+        mp.linear_backward(np.zeros((1, 3)), np.zeros((4, 3)), np.zeros((1, 4)), k=5)
+    assert str(layer_error.value) == str(functional_error.value) == "k must be in [1, 4], got 5"
     with pytest.raises(TypeError, match="dtype"):
         Linear(3, 4, dtype=np.int32)
     with pytest.raises(ValueError, match="p"):

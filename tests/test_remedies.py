@@ -107,7 +107,7 @@ def _unified_select(g, k):
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 def test_error_feedback_matches_reference_over_steps(mode, select, dtype, rtol):
     rng = np.random.default_rng(2)
-    layer = Linear(15, 30, k=4, mode=mode, dtype=dtype, rng=3, error_feedback=0.8)
+    layer = Linear(15, 30, k=4, selection=mode, dtype=dtype, rng=3, error_feedback=0.8)
     x = rng.normal(size=(5, 15)).astype(dtype)
     grads = []
     for _ in range(4):
@@ -124,7 +124,7 @@ def test_error_feedback_matches_reference_over_steps(mode, select, dtype, rtol):
         np.testing.assert_allclose(dW.to_dense(), rdW, rtol=rtol, atol=rtol * scale, err_msg=f"dW, step {step}")
         np.testing.assert_allclose(db, rdb, rtol=rtol, atol=rtol * np.abs(g).sum())
     # The memory changed the later steps: without it the selection differs.
-    plain = Linear(15, 30, k=4, mode=mode, dtype=dtype, rng=3)
+    plain = Linear(15, 30, k=4, selection=mode, dtype=dtype, rng=3)
     for g in grads:
         plain.forward(x, train=True)
         plain.backward(g)

@@ -14,7 +14,7 @@ import numpy as np
 from .download import default_cache_dir, download
 from .idx import read_idx
 
-__all__ = ["Dataset", "DATASETS", "load_dataset", "read_idx_split", "find_idx_file"]
+__all__ = ["Dataset", "DATASETS", "MAX_CLASSES", "load_dataset", "read_idx_split", "find_idx_file"]
 
 _STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -48,6 +48,13 @@ DATASETS = {
 
 # Where system packages put the files (Debian/Ubuntu ``dataset-fashion-mnist``).
 _SYSTEM_DIRS = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
+
+# Classes of the named datasets: a label outside them is an error.
+_N_CLASSES = {"embedded": 10, "fashion-mnist": 10, "mnist": 10}
+#: Most classes a dataset may have: the model's output layer gets one row per
+#: class, so a corrupt label must not be able to size it (2**31 classes would
+#: need terabytes).
+MAX_CLASSES = 1 << 16
 
 EMBEDDED_FILE = "fashion_mnist_subset.npz"
 DATA_DIR_ENV = "MEPROP_NUMBA_DATA_DIR"
@@ -132,8 +139,15 @@ def read_idx_split(directory, split):
     ------
     FileNotFoundError
         If a file is missing.
+    IDXFormatError
+        If a file is not well-formed IDX (a header larger than the file, a
+        bad magic number, ...).
     ValueError
-        If the image and label counts differ.
+        If the contents cannot be a classification split: images that are
+        not 3-D unsigned bytes or have 0 rows or columns, no images, labels
+        that are not 1-D integers, a negative label or one of
+        :data:`MAX_CLASSES` or more, or image and label counts that differ.
+        The message names the file.
 
     Examples
     --------
@@ -155,12 +169,58 @@ def read_idx_split(directory, split):
             raise FileNotFoundError(f"{directory}: no {stem} or {stem}.gz")
         paths.append(path)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
-    if images.ndim != 3 or labels.ndim != 1:
-        raise ValueError(f"{directory}: expected 3-D images and 1-D labels, got "
-                         f"{images.shape} and {labels.shape}")
-    if len(images) != len(labels):
-        raise ValueError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
+    _check_split(images, labels, *paths)
     return images, labels, tuple(paths)
+
+
+def _check_split(images, labels, images_name, labels_name):
+    """Raise ValueError, naming the file, unless `images` and `labels` form a usable split."""
+    if images.ndim != 3:
+        raise ValueError(f"{images_name}: expected 3-D images (count, rows, cols), "
+                         f"got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{images_name}: images must be unsigned bytes 0..255 (IDX type "
+                         f"0x08), got {images.dtype}")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise ValueError(f"{images_name}: images of {images.shape[1]}x{images.shape[2]} pixels; "
+                         "each needs at least one row and one column")
+    if len(images) == 0:
+        raise ValueError(f"{images_name}: holds no images")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_name}: labels must be a 1-D array of integers, "
+                         f"got shape {labels.shape} of {labels.dtype}")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_name} holds {len(images)} images but {labels_name} holds "
+                         f"{len(labels)} labels")
+    _check_label_range(labels, labels_name, MAX_CLASSES, "class ids")
+
+
+def _check_label_range(labels, labels_name, n_classes, classes):
+    for bad, what in ((labels < 0, "negative"), (labels >= n_classes,
+                                                 f"outside {classes}, [0, {n_classes})")):
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{labels_name}: label {labels[index]} at index {index} is {what}")
+
+
+def _check_test_against_train(train, test, n_classes=None):
+    """The test images of the training images' size, every label in the dataset's classes.
+
+    `train` and `test` are ``(images, labels, (images_name, labels_name))``;
+    `n_classes` is the dataset's known number of classes, None to take the
+    training labels' range.
+    """
+    (x_train, y_train, (train_images, train_labels)), (x_test, y_test, test_names) = train, test
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"{test_names[0]}: test images are {x_test.shape[1]}x{x_test.shape[2]} "
+                         f"pixels but the training images ({train_images}) are "
+                         f"{x_train.shape[1]}x{x_train.shape[2]}")
+    if n_classes is None:
+        n_classes, classes = int(y_train.max()) + 1, f"the training labels' classes ({train_labels})"
+    else:
+        classes = "this dataset's classes"
+        _check_label_range(y_train, train_labels, n_classes, classes)
+    _check_label_range(y_test, test_names[1], n_classes, classes)
 
 
 def _has_idx_files(directory):
@@ -249,7 +309,11 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
     Raises
     ------
     ValueError
-        Unknown name, bad `dtype` or `dev_size`.
+        Unknown name, bad `dtype` or `dev_size`; or file contents that
+        cannot be trained on (see :func:`read_idx_split`), test images of
+        another size than the training images, or a test label outside the
+        training labels' classes (outside the 10 classes for
+        ``'mnist'``/``'fashion-mnist'``). The message names the file.
     FileNotFoundError
         Files not found and `download_missing` is False.
 
@@ -272,6 +336,11 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
         with resources.files("meprop_numba").joinpath("datasets", EMBEDDED_FILE).open("rb") as fh:
             with np.load(fh) as npz:
                 arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+        splits = [(arrays[f"x_{s}"], arrays[f"y_{s}"],
+                   (f"{EMBEDDED_FILE}[x_{s}]", f"{EMBEDDED_FILE}[y_{s}]")) for s in ("train", "test")]
+        for images, labels, names in splits:
+            _check_split(images, labels, *names)
+        _check_test_against_train(*splits, _N_CLASSES["embedded"])
         return _split("embedded", arrays["x_train"], arrays["y_train"], arrays["x_test"],
                       arrays["y_test"], dev_size, dtype, f"package:{EMBEDDED_FILE}")
 
@@ -292,7 +361,8 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
         raise ValueError(f"name: {name_str!r} is neither 'embedded', one of {sorted(DATASETS)}, "
                          "nor an existing directory")
 
-    x_train, y_train, _ = read_idx_split(directory, "train")
-    x_test, y_test, _ = read_idx_split(directory, "test")
+    train, test = read_idx_split(directory, "train"), read_idx_split(directory, "test")
+    _check_test_against_train(train, test, _N_CLASSES.get(name_str))
+    (x_train, y_train, _), (x_test, y_test, _) = train, test
     label = name_str if name_str in DATASETS else os.path.basename(os.path.normpath(directory))
     return _split(label, x_train, y_train, x_test, y_test, dev_size, dtype, directory)

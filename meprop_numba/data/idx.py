@@ -7,7 +7,9 @@ data in C order, big-endian. Files may be gzip-compressed (``.gz``); the
 reader detects compression from the content, not the file name.
 """
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 
@@ -41,21 +43,44 @@ class IDXFormatError(ValueError):
     """
 
 
-def _read_bytes(path):
+# Deflate expands at most about 1032:1, so a gzip file of n bytes holds at
+# most this many times n bytes of data: a header promising more is refused
+# before any allocation.
+_GZIP_MAX_RATIO = 1100
+_CHUNK = 1 << 24
+
+
+def _open(path):
+    """The file's (possibly gunzipped) stream and the most data bytes it can hold."""
+    size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(2)
     if head == _GZIP_MAGIC:
-        try:
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        except (EOFError, gzip.BadGzipFile, OSError) as exc:
-            raise IDXFormatError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
-    with open(path, "rb") as fh:
-        return fh.read()
+        return gzip.open(path, "rb"), _GZIP_MAX_RATIO * size + 1024, True
+    return open(path, "rb"), size, False
+
+
+def _read_exactly(fh, n, path):
+    """Read `n` bytes in bounded chunks (memory grows only with data that exists)."""
+    chunks, remaining = [], n
+    try:
+        while remaining > 0:
+            chunk = fh.read(min(remaining, _CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
+        raise IDXFormatError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    return b"".join(chunks)
 
 
 def read_idx(path):
     """Read an IDX file (raw or gzip-compressed) into a NumPy array.
+
+    The header's sizes are checked against the file's length before the
+    data is read, so a corrupt header cannot make the reader allocate more
+    than the file holds.
 
     Parameters
     ----------
@@ -73,8 +98,9 @@ def read_idx(path):
     FileNotFoundError
         If `path` does not exist.
     IDXFormatError
-        If the magic number is wrong, the type code unknown, or the file is
-        shorter or longer than its header says.
+        If the magic number is wrong, the type code unknown, the file is
+        shorter or longer than its header says, or the gzip stream is
+        corrupt.
 
     Examples
     --------
@@ -86,33 +112,40 @@ def read_idx(path):
     array([3, 1, 4], dtype=uint8)
     """
     path = os.fspath(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise IDXFormatError(f"{path}: file too short for an IDX header ({len(data)} bytes)")
-    if data[0] != 0 or data[1] != 0:
-        raise IDXFormatError(
-            f"{path}: bad magic number {data[:4].hex()} (an IDX file starts with two zero bytes)"
-        )
-    code, ndim = data[2], data[3]
-    if code not in _IDX_DTYPES:
-        raise IDXFormatError(f"{path}: unknown IDX element type code 0x{code:02x}")
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise IDXFormatError(f"{path}: truncated header ({len(data)} of {header_len} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = len(data) - header_len
-    if actual < expected:
+    fh, capacity, compressed = _open(path)
+    with fh:
+        magic = _read_exactly(fh, 4, path)
+        if len(magic) < 4:
+            raise IDXFormatError(f"{path}: file too short for an IDX header ({len(magic)} bytes)")
+        if magic[0] != 0 or magic[1] != 0:
+            raise IDXFormatError(
+                f"{path}: bad magic number {magic.hex()} (an IDX file starts with two zero bytes)"
+            )
+        code, ndim = magic[2], magic[3]
+        if code not in _IDX_DTYPES:
+            raise IDXFormatError(f"{path}: unknown IDX element type code 0x{code:02x}")
+        dims = _read_exactly(fh, 4 * ndim, path)
+        if len(dims) < 4 * ndim:
+            raise IDXFormatError(f"{path}: truncated header ({4 + len(dims)} of {4 + 4 * ndim} bytes)")
+        shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+        dtype = _IDX_DTYPES[code]
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        available = capacity - 4 - 4 * ndim
+        if expected > available:
+            what = f"a gzip file of {os.path.getsize(path)} bytes can hold" if compressed else \
+                f"the file holds ({available} bytes after the header)"
+            raise IDXFormatError(f"{path}: truncated data: header promises {expected} bytes for "
+                                 f"shape {shape}, more than {what}")
+        data = _read_exactly(fh, expected + 1, path)
+    if len(data) < expected:
         raise IDXFormatError(
             f"{path}: truncated data: header promises {expected} bytes for shape {shape}, "
-            f"file holds {actual}"
+            f"file holds {len(data)}"
         )
-    if actual > expected:
-        raise IDXFormatError(
-            f"{path}: {actual - expected} unexpected trailing bytes after shape {shape}"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
+    if len(data) > expected:
+        extra = "" if compressed else f" ({available - expected} bytes)"
+        raise IDXFormatError(f"{path}: unexpected trailing bytes after shape {shape}{extra}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 
 

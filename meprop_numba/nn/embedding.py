@@ -57,6 +57,8 @@ class Embedding(Module):
     [2, 3, 5]
     """
 
+    _parameter_names = ("weight",)
+
     def __init__(self, num_embeddings, dim, *, padding_idx=None, dtype=np.float32, rng=None):
         num_embeddings = integer_k(num_embeddings, np.iinfo(np.int64).max, "num_embeddings")
         dim = integer_k(dim, np.iinfo(np.int64).max, "dim")
@@ -142,9 +144,6 @@ class Embedding(Module):
         self._grads = [RowSparse._trusted(rows, values, self.weight.shape)]
         self._ids = None
         self.backward_seconds += time.perf_counter() - start
-
-    def params(self):
-        return [self.weight]
 
     def grads(self):
         return list(self._grads)

@@ -1,17 +1,22 @@
 """Layers following the module convention of :mod:`meprop_numba.nn`."""
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
 from .. import balanced_indices, linear_backward, random_indices, topk_indices
 from ..backward import _per_example_backward, _shared_backward
 from ..topk import _balanced_host, _topk_host
-from .._validation import _FLOAT_DTYPES, finite, integer_k, unit_interval
+from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, unit_interval
 from . import _mlp_kernels
 
 __all__ = ["Dropout", "Linear", "Module", "ReLU", "Sequential", "array_module"]
 
-MODES = ("topk", "unified", "random", "balanced")
+#: The values of ``selection``: which entries of the output gradient are kept.
+SELECTIONS = ("topk", "unified", "random", "balanced")
+
+_NO_TRAINING_FORWARD = ("backward called before forward(x, train=True); calling the module, "
+                        "module(x), runs inference and keeps nothing for backward")
 
 
 def array_module(x):
@@ -53,11 +58,18 @@ def _float_dtype(dtype):
 
 
 class Module:
-    """Base class of the layers; see :mod:`meprop_numba.nn` for the convention.
+    """Base class of the layers and models; see :mod:`meprop_numba.nn` for the convention.
 
-    Subclasses implement :meth:`forward` and :meth:`backward`, and
-    :meth:`params` / :meth:`grads` when they hold parameters. Calling a
-    module calls :meth:`forward`. The base class takes no parameters.
+    Subclasses implement :meth:`forward` and :meth:`backward`, name their
+    own parameter arrays in ``_parameter_names`` (or override
+    ``_own_parameters``) and implement :meth:`grads` when they hold
+    parameters. Sub-modules stored as attributes are found by
+    :meth:`named_children` (in assignment order), so a model made of
+    layers gets :meth:`parameters`, :meth:`named_parameters`,
+    :meth:`state_dict` and :meth:`load_state_dict` without writing them.
+    Calling a module, ``module(x)``, is ``module.forward(x)``: inference
+    (see :mod:`meprop_numba.nn` for why). The base class takes no
+    parameters.
 
     Raises
     ------
@@ -77,6 +89,9 @@ class Module:
     >>> Scale()(np.ones(2))
     array([2., 2.])
     """
+
+    #: Attribute names of the module's own parameter arrays, in order.
+    _parameter_names = ()
 
     def forward(self, x, train=False):
         """Compute the output; with ``train=True`` keep what :meth:`backward` needs.
@@ -120,23 +135,168 @@ class Module:
         """
         raise NotImplementedError
 
+    def named_children(self):
+        """The direct sub-modules with their names.
+
+        Returns
+        -------
+        list of (str, Module)
+            Every attribute holding a :class:`Module`, in assignment order
+            (:class:`Sequential` names its layers by index instead).
+        """
+        return [(name, value) for name, value in vars(self).items() if isinstance(value, Module)]
+
+    def _own_parameters(self):
+        return [(name, getattr(self, name)) for name in self._parameter_names]
+
+    def named_parameters(self):
+        """Every parameter array with its dotted name, as ``torch.nn.Module`` names them.
+
+        Returns
+        -------
+        list of (str, ndarray)
+            The module's own parameters (``"weight"``, ``"bias"``), then each
+            child's under ``"<child>."`` (``"0.weight"`` for the first layer
+            of a :class:`Sequential`, ``"lstm.weight_ih_l0"`` for a model's
+            ``lstm`` attribute). The arrays themselves, not copies.
+
+        Examples
+        --------
+        >>> from meprop_numba.nn import MLP
+        >>> [(name, p.shape) for name, p in MLP(4, 3, 2, layers=1, rng=0).named_parameters()]
+        [('0.weight', (3, 4)), ('0.bias', (3,)), ('2.weight', (2, 3)), ('2.bias', (2,))]
+        """
+        named = list(self._own_parameters())
+        for child_name, child in self.named_children():
+            named += [(f"{child_name}.{name}", p) for name, p in child.named_parameters()]
+        return named
+
+    def parameters(self):
+        """The parameter arrays, in the order of :meth:`named_parameters`.
+
+        Optimizers update them in place (``Adam(model.parameters())``), so
+        a module never rebinds them after construction.
+
+        Returns
+        -------
+        list of ndarray
+            The arrays themselves, aligned with :meth:`grads`.
+        """
+        return [p for _, p in self.named_parameters()]
+
     def params(self):
-        """Parameter arrays, updated in place by the optimizers."""
-        return []
+        """Same as :meth:`parameters` (the shorter name the optimizers' examples use).
+
+        Returns
+        -------
+        list of ndarray
+            The parameter arrays.
+        """
+        return self.parameters()
 
     def grads(self):
-        """Gradients from the last :meth:`backward`, aligned with :meth:`params`."""
-        return []
+        """Gradients from the last :meth:`backward`, aligned with :meth:`parameters`.
 
-    def __call__(self, x, train=False):
-        return self.forward(x, train)
+        A module holding parameters of its own overrides this; the base
+        concatenates the children's gradients.
+
+        Returns
+        -------
+        list
+            Per parameter a dense array, a :class:`~meprop_numba.RowSparse`
+            or None (no gradient this step).
+        """
+        return [g for _, child in self.named_children() for g in child.grads()]
+
+    def state_dict(self):
+        """Copies of the parameters keyed by their names (see :meth:`named_parameters`).
+
+        Unlike ``torch.nn.Module.state_dict`` the arrays are copies, so a
+        saved state does not change as training goes on.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Name -> copy of the parameter, in the order of :meth:`named_parameters`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from meprop_numba.nn import Linear
+        >>> a, b = Linear(3, 2, rng=0), Linear(3, 2, rng=1)
+        >>> sorted(a.state_dict())
+        ['bias', 'weight']
+        >>> b.load_state_dict(a.state_dict())
+        >>> bool(np.array_equal(a.weight, b.weight))
+        True
+        """
+        return {name: p.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state_dict):
+        """Copy `state_dict` into the parameters, in place: all of them, or none.
+
+        Every key, shape and dtype is checked before any parameter changes,
+        so on an error the module is left as it was. The arrays are copied
+        into the existing parameters, so an optimizer built on
+        :meth:`parameters` keeps updating them (its own state is separate:
+        :meth:`meprop_numba.Adam.load_state_dict`).
+
+        Parameters
+        ----------
+        state_dict : mapping of str to ndarray
+            Exactly the names of :meth:`named_parameters` (as
+            :meth:`state_dict` returns them), each an array of the
+            parameter's shape and dtype.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        TypeError
+            If `state_dict` is not a mapping, a value is not an array, or a
+            value's dtype differs from its parameter's (no silent cast).
+        ValueError
+            If a name is missing or unexpected, or a shape differs; the
+            message names the key.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        named = self.named_parameters()
+        names = [name for name, _ in named]
+        missing = [name for name in names if name not in state_dict]
+        unexpected = [key for key in state_dict if key not in set(names)]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match this {type(self).__name__}: "
+                             f"missing keys {missing}, unexpected keys {unexpected}")
+        values = []
+        for name, param in named:
+            value = state_dict[name]
+            if not isinstance(value, (np.ndarray, type(param))):
+                raise TypeError(f"state_dict[{name!r}] must be an array like the parameter "
+                                f"({type(param).__name__}), got {type(value).__name__}")
+            if value.shape != param.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, "
+                                 f"the parameter {param.shape}")
+            if value.dtype != param.dtype:
+                raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, "
+                                f"the parameter {param.dtype}; cast it with .astype")
+            # A copy, so values that alias other parameters cannot change mid-way.
+            values.append(array_module(param).array(value, copy=True))
+        for (_, param), value in zip(named, values):
+            param[...] = value
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
 
 class Linear(Module):
     """Fully connected layer ``y = x @ W.T + b`` with meProp back propagation.
 
     The forward pass is one BLAS product. The backward pass keeps only `k`
-    entries of the output gradient per example (``mode='topk'``), `k`
+    entries of the output gradient per example (``selection='topk'``), `k`
     columns shared by the minibatch (``'unified'``) or `k` random entries
     per example (``'random'``, the paper's baseline), or the ``k // 2``
     largest positive and ``k - k // 2`` largest-magnitude negative entries
@@ -147,12 +307,19 @@ class Linear(Module):
 
     Parameters
     ----------
-    in_features, out_features : int
+    in_features : int
+        Input size, m.
+    out_features : int
+        Output size, n.
     k : int or None, optional
-        Entries kept in back propagation; None (default) or
-        ``k >= out_features`` gives exact dense back propagation.
-    mode : {'topk', 'unified', 'random', 'balanced'}, optional
+        Entries kept in back propagation, in ``[1, out_features]``; None
+        (default) or ``k == out_features`` gives exact dense back
+        propagation (stored as ``k=None``).
+    selection : {'topk', 'unified', 'random', 'balanced'}, optional
+        Per-example top-k (default), top-k columns shared by the minibatch,
+        k random entries per example, or sign-balanced top-k per example.
     dtype : {numpy.float32, numpy.float64}, optional
+        Parameter dtype (default float32).
     rng : numpy.random.Generator or int, optional
         Initialises the weights uniformly in ``±1/sqrt(in_features)`` (the
         ``torch.nn.Linear`` default) and draws the random-k selections.
@@ -184,8 +351,9 @@ class Linear(Module):
     TypeError
         If a size or `k` is not an integer, or `dtype` is not float32/float64.
     ValueError
-        If a size or `k` is not positive, `mode` is unknown, or
-        `error_feedback` is outside ``[0, 1)``.
+        If a size is not positive, `k` is outside ``[1, out_features]`` (the
+        same check as :func:`~meprop_numba.linear_backward`), `selection`
+        is unknown, or `error_feedback` is outside ``[0, 1)``.
 
     Examples
     --------
@@ -201,23 +369,23 @@ class Linear(Module):
     (True, (6,))
     """
 
-    def __init__(self, in_features, out_features, k=None, mode="topk", *, dtype=np.float32,
-                 rng=None, input_grad=True, error_feedback=0.0):
+    _parameter_names = ("weight", "bias")
+
+    def __init__(self, in_features, out_features, k=None, selection="topk", *,
+                 dtype=np.float32, rng=None, input_grad=True, error_feedback=0.0):
         in_features = integer_k(in_features, np.iinfo(np.int64).max, "in_features")
         out_features = integer_k(out_features, np.iinfo(np.int64).max, "out_features")
-        if k is not None:
-            k = integer_k(k, np.iinfo(np.int64).max, "k")
-            if k >= out_features:
-                k = None
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if k is not None and integer_k(k, out_features) == out_features:
+            k = None
+        selection = choice(selection, SELECTIONS, "selection")
         dtype = _float_dtype(dtype)
         error_feedback = unit_interval(error_feedback, "error_feedback")
         self.rng = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         self.weight = self.rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
         self.bias = self.rng.uniform(-bound, bound, out_features).astype(dtype)
-        self.k, self.mode, self.input_grad = k, mode, bool(input_grad)
+        self.k = None if k is None else int(k)
+        self.selection, self.input_grad = selection, bool(input_grad)
         self.backward_seconds = 0.0
         self.error_feedback = error_feedback
         self._memory = None
@@ -247,20 +415,20 @@ class Linear(Module):
 
     def backward(self, grad_out):
         if self._x is None:
-            raise RuntimeError("backward called before forward(x, train=True)")
+            raise RuntimeError(_NO_TRAINING_FORWARD)
         x, W = self._x, self.weight
         start = time.perf_counter()
-        unified = self.mode == "unified"
+        unified = self.selection == "unified"
         if self.k is not None and self.error_feedback:
             x, grad_out = np.ascontiguousarray(x), np.ascontiguousarray(grad_out)
         if self.k is not None and self.error_feedback and self._feedback_ready(x, grad_out):
             dx, dW, db = self._feedback_backward(x, grad_out)
-        elif self.k is not None and self.mode == "random":
+        elif self.k is not None and self.selection == "random":
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
             dx, dW, db = linear_backward(x, W, grad_out, indices=indices, need_dx=self.input_grad)
         else:
             dx, dW, db = linear_backward(x, W, grad_out, self.k, unified=unified,
-                                         balanced=self.mode == "balanced" and self.k is not None,
+                                         balanced=self.selection == "balanced" and self.k is not None,
                                          need_dx=self.input_grad)
         self.backward_seconds += time.perf_counter() - start
         self._x = None
@@ -278,23 +446,23 @@ class Linear(Module):
         Returns
         -------
         ndarray of int64 or None
-            ``(B, k)`` indices per example, ``(k,)`` for ``mode='unified'``,
+            ``(B, k)`` indices per example, ``(k,)`` for ``selection='unified'``,
             None when the layer is dense. ``'random'`` draws from :attr:`rng`.
 
         Examples
         --------
         >>> import numpy as np
         >>> from meprop_numba.nn import Linear
-        >>> Linear(3, 4, k=2, mode="balanced", rng=0).select(np.array([[3.0, 2.0, 1.0, -1.0]]))
+        >>> Linear(3, 4, k=2, selection="balanced", rng=0).select(np.array([[3.0, 2.0, 1.0, -1.0]]))
         array([[0, 3]])
         """
         if self.k is None:
             return None
-        if self.mode == "random":
+        if self.selection == "random":
             return random_indices(self.out_features, self.k, batch=g.shape[0], rng=self.rng)
-        if self.mode == "balanced":
+        if self.selection == "balanced":
             return balanced_indices(g, self.k)
-        return topk_indices(g, self.k, unified=self.mode == "unified")
+        return topk_indices(g, self.k, unified=self.selection == "unified")
 
     def _feedback_ready(self, x, g):
         """Whether `g` (and `x`) can take the compiled error-feedback path; raises on NaN/Inf."""
@@ -318,12 +486,12 @@ class Linear(Module):
     def _feedback_backward(self, x, grad_out):
         """Select on grad_out plus the memory, back-propagate that, keep what was dropped."""
         g = self._with_memory(grad_out)
-        if self.mode == "random":
+        if self.selection == "random":
             indices = random_indices(self.out_features, self.k, batch=g.shape[0], rng=self.rng)
-        elif self.mode == "balanced":
+        elif self.selection == "balanced":
             indices = _balanced_host(g, self.k)
         else:
-            indices = _topk_host(g, self.k, self.mode == "unified")
+            indices = _topk_host(g, self.k, self.selection == "unified")
         if indices.ndim == 1:
             cols = np.sort(indices)
             dx, dW, _ = _shared_backward(x, self.weight, g, cols, self.input_grad)
@@ -333,14 +501,11 @@ class Linear(Module):
             self._memory = _mlp_kernels.dropped_mean(g, indices, False)
         return dx, dW, grad_out.sum(axis=0)
 
-    def params(self):
-        return [self.weight, self.bias]
-
     def grads(self):
         return list(self._grads)
 
     def __repr__(self):
-        sparsity = "dense" if self.k is None else f"k={self.k}, mode={self.mode!r}"
+        sparsity = "dense" if self.k is None else f"k={self.k}, selection={self.selection!r}"
         return f"Linear({self.in_features}, {self.out_features}, {sparsity})"
 
 
@@ -383,7 +548,7 @@ class ReLU(Module):
 
     def backward(self, grad_out):
         if self._y is None:
-            raise RuntimeError("backward called before forward(x, train=True)")
+            raise RuntimeError(_NO_TRAINING_FORWARD)
         y, self._y = self._y, None
         if (type(grad_out) is np.ndarray and grad_out.dtype == y.dtype
                 and grad_out.shape == y.shape and grad_out.flags.c_contiguous):
@@ -454,9 +619,11 @@ class Sequential(Module):
     Parameters
     ----------
     layers : iterable of Module
-        The layers, input to output. :meth:`params` and :meth:`grads`
-        concatenate theirs in that order. Backward stops early when a layer
-        returns None (its input needs no gradient).
+        The layers, input to output, named ``"0"``, ``"1"``, ... in
+        :meth:`named_parameters` and :meth:`state_dict` (``"0.weight"``).
+        :meth:`parameters` and :meth:`grads` concatenate theirs in that
+        order. Backward stops early when a layer returns None (its input
+        needs no gradient).
 
     Raises
     ------
@@ -494,11 +661,8 @@ class Sequential(Module):
                 break
         return grad_out
 
-    def params(self):
-        return [p for layer in self.layers for p in layer.params()]
-
-    def grads(self):
-        return [g for layer in self.layers for g in layer.grads()]
+    def named_children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

@@ -3,9 +3,9 @@
 For every layer and direction the cell computes the gate pre-activations
 ``a_t = W_x x_t + W_h h_{t-1} + b`` (4 gates of h units, order i, f, g, o).
 In back propagation meProp keeps, at every step, only k entries of
-``dL/da_t`` by magnitude: k in each gate block (``mode="per_gate"``, the
+``dL/da_t`` by magnitude: k in each gate block (``scope="per_gate"``, the
 default: the meProp paper's "top-k among 500" for h = 500) or k of the
-whole 4h vector (``mode="concat"``). Only the kept entries feed
+whole 4h vector (``scope="concat"``). Only the kept entries feed
 ``dh_{t-1}``, ``dx_t`` and the rows of ``dW_x`` and ``dW_h``, which are
 returned as :class:`meprop_numba.RowSparse`. The bias gradient is dense
 (from the full ``dL/da_t``), as for the linear layers. ``k=None`` is exact
@@ -20,14 +20,14 @@ import time
 import numpy as np
 
 from .._kernels import magnitude_bits
-from .._validation import float_array, integer_k
+from .._validation import choice, float_array, integer_k
 from ..sparse import RowSparse
 from . import _lstm_kernels as K
-from .layers import Module
+from .layers import _NO_TRAINING_FORWARD, Module
 
 __all__ = ["LSTM"]
 
-_MODES = ("per_gate", "concat")
+_SCOPES = ("per_gate", "concat")
 _SELECTIONS = {"topk": K.SELECT_TOPK, "random": K.SELECT_RANDOM}
 
 
@@ -74,9 +74,11 @@ class LSTM(Module):
         (forward first), so the output has ``2 * hidden_size`` features.
     k : int or None, default None
         Entries of ``dL/da_t`` kept per step: per gate block (``k <= h``) or
-        in total (``k <= 4h``) depending on `mode`. None: dense BPTT.
-    mode : {"per_gate", "concat"}, default "per_gate"
-        Where the top-k is taken.
+        in total (``k <= 4h``) depending on `scope`. None: dense BPTT; the
+        largest k keeps every entry, which is dense BPTT too.
+    scope : {"per_gate", "concat"}, default "per_gate"
+        Where the top-k is taken: in each gate block of h, or over the
+        concatenated 4h vector.
     selection : {"topk", "random"}, default "topk"
         ``"random"`` keeps k uniformly random entries instead (the meProp
         paper's random-k baseline), drawn from `rng`.
@@ -98,10 +100,14 @@ class LSTM(Module):
 
     Notes
     -----
-    :meth:`params` lists ``[W_x, W_h, b]`` for layer 0 forward, then layer 0
-    backward (if bidirectional), then layer 1, ...; W_x (4h, in), W_h (4h,
-    h), b (4h,). :meth:`grads` is aligned with it after :meth:`backward`:
-    RowSparse for W_x and W_h when k is set, dense arrays for k=None and for b.
+    :meth:`parameters` lists ``[W_x, W_h, b]`` for layer 0 forward, then
+    layer 0 backward (if bidirectional), then layer 1, ...; W_x (4h, in),
+    W_h (4h, h), b (4h,). :meth:`named_parameters` names them as
+    ``torch.nn.LSTM`` does, ``weight_ih_l0``, ``weight_hh_l0``, with one
+    bias ``bias_l0`` (torch keeps two that add up), and ``_reverse`` for the
+    backward direction. :meth:`grads` is aligned with them after
+    :meth:`backward`: RowSparse for W_x and W_h when k is set, dense arrays
+    for k=None and for b.
 
     Raises
     ------
@@ -109,7 +115,7 @@ class LSTM(Module):
         If `k` is not an integer or `dtype` is not float32/float64.
     ValueError
         If a size is not a positive integer, `k` is outside ``[1, h]``
-        (``[1, 4h]`` with ``mode="concat"``), or `mode` / `selection` is
+        (``[1, 4h]`` with ``scope="concat"``), or `scope` / `selection` is
         unknown.
 
     Examples
@@ -127,7 +133,7 @@ class LSTM(Module):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False, k=None,
-                 mode="per_gate", selection="topk", dtype=np.float32, rng=None):
+                 scope="per_gate", selection="topk", dtype=np.float32, rng=None):
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -135,19 +141,17 @@ class LSTM(Module):
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if selection not in _SELECTIONS:
-            raise ValueError(f"selection must be one of {tuple(_SELECTIONS)}, got {selection!r}")
+        choice(scope, _SCOPES, "scope")
+        choice(selection, _SELECTIONS, "selection")
         self.input_size = int(input_size)
         self.hidden_size = h = int(hidden_size)
         self.num_layers = int(num_layers)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
-        self.mode = mode
+        self.scope = scope
         self.selection = selection
         self.dtype = dtype
-        self.k = None if k is None else integer_k(k, h if mode == "per_gate" else 4 * h)
+        self.k = None if k is None else integer_k(k, h if scope == "per_gate" else 4 * h)
         self.rng = rng = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(h)
         self._params = []
@@ -173,9 +177,13 @@ class LSTM(Module):
         base = 3 * (layer * self.num_directions + direction)
         return base, self._params[base], self._params[base + 1], self._params[base + 2]
 
-    def params(self):
-        """Parameter arrays ``[W_x, W_h, b, ...]``, updated in place by the optimizers."""
-        return list(self._params)
+    def _own_parameters(self):
+        names = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                names += [f"weight_ih{suffix}", f"weight_hh{suffix}", f"bias{suffix}"]
+        return list(zip(names, self._params))
 
     def grads(self):
         """Gradients from the last :meth:`backward`, aligned with :meth:`params`.
@@ -273,7 +281,7 @@ class LSTM(Module):
             If `dout` has the wrong dtype or shape.
         """
         if self._cache is None:
-            raise RuntimeError("backward called before forward(x, train=True)")
+            raise RuntimeError(_NO_TRAINING_FORWARD)
         cache, lengths, rev, (B, T), padded = self._cache
         dout = float_array(dout, "dout", 3)
         if dout.dtype != self.dtype:
@@ -340,7 +348,7 @@ class LSTM(Module):
         return ws
 
     def _meprop(self, base, dH, X, H, C, TC, G, W_x, W_h, lengths):
-        per_gate = self.mode == "per_gate"
+        per_gate = self.scope == "per_gate"
         if self.selection == "random":
             K.seed_random(int(self.rng.integers(2**62)))
         ws_x, ws_h, da_bits, mask = self._workspace(base)
@@ -352,10 +360,8 @@ class LSTM(Module):
         gW_h = RowSparse._trusted(rows_h, ws_h[:n], W_h.shape)
         return dX, gW_x, gW_h, g_b, sel
 
-    def __call__(self, x, train=False, *, lengths=None):
-        return self.forward(x, train, lengths=lengths)
-
     def __repr__(self):
-        sparsity = "dense" if self.k is None else f"k={self.k}, mode={self.mode!r}"
+        sparsity = ("dense" if self.k is None
+                    else f"k={self.k}, scope={self.scope!r}, selection={self.selection!r}")
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, {sparsity})")

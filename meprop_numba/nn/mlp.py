@@ -1,17 +1,35 @@
 """Multi-layer perceptron with meProp hidden layers."""
+import numbers
+from collections.abc import Sequence
+
 import numpy as np
 
-from .._validation import integer_k, unit_interval
-from .layers import MODES, Dropout, Linear, ReLU, Sequential, _float_dtype
+from .._validation import choice, integer_k, unit_interval
+from .layers import SELECTIONS, Dropout, Linear, ReLU, Sequential, _float_dtype
 
 __all__ = ["MLP"]
+
+
+def _per_layer_k(k, layers, hidden):
+    """One checked k (int or None) per hidden layer, from an int, None or a sequence."""
+    if k is None or isinstance(k, (numbers.Integral, np.bool_)):
+        return [None if k is None else integer_k(k, hidden)] * layers
+    if isinstance(k, (str, bytes)) or not isinstance(k, (Sequence, np.ndarray)):
+        raise TypeError(f"k must be an integer, None or a sequence of them, got {type(k).__name__}")
+    if len(k) != layers:
+        raise ValueError(f"k must give one value per hidden layer ({layers}), got {len(k)}")
+    return [None if value is None else integer_k(value, hidden, f"k[{i}]")
+            for i, value in enumerate(k)]
 
 
 class MLP(Sequential):
     """``Linear -> ReLU [-> Dropout]`` repeated `layers` times, then a linear output layer.
 
-    The hidden layers back-propagate with meProp (`k`, `mode`); the output
-    layer is dense unless `output_k` is given, as in the paper.
+    The hidden layers back-propagate with meProp (`k`, `selection`); the
+    output layer is dense unless `output_k` is given, as in the paper. The
+    layers are named by index (``"0.weight"`` is the first hidden layer's
+    weight, ``"2.weight"`` the second's without dropout) in
+    :meth:`state_dict`, as in a ``torch.nn.Sequential``.
 
     Parameters
     ----------
@@ -23,14 +41,23 @@ class MLP(Sequential):
         Output size.
     layers : int, optional
         Number of hidden layers (default 2, the paper's MNIST model).
-    k : int or None, optional
-        meProp k of the hidden layers; None for dense back propagation.
-    mode : {'topk', 'unified', 'random'}, optional
+    k : int, None or sequence of (int or None), optional
+        meProp k of the hidden layers, each in ``[1, hidden]``: one value
+        for every hidden layer, or one per hidden layer (``[20, None]``:
+        meProp in the first, dense in the second). None, or ``k == hidden``,
+        is exact dense back propagation.
+    selection : {'topk', 'unified', 'random', 'balanced'}, optional
+        Which entries of the hidden layers' output gradients are kept (see
+        :class:`Linear`).
     dropout : float, optional
         Dropout probability after each hidden ReLU (0 disables it).
     output_k : int or None, optional
         meProp k of the output layer (default None: dense).
+    error_feedback : float, optional
+        Error-feedback memory decay of the meProp hidden layers (see
+        :class:`Linear`; default 0, off).
     dtype : {numpy.float32, numpy.float64}, optional
+        Parameter dtype (default float32).
     rng : numpy.random.Generator or int, optional
         Seeds the initial weights; the same generator then draws dropout
         masks and random-k selections, so :attr:`rng` holds all of the
@@ -42,8 +69,10 @@ class MLP(Sequential):
         If a size, `layers` or `k` is not an integer, or `dtype` is not
         float32/float64.
     ValueError
-        If a size or `k` is out of range, `mode` is unknown or `dropout` is
-        outside ``[0, 1)``.
+        If a size is not positive, a `k` is outside ``[1, hidden]`` (or
+        `output_k` outside ``[1, n_classes]``), a sequence `k` does not
+        hold one entry per hidden layer, `selection` is unknown, or
+        `dropout` or `error_feedback` is outside ``[0, 1)``.
 
     Examples
     --------
@@ -52,38 +81,44 @@ class MLP(Sequential):
     >>> model = MLP(784, 500, 10, k=20, rng=0)
     >>> model
     MLP(
-      Linear(784, 500, k=20, mode='topk'),
+      Linear(784, 500, k=20, selection='topk'),
       ReLU(),
-      Linear(500, 500, k=20, mode='topk'),
+      Linear(500, 500, k=20, selection='topk'),
       ReLU(),
       Linear(500, 10, dense)
     )
     >>> model.predict(np.zeros((2, 784), dtype=np.float32)).shape
     (2,)
+    >>> [layer.k for layer in MLP(784, 500, 10, k=[20, None], rng=0).linear_layers]
+    [20, None, None]
     """
 
-    def __init__(self, in_features, hidden, n_classes, layers=2, k=None, mode="topk", *,
-                 dropout=0.0, output_k=None, dtype=np.float32, rng=None):
+    def __init__(self, in_features, hidden, n_classes, layers=2, k=None, selection="topk", *,
+                 dropout=0.0, output_k=None, error_feedback=0.0, dtype=np.float32, rng=None):
         big = np.iinfo(np.int64).max
         integer_k(hidden, big, "hidden")
         integer_k(n_classes, big, "n_classes")
-        integer_k(layers, big, "layers")
+        layers = integer_k(layers, big, "layers")
         dropout = unit_interval(dropout, "dropout")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        error_feedback = unit_interval(error_feedback, "error_feedback")
+        selection = choice(selection, SELECTIONS, "selection")
+        ks = _per_layer_k(k, layers, hidden)
+        if output_k is not None:
+            integer_k(output_k, n_classes, "output_k")
         self.dtype = _float_dtype(dtype)
         self.rng = np.random.default_rng(rng)
         modules = []
         width = in_features
         for i in range(layers):
-            modules.append(Linear(width, hidden, k, mode, dtype=self.dtype, rng=self.rng,
-                                  input_grad=i > 0))
+            modules.append(Linear(width, hidden, ks[i], selection, dtype=self.dtype,
+                                  rng=self.rng, input_grad=i > 0,
+                                  error_feedback=error_feedback if ks[i] is not None else 0.0))
             modules.append(ReLU())
             if dropout > 0:
                 modules.append(Dropout(dropout, rng=self.rng))
             width = hidden
-        modules.append(Linear(width, n_classes, output_k, mode, dtype=self.dtype, rng=self.rng,
-                              input_grad=layers > 0))
+        modules.append(Linear(width, n_classes, output_k, selection, dtype=self.dtype,
+                              rng=self.rng, input_grad=layers > 0))
         super().__init__(modules)
 
     @property

@@ -320,7 +320,7 @@ class POSTagger(Module):
     hidden : int, default 500
     layers : int, default 1
     bidirectional : bool, default False
-    k, mode, selection
+    k, scope, selection
         meProp settings of the LSTM (see :class:`~meprop_numba.nn.lstm.LSTM`);
         ``k=None`` is dense BPTT.
     dtype : {numpy.float32, numpy.float64}
@@ -329,7 +329,7 @@ class POSTagger(Module):
     Raises
     ------
     ValueError
-        If `feature_sizes` does not list 7 sizes, or a size, `k`, `mode`
+        If `feature_sizes` does not list 7 sizes, or a size, `k`, `scope`
         or `selection` is out of range (checked by the layers).
     TypeError
         If a size or `k` is not an integer, or `dtype` is not float32/float64.
@@ -346,7 +346,7 @@ class POSTagger(Module):
     """
 
     def __init__(self, n_words, feature_sizes, n_tags, *, word_dim=50, feature_dim=20,
-                 hidden=500, layers=1, bidirectional=False, k=None, mode="per_gate",
+                 hidden=500, layers=1, bidirectional=False, k=None, scope="per_gate",
                  selection="topk", dtype=np.float32, rng=None):
         self.rng = np.random.default_rng(rng)
         feature_sizes = [int(n) for n in feature_sizes]
@@ -359,15 +359,11 @@ class POSTagger(Module):
                                            dtype=dtype, rng=self.rng)
         self.word_dim, self.feature_dim = word_dim, feature_dim
         self.lstm = LSTM(word_dim + N_FEATURES * feature_dim, hidden, layers,
-                         bidirectional=bidirectional, k=k, mode=mode, selection=selection,
+                         bidirectional=bidirectional, k=k, scope=scope, selection=selection,
                          dtype=dtype, rng=self.rng)
         self.output = Linear(self.lstm.output_size, n_tags, dtype=dtype, rng=self.rng)
         self.dtype = np.dtype(dtype)
         self._mask = None
-
-    @property
-    def modules(self):
-        return [self.word_embedding, self.feature_embedding, self.lstm, self.output]
 
     def forward(self, batch, train=False):
         """Scores of every real token, shape (number of tokens, n_tags), in row-major order."""
@@ -394,12 +390,6 @@ class POSTagger(Module):
         self.word_embedding.backward(dx[:, :, :self.word_dim])
         self.feature_embedding.backward(
             dx[:, :, self.word_dim:].reshape(B, T, N_FEATURES, self.feature_dim))
-
-    def params(self):
-        return [p for m in self.modules for p in m.params()]
-
-    def grads(self):
-        return [g for m in self.modules for g in m.grads()]
 
     def predict(self, batch):
         """Predicted tag id of every real token (row-major order); padding id 0 is never predicted."""
@@ -526,7 +516,7 @@ def build_tagger(config, data, rng=None):
     return POSTagger(len(v.words), [len(f) for f in v.features], len(v.tags),
                      word_dim=config.word_dim, feature_dim=config.feature_dim,
                      hidden=config.hidden, layers=config.layers,
-                     bidirectional=config.bidirectional, k=config.k, mode=config.mode,
+                     bidirectional=config.bidirectional, k=config.k, scope=config.mode,
                      selection=config.selection, dtype=np.dtype(config.dtype), rng=rng)
 
 
