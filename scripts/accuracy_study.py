@@ -24,7 +24,7 @@ Commands (one per table of ``docs/results_mlp.md``, section "Closing the gap")::
     S="python scripts/accuracy_study.py --data-dir DIR --threads 1 --out-dir runs/accuracy"
     $S screen --epochs 3 --seeds 0 --report screen.md      # every option, k=20, dev only
     $S final --epochs 20 --seeds 0 1 2 --ks 10 20 40 --options dense plain WINNER --test --report final.md
-    $S trace --steps 300 --options plain WINNER --figure docs/results_mlp_remedy_trace.png
+    $S trace --epochs 3 --options dense plain WINNER --figure docs/results_mlp_remedy_trace.png
     $S timing --steps 300 --options dense plain WINNER ...  # backward us/step, all options in turns
 """
 import argparse
@@ -50,7 +50,8 @@ from mlp_study import mean_std  # noqa: E402
 #: the network's k, None = dense); ``selection``: per-example selection at
 #: batch 10 (batch 50 always uses unified top-k); ``ef``: error-feedback
 #: memory decay (0 = off) of the hidden layers; ``max_norm``: largest row
-#: norm of the hidden weights after each update; ``eps``: Adam's epsilon.
+#: norm of the hidden weights after each update; ``eps``, ``lr``: Adam's
+#: epsilon and learning rate; ``lazy=False``: dense Adam updates.
 OPTIONS = {
     "dense": dict(dense=True),
     "plain": dict(),
@@ -66,6 +67,14 @@ OPTIONS = {
     "balanced+ef0.8": dict(selection="balanced", ef=0.8),
     "balanced+maxnorm2": dict(selection="balanced", max_norm=2.0),
     "dense+drop0.2": dict(dense=True, dropout=0.2),
+    "denseadam": dict(lazy=False),
+    "lr2e-3": dict(lr=2e-3),
+    "drop0.2+ef0.8": dict(dropout=0.2, ef=0.8),
+    "drop0.1": dict(dropout=0.1),
+    "lr3e-3": dict(lr=3e-3),
+    "drop0.2+lr2e-3": dict(dropout=0.2, lr=2e-3),
+    "drop0.2+lr3e-3": dict(dropout=0.2, lr=3e-3),
+    "drop0.2+ef0.8+lr3e-3": dict(dropout=0.2, ef=0.8, lr=3e-3),
 }
 SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified")}
 
@@ -74,7 +83,7 @@ def settings(option, setting, k):
     """Full settings of one run: defaults, then the option."""
     batch, selection = SETTINGS[setting]
     spec = dict(dense=False, last_k="same", selection=selection, ef=0.0, dropout=0.0,
-                max_norm=None, eps=1e-8, batch=batch, k=k)
+                max_norm=None, eps=1e-8, lr=1e-3, lazy=True, batch=batch, k=k)
     spec.update(OPTIONS[option])
     if setting == "b50" and spec["selection"] == "balanced":
         spec["selection"] = "unified"  # sign balance is per example; unified shows no sign bias
@@ -144,7 +153,7 @@ def run(option, setting, k, seed, data, args, test=False):
     model_rng, data_rng = _seeds(seed)
     x_train, y_train = data.x_train, data.y_train
     model = build(spec, x_train.shape[1], data.n_classes, model_rng)
-    optimizer = mp.Adam(model.params(), lr=1e-3, eps=spec["eps"])
+    optimizer = mp.Adam(model.params(), lr=spec["lr"], eps=spec["eps"], lazy=spec["lazy"])
     hidden = linears(model)[:-1]
     tracer = Tracer(hidden[-1], args.trace_steps)
     batch = spec["batch"]
@@ -264,7 +273,7 @@ def timing(data, options, ks, steps, repeat=3):
         for option, setting, k in cases:
             spec = settings(option, setting, k)
             model = build(spec, x.shape[1], data.n_classes, np.random.default_rng(0))
-            optimizer = mp.Adam(model.params(), lr=1e-3, eps=spec["eps"])
+            optimizer = mp.Adam(model.params(), lr=spec["lr"], eps=spec["eps"], lazy=spec["lazy"])
             hidden = linears(model)[:-1]
             order = np.random.default_rng(0).permutation(len(y))
             b = spec["batch"]
@@ -295,19 +304,21 @@ def trace_figure(runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for label, r in runs:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    window = 10
+    for i, (label, r) in enumerate(runs):
+        color = f"C{i}"
         logit = np.asarray(r["trace"])
-        axes[0].plot(np.arange(1, len(logit) + 1), logit, label=label, linewidth=1)
+        axes[0].plot(np.arange(1, len(logit) + 1), logit, label=label, linewidth=1, color=color)
         if r["sign_trace"]:
             share = np.asarray([s[0] for s in r["sign_trace"]])
-            window = 10
             smooth = np.convolve(share, np.ones(window) / window, mode="valid")
-            line, = axes[1].plot(np.arange(window, len(share) + 1), 100 * smooth, label=label, linewidth=1)
+            axes[1].plot(np.arange(window, len(share) + 1), 100 * smooth, label=label, linewidth=1,
+                         color=color)
             active = np.asarray([s[1] for s in r["sign_trace"]])
             axes[1].plot(np.arange(window, len(active) + 1),
                          100 * np.convolve(active, np.ones(window) / window, mode="valid"),
-                         color=line.get_color(), linestyle=":", linewidth=1)
+                         color=color, linestyle=":", linewidth=1)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("training step")
     axes[0].set_ylabel("max |logit| of the minibatch")
@@ -336,7 +347,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/accuracy")
     parser.add_argument("--trace-steps", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=300, help="trace/timing: steps")
+    parser.add_argument("--steps", type=int, default=300, help="timing: steps per measurement")
     parser.add_argument("--figure", default=None)
     parser.add_argument("--report", default=None)
     parser.add_argument("--report-only", action="store_true")
@@ -351,25 +362,21 @@ def main(argv=None):
         if args.command == "timing":
             report = timing(data, options, args.ks, args.steps)
         elif args.command == "trace":
-            args.epochs, args.trace_steps = 1, args.steps
-            small = type(data)(data.name, data.x_train[:args.steps * 50], data.y_train[:args.steps * 50],
-                               data.x_dev, data.y_dev, data.x_test, data.y_test)
-            runs = []
-            for setting in args.settings:
-                for option in options:
-                    if applies(option, setting):
-                        batch = SETTINGS[setting][0]
-                        sub = type(data)(data.name, small.x_train[:args.steps * batch],
-                                         small.y_train[:args.steps * batch], data.x_dev, data.y_dev,
-                                         data.x_test, data.y_test)
-                        r = run(option, setting, args.ks[0], 0, sub, args)
-                        runs.append((f"{option}, batch {SETTINGS[setting][0]}", r))
+            # The first --trace-steps steps of the runs (trained here if not in --out-dir).
+            runs = [(f"{option}, batch {SETTINGS[setting][0]}",
+                     run_cached(option, setting, args.ks[0], args.seeds[0], data, args))
+                    for setting in args.settings for option in options if applies(option, setting)]
+            runs = [(label, r) for label, r in runs if r]
             if args.figure:
                 trace_figure(runs, args.figure)
-            report = "\n".join(f"{label}: max|logit| at steps 100/{args.steps}: {r['trace'][99]:.0f}/"
-                               f"{r['trace'][-1]:.0f}; kept g<0 share, first 100 steps: "
-                               f"{100 * np.nanmean([s[0] for s in r['sign_trace'][:100]]) if r['sign_trace'] else float('nan'):.0f}%"
-                               for label, r in runs)
+            report = "\n".join(
+                f"{label}: max|logit| of the minibatch at steps 10/100/{len(r['trace'])}: "
+                f"{r['trace'][9]:.0f}/{r['trace'][99]:.0f}/{r['trace'][-1]:.0f}; "
+                + (f"kept entries with g < 0, first 100 steps: "
+                   f"{100 * np.nanmean([s[0] for s in r['sign_trace'][:100]]):.0f}% "
+                   f"(all active: {100 * np.nanmean([s[1] for s in r['sign_trace'][:100]]):.0f}%)"
+                   if r["sign_trace"] else "dense")
+                for label, r in runs)
         else:
             rows = []
             for setting in args.settings:

@@ -5,7 +5,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import balanced_indices, linear_backward, random_indices, topk_indices
-from ..backward import _per_example_backward, _shared_backward
+from .._kernels import top_columns
+from ..backward import _per_example_backward, _shared_products
 from ..topk import _balanced_host, _topk_host
 from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, unit_interval
 from . import _mlp_kernels
@@ -484,22 +485,32 @@ class Linear(Module):
         return _mlp_kernels.add_memory(g, self._memory, g.dtype.type(self.error_feedback))
 
     def _feedback_backward(self, x, grad_out):
-        """Select on grad_out plus the memory, back-propagate that, keep what was dropped."""
-        g = self._with_memory(grad_out)
+        """Select on grad_out plus the memory, back-propagate that, keep what was dropped.
+
+        The memory enters in the passes the selection makes anyway (column
+        sums, or one copy of the gradient per example), so the backward
+        stays O(B n + B k m).
+        """
+        W, k, B = self.weight, self.k, grad_out.shape[0]
+        beta = grad_out.dtype.type(self.error_feedback)
+        memory = self._memory if self._memory is not None else np.zeros(W.shape[0], W.dtype)
+        if self.selection == "unified":
+            db, scores, total = _mlp_kernels.feedback_columns(grad_out, memory, beta)
+            cols = np.sort(top_columns(scores, k))
+            g_sel = _mlp_kernels.gather_feedback_columns(grad_out, memory, beta, cols)
+            dx, dW, _ = _shared_products(x, W, cols, g_sel, db, self.input_grad)
+            self._memory = _mlp_kernels.next_memory(total, g_sel, cols[None, :], True, W)
+            return dx, dW, db
+        g, db, total = _mlp_kernels.feedback_rows(grad_out, memory, beta)
         if self.selection == "random":
-            indices = random_indices(self.out_features, self.k, batch=g.shape[0], rng=self.rng)
+            indices = random_indices(W.shape[0], k, batch=B, rng=self.rng)
         elif self.selection == "balanced":
-            indices = _balanced_host(g, self.k)
+            indices = _balanced_host(g, k)
         else:
-            indices = _topk_host(g, self.k, self.selection == "unified")
-        if indices.ndim == 1:
-            cols = np.sort(indices)
-            dx, dW, _ = _shared_backward(x, self.weight, g, cols, self.input_grad)
-            self._memory = _mlp_kernels.dropped_mean(g, cols[None, :], True)
-        else:
-            dx, dW, _ = _per_example_backward(x, self.weight, g, indices, self.input_grad)
-            self._memory = _mlp_kernels.dropped_mean(g, indices, False)
-        return dx, dW, grad_out.sum(axis=0)
+            indices = _topk_host(g, k, False)
+        dx, dW, _ = _per_example_backward(x, W, g, indices, self.input_grad)
+        self._memory = _mlp_kernels.next_memory(total, g, indices, False, W)
+        return dx, dW, db
 
     def grads(self):
         return list(self._grads)
