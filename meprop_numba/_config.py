@@ -43,6 +43,7 @@ def set_num_threads(n):
     Returns
     -------
     None
+        The setting applies to the following kernel calls.
 
     Raises
     ------

@@ -13,7 +13,7 @@ _BLAS_MIN_WORK = 1 << 14
 
 
 def linear_backward(x, W, g, k=None, *, indices=None, unified=False, balanced=False, need_dx=True):
-    """meProp backward pass of ``y = x @ W.T + b``.
+    """Back-propagate through ``y = x @ W.T + b`` with meProp.
 
     Only the k largest-magnitude entries of each row of the output
     gradient (or the k columns shared by the minibatch, or the given

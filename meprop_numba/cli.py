@@ -1,365 +1,117 @@
-"""The ``meprop-numba`` command (also ``python -m meprop_numba``).
+"""The ``meprop-numba`` command (also ``python -m meprop_numba``), built from the task registry.
 
-``meprop-numba train [--task mlp] [options]`` trains a model and prints a
-table of accuracy and per-epoch forward / backward / optimizer times;
-``--compare`` trains dense and meProp with the same seed and prints the
-speed-ups.
+``meprop-numba train --task NAME [options]``
+    Train a task's model through the one loop; prints a table of the
+    per-epoch metric and forward / backward / optimizer times and the best
+    dev result. ``--compare`` trains dense and meProp with the same seed
+    and prints the speed-ups, for every task.
+``meprop-numba evaluate --checkpoint-dir DIR [--split dev|test]``
+    The metric of a saved model (the best-dev checkpoint by default).
+``meprop-numba predict --checkpoint-dir DIR INPUT [--out FILE]``
+    Predictions of a saved model for the task's input format.
 
-Adding a task
--------------
-Tasks live in the :data:`TASKS` registry: one :class:`Task` entry per
-``--task`` value, holding a function that adds the task's own options to
-the parser and a function that runs it. Options shared by every task
-(optimizer, learning rate, epochs, batch size, seed, threads, device,
-output, checkpoints, progress) are added by :func:`add_common_arguments`.
-A new task (e.g. POS tagging) is one more ``TASKS["pos"] = Task(...)``
-entry; nothing else in this module changes.
+Every task in :data:`meprop_numba.tasks.TASKS` gets the same shared options
+(added here with the task's own defaults), its own options (from its
+plugin) and the same commands; nothing in this module names a task.
+
+Exit status: 0 success, 1 a file could not be written, 2 unusable input
+(checked before any training), 3 training diverged, 130 interrupted.
 """
 import argparse
 import dataclasses
 import os
 import sys
+import time
 
-__all__ = ["TASKS", "Task", "add_common_arguments", "build_parser", "main"]
+from .tasks import TASKS
+from .training.config import positive_int_arg
 
+__all__ = ["build_parser", "main"]
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One ``--task`` of ``meprop-numba train``.
-
-    Construction never raises; the fields are stored as given.
-
-    Attributes
-    ----------
-    help : str
-        One line shown in ``--help``.
-    add_arguments : callable
-        ``add_arguments(parser)``: adds the task's own options.
-    run : callable
-        ``run(args) -> int``: runs the task, returns the exit status.
-
-    Examples
-    --------
-    >>> from meprop_numba.cli import TASKS, Task
-    >>> sorted(TASKS)
-    ['mlp', 'pos']
-    >>> isinstance(TASKS["pos"], Task)
-    True
-    """
-
-    help: str
-    add_arguments: object
-    run: object
+EXIT_OK, EXIT_WRITE, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _add_shared_arguments(parser, task):
+    """The options every task shares, with `task`'s defaults in their help."""
+    from .training.config import OPTIMIZERS, positive_float_arg
 
-
-def _k_value(text):
-    if text.lower() in ("none", "dense", "0"):
-        return None
-    return _positive_int(text)
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
-
-
-def _probability(text):
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def add_common_arguments(parser):
-    """Options every task shares: optimization, run control and output.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        Receives two argument groups, "optimization" (``--optimizer``,
-        ``--lr``, ``--dense-update``, ``--epochs``, ``--batch-size``,
-        ``--seed``, ``--dtype``) and "run control" (``--threads``,
-        ``--device``, ``--out``, ``--checkpoint-dir``, ``--resume``,
-        ``--no-progress``).
-
-    Returns
-    -------
-    None
-        `parser` is changed in place.
-
-    Raises
-    ------
-    argparse.ArgumentError
-        If `parser` already defines one of these options.
-
-    Examples
-    --------
-    >>> import argparse
-    >>> from meprop_numba.cli import add_common_arguments
-    >>> parser = argparse.ArgumentParser()
-    >>> add_common_arguments(parser)
-    >>> args = parser.parse_args(["--optimizer", "adagrad", "--epochs", "3"])
-    >>> args.optimizer, args.epochs, args.batch_size
-    ('adagrad', 3, 10)
-    """
+    defaults = task.config_class()
+    lrs = ", ".join(f"{name} {defaults.DEFAULT_LR[name]:g}" for name in OPTIMIZERS)
     group = parser.add_argument_group("optimization")
-    group.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam",
-                       help="optimizer (default adam)")
-    group.add_argument("--lr", type=_positive_float, default=None,
-                       help="learning rate (default: adam 0.001, adagrad 0.1, sgd 0.1)")
+    group.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=defaults.optimizer,
+                       help=f"optimizer (default {defaults.optimizer})")
+    group.add_argument("--lr", type=positive_float_arg, default=None,
+                       help=f"learning rate (default for --task {task.name}: {lrs})")
     group.add_argument("--dense-update", action="store_true",
                        help="update every row of a sparse gradient as a dense optimizer would "
                             "(default: lazy updates touch only the selected rows)")
-    group.add_argument("--epochs", type=_positive_int, default=None,
-                       help="training epochs (default 5; with --resume: the checkpoint's)")
-    group.add_argument("--batch-size", type=_positive_int, default=10,
-                       help="minibatch size (default 10, the paper's CPU setting)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    group.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    group.add_argument("--epochs", type=positive_int_arg, default=None,
+                       help=f"training epochs (default {defaults.epochs}; with --resume: the "
+                            "checkpoint's)")
+    group.add_argument("--batch-size", type=positive_int_arg, default=defaults.batch_size,
+                       help=f"minibatch size (default {defaults.batch_size})")
+    group.add_argument("--seed", type=int, default=defaults.seed,
+                       help=f"random seed (default {defaults.seed})")
+    group.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
+
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--evals-per-epoch", type=positive_int_arg,
+                       default=defaults.evals_per_epoch,
+                       help=f"dev evaluations per epoch (default {defaults.evals_per_epoch})")
+    group.add_argument("--eval-test", action=argparse.BooleanOptionalAction,
+                       default=defaults.eval_test,
+                       help="evaluate the test split at each new best dev result and report it "
+                            f"(default {'on' if defaults.eval_test else 'off'} for --task "
+                            f"{task.name})")
 
     group = parser.add_argument_group("run control")
-    group.add_argument("--threads", type=_positive_int, default=None,
-                       help="threads for the compiled kernels and BLAS (BLAS needs threadpoolctl, else "
-                            "set OPENBLAS_NUM_THREADS); on a busy machine --threads 1 is much "
-                            "faster for small minibatches (default: leave both as they are)")
+    group.add_argument("--threads", type=positive_int_arg, default=None,
+                       help="threads for the compiled kernels and BLAS; on a busy machine "
+                            "--threads 1 is much faster for small minibatches (default: leave "
+                            "both as they are)")
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    group.add_argument("--compare", action="store_true",
+                       help="train dense and meProp with the same seed and print the speed-ups")
     group.add_argument("--out", metavar="FILE.json", default=None,
                        help="write the results as JSON (updated after every epoch)")
     group.add_argument("--checkpoint-dir", metavar="DIR", default=None,
-                       help="write a checkpoint after every epoch into DIR")
+                       help="write DIR/last.npz after every epoch and DIR/best.npz at the best "
+                            "dev result")
     group.add_argument("--resume", action="store_true",
                        help="continue the run checkpointed in --checkpoint-dir")
+    group.add_argument("--overwrite", action="store_true",
+                       help="let a new run replace the checkpoints in --checkpoint-dir")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# ---------------------------------------------------------------- the MLP task
-
-def _mlp_arguments(parser):
-    group = parser.add_argument_group("MLP task")
-    group.add_argument("--dataset", default="embedded",
-                       help="'embedded' (default: a Fashion-MNIST subset shipped with the package, "
-                            "no download), 'fashion-mnist', 'mnist', or a directory of IDX files")
-    group.add_argument("--data-dir", default=None,
-                       help="where the fashion-mnist/mnist files are (or are downloaded to); "
-                            "default $MEPROP_NUMBA_DATA_DIR, the system location, then the cache")
-    group.add_argument("--hidden", type=_positive_int, default=500, help="hidden width (default 500)")
-    group.add_argument("--layers", type=_positive_int, default=2, help="hidden layers (default 2)")
-    group.add_argument("--k", type=_k_value, default=20,
-                       help="meProp k per hidden layer; 'none' for dense back propagation (default 20)")
-    group.add_argument("--mode", choices=("topk", "unified", "random"), default="topk",
-                       help="topk: k per example; unified: k shared by the minibatch; "
-                            "random: k random entries per example (default topk)")
-    group.add_argument("--dropout", type=_probability, default=0.0,
-                       help="dropout probability after each hidden layer (default 0)")
-    group.add_argument("--compare", action="store_true",
-                       help="train dense and meProp with the same seed and print the speed-ups")
-
-
-def _mlp_config(args):
-    from .train import TrainConfig
-
-    return TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, hidden=args.hidden, layers=args.layers,
-        k=args.k, mode=args.mode, optimizer=args.optimizer, lr=args.lr,
-        lazy=not args.dense_update, epochs=args.epochs if args.epochs is not None else 5,
-        batch_size=args.batch_size, dropout=args.dropout, seed=args.seed, dtype=args.dtype,
-        threads=args.threads, device=args.device,
-    )
-
-
-def _fmt_pct(value):
-    return f"{100 * value:6.2f}"
-
-
-def _result_rows(label, results):
-    rows = []
-    for e in results["epochs"]:
-        rows.append((label, str(e["epoch"]), _fmt_pct(e["dev_accuracy"]), _fmt_pct(e["test_accuracy"]),
-                     f"{e['forward_s']:.3f}", f"{e['backward_s']:.3f}", f"{e['backward_linear_s']:.3f}",
-                     f"{e['optimizer_s']:.3f}", f"{e['train_s']:.3f}"))
-    return rows
-
-
-def _table(headers, rows):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-_HEADERS = ("run", "epoch", "dev %", "test %", "forward s", "backward s", "(linear) s",
-            "optimizer s", "step total s")
-
-
-def _describe(config, data):
-    from . import get_num_threads
-    from .train import _blas_thread_count, blas_threads
-
-    with blas_threads(config.threads):
-        blas = _blas_thread_count()
-    update = "lazy" if config.lazy else "dense"
-    return (f"{data.summary()}\nmodel {data.n_features}-" + "-".join([str(config.hidden)] * config.layers)
-            + f"-{data.n_classes}, {config.optimizer} lr {config.learning_rate:g} ({update} updates), "
-            f"batch {config.batch_size}, {config.dtype}, seed {config.seed}, "
-            f"{get_num_threads()} kernel threads, BLAS threads {blas or 'default'}")
-
-
-def _best_line(label, results):
-    if "best_epoch" not in results:
-        return f"{label}: no completed epoch"
-    return (f"{label}: best dev {100 * results['best_dev_accuracy']:.2f}% at epoch "
-            f"{results['best_epoch']}, test there {100 * results['test_accuracy_at_best_dev']:.2f}%")
-
-
-def _write_json(path, payload):
-    from .train import _atomic_json
-
-    _atomic_json(path, payload)
-
-
-def _run_mlp(args):
-    from .data import load_dataset
-    from .train import TrainConfig, TrainingDiverged, compare, load_checkpoint, train
-
-    config = _mlp_config(args)
-    if args.resume:
-        if not args.checkpoint_dir:
-            print("error: --resume needs --checkpoint-dir", file=sys.stderr)
-            return 2
-        if args.compare:
-            print("error: --resume and --compare cannot be combined", file=sys.stderr)
-            return 2
-        path = os.path.join(args.checkpoint_dir, "checkpoint.npz")
-        if not os.path.exists(path):
-            print(f"error: --resume: no checkpoint at {path}", file=sys.stderr)
-            return 2
-        saved = load_checkpoint(path)["config"]
-        overrides = {"threads": args.threads}
-        if args.epochs is not None:
-            overrides["epochs"] = args.epochs
-        if args.data_dir is not None:
-            overrides["data_dir"] = args.data_dir
-        config = TrainConfig(**{**saved, **overrides})
-        print(f"resuming {config.label()} from {path} (trained with the checkpoint's settings)")
-    if args.compare and config.k is None:
-        print("error: --compare needs a meProp --k (it trains dense itself)", file=sys.stderr)
-        return 2
-    if args.compare and args.checkpoint_dir:
-        print("error: --compare does not write checkpoints; drop --checkpoint-dir", file=sys.stderr)
-        return 2
-    try:
-        config.validate()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if config.device == "cuda":
-        print("error: --device cuda: training the MLP on a GPU is not available yet; "
-              "use --device cpu", file=sys.stderr)
-        return 2
-
-    try:
-        data = load_dataset(config.dataset, config.data_dir, dtype=config.dtype)
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot load dataset {config.dataset!r}: {exc}", file=sys.stderr)
-        return 2
-    progress = not args.no_progress
-    if config.threads is not None:
-        from . import set_num_threads
-
-        set_num_threads(config.threads)
-    print(_describe(config, data), flush=True)
-
-    if args.compare:
-        both = compare(config, data, progress=progress, log=None)
-        rows = _result_rows("dense", both["dense"]) + _result_rows(config.label(), both["meprop"])
-        print(_table(_HEADERS, rows))
-        print(_best_line("dense", both["dense"]))
-        print(_best_line(config.label(), both["meprop"]))
-        s = both["speedup"]
-        print(f"speed-up of {config.label()} over dense (per-epoch means): backward "
-              f"{s['backward']:.1f}x (linear layers {s['backward_linear']:.1f}x), optimizer "
-              f"{s['optimizer']:.1f}x, forward {s['forward']:.2f}x, whole training step {s['train']:.1f}x")
-        if args.out:
-            for key in ("dense", "meprop"):
-                both[key].pop("model", None)
-            _write_json(args.out, both)
-            print(f"results written to {args.out}")
-        return 0
-
-    try:
-        results = train(config, data, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                        progress=progress, out=args.out, log=None)
-    except TrainingDiverged as exc:
-        print(_table(_HEADERS, _result_rows(config.label(), exc.results)))
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    results.pop("model", None)
-    print(_table(_HEADERS, _result_rows(config.label(), results)))
-    print(_best_line(config.label(), results))
-    if args.out:
-        print(f"results written to {args.out}")
-    if args.checkpoint_dir:
-        print(f"checkpoint: {os.path.join(args.checkpoint_dir, 'checkpoint.npz')}")
-    return 0
-
-
-# ---------------------------------------------------------------- the POS task
-
-def _pos_arguments(parser):
-    from .tasks import pos
-
-    pos.add_arguments(parser)
-
-
-def _run_pos(args):
-    from .tasks import pos
-
-    return pos.run(args)
-
-
-#: ``--task`` name -> Task. Add an entry to add a task.
-TASKS = {
-    "mlp": Task("MLP image classification (MNIST / Fashion-MNIST)", _mlp_arguments, _run_mlp),
-    "pos": Task("part-of-speech tagging with a meProp LSTM (CoNLL-U treebank)", _pos_arguments, _run_pos),
-}
-
-
 def build_parser(task="mlp"):
-    """The argument parser of ``meprop-numba`` with `task`'s options added.
+    """The argument parser of ``meprop-numba`` with `task`'s ``train`` options.
 
     Parameters
     ----------
     task : str, optional
-        A key of :data:`TASKS` (default ``"mlp"``).
+        A key of :data:`meprop_numba.tasks.TASKS` (default ``"mlp"``).
 
     Returns
     -------
     argparse.ArgumentParser
-        With the ``train`` command, ``--task``, the task's options and the
-        common ones.
+        With the ``train``, ``evaluate`` and ``predict`` commands.
 
     Raises
     ------
     KeyError
-        If `task` is not in :data:`TASKS`.
+        If `task` is not registered.
 
     Examples
     --------
     >>> from meprop_numba.cli import build_parser
-    >>> args = build_parser().parse_args(["train", "--k", "20", "--mode", "unified"])
-    >>> args.command, args.task, args.k, args.mode
-    ('train', 'mlp', 20, 'unified')
+    >>> args = build_parser().parse_args(["train", "--k", "20,40", "--selection", "unified"])
+    >>> args.command, args.task, args.k, args.selection, args.batch_size
+    ('train', 'mlp', (20, 40), 'unified', 10)
+    >>> build_parser("pos").parse_args(["train", "--task", "pos"]).batch_size
+    1
     """
+    plugin = TASKS[task]
     parser = argparse.ArgumentParser(
         prog="meprop-numba",
         description="Sparsified back propagation (meProp) with Numba kernels.")
@@ -368,11 +120,32 @@ def build_parser(task="mlp"):
         "train", help="train a model",
         description="Train a model with meProp (or dense) back propagation. Tasks: "
                     + "; ".join(f"{name}: {t.help}" for name, t in TASKS.items())
-                    + ". The options below are those of --task " + task
-                    + "; see 'meprop-numba train --task NAME --help' for another task's.")
-    train.add_argument("--task", choices=tuple(TASKS), default="mlp", help="what to train (default mlp)")
-    TASKS[task].add_arguments(train)
-    add_common_arguments(train)
+                    + f". The options below are those of --task {task}; see "
+                      "'meprop-numba train --task NAME --help' for another task's.")
+    train.add_argument("--task", choices=tuple(TASKS), default="mlp",
+                       help="what to train (default mlp)")
+    plugin.add_arguments(train)
+    _add_shared_arguments(train, plugin)
+
+    for name, text in (("evaluate", "the metric of a saved model on its dev or test split"),
+                       ("predict", "predictions of a saved model for an input file")):
+        sub = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        sub.add_argument("--checkpoint-dir", metavar="DIR", required=True,
+                         help="a directory written by 'meprop-numba train --checkpoint-dir'")
+        sub.add_argument("--which", choices=("best", "last"), default="best",
+                         help="the best-dev checkpoint (default) or the last epoch's")
+        sub.add_argument("--threads", type=positive_int_arg, default=None,
+                         help="threads for the compiled kernels and BLAS")
+        if name == "evaluate":
+            sub.add_argument("--split", choices=("dev", "test"), default="dev")
+            sub.add_argument("--data-dir", metavar="DIR", default=None,
+                             help="read the data from DIR instead of where it was trained")
+        else:
+            sub.add_argument("input", metavar="INPUT",
+                             help="MLP: an IDX or .npy file of images; POS: a CoNLL-U file or "
+                                  "plain tokenised text, one sentence per line")
+            sub.add_argument("--out", metavar="FILE", default=None,
+                             help="write the predictions here (default standard output)")
     return parser
 
 
@@ -382,6 +155,192 @@ def _selected_task(argv):
     pre.add_argument("--task", default="mlp")
     known, _ = pre.parse_known_args(argv)
     return known.task if known.task in TASKS else "mlp"
+
+
+def _error(message):
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _shared_fields(args):
+    shared = dict(optimizer=args.optimizer, lr=args.lr, lazy=not args.dense_update,
+                  batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+                  threads=args.threads, device=args.device,
+                  evals_per_epoch=args.evals_per_epoch, eval_test=args.eval_test)
+    if args.epochs is not None:
+        shared["epochs"] = args.epochs
+    return shared
+
+
+def _resumed_config(task, args):
+    """The checkpoint's config with the options a resume may change."""
+    from .training.checkpoint import checkpoint_path, load_checkpoint
+
+    path = checkpoint_path(args.checkpoint_dir, "last")
+    saved = load_checkpoint(path, task=task.name)
+    config = task.config_class.from_dict(saved["config"])
+    changes = {"threads": args.threads, "eval_test": args.eval_test}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if getattr(args, "data_dir", None) is not None:
+        changes["data_dir"] = args.data_dir
+    return dataclasses.replace(config, **changes), saved
+
+
+def _run_train(args):
+    from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
+    from .training import check_outputs, compare, fit, thread_limits
+    from .training.checkpoint import checkpoint_path, write_json
+    from .training.loop import _blas_thread_count
+    from .training.report import epoch_table, speedup_line, summary_line
+    from . import get_num_threads
+
+    task = TASKS[args.task]
+    saved = None
+    try:
+        config = task.config_from_args(args, _shared_fields(args))
+        if args.resume:
+            if not args.checkpoint_dir:
+                raise ValueError("--resume needs --checkpoint-dir")
+            if args.compare:
+                raise ValueError("--resume and --compare cannot be combined")
+            config, saved = _resumed_config(task, args)
+        config.validate()
+        if args.compare:
+            if task.dense_config(config) == config:
+                raise ValueError("--compare needs a meProp --k (it trains the dense arm itself)")
+            if args.checkpoint_dir:
+                raise ValueError("--compare does not write checkpoints; drop --checkpoint-dir")
+        if config.device != "cpu":
+            raise ValueError(f"--device {config.device}: training on a GPU is not available "
+                             "yet; use --device cpu")
+        check_outputs(args.out, args.checkpoint_dir, resume=args.resume,
+                      overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as exc:
+        _error(exc)
+        return EXIT_USAGE
+    try:
+        data = task.load_data(config, None if saved is None else saved["extra_state"])
+        task.check_data(config, data)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        _error(f"cannot use the data: {exc}")
+        return EXIT_USAGE
+
+    with thread_limits(config.threads):
+        blas = _blas_thread_count()
+        kernel_threads = get_num_threads()
+    print(f"{task.describe(config, data)}\n{kernel_threads} kernel threads, BLAS threads "
+          f"{blas or 'default'}", flush=True)
+    label = task.label(config)
+    progress = not args.no_progress
+    try:
+        if args.compare:
+            both = compare(task, config, data, progress=progress)
+            dense_label = task.label(task.dense_config(config))
+            print(epoch_table([(dense_label, both["dense"]), (label, both["meprop"])],
+                              task.metric, task.component_timers))
+            print(summary_line(dense_label, both["dense"], task.metric))
+            print(summary_line(label, both["meprop"], task.metric))
+            print(speedup_line(label, both["speedup"], task.component_timers))
+            if args.out:
+                write_json(args.out, {key: ({k: v for k, v in value.items() if k != "model"}
+                                            if key != "speedup" else value)
+                                      for key, value in both.items()})
+                print(f"results written to {args.out}")
+            return EXIT_OK
+        results = fit(task, config, data, checkpoint_dir=args.checkpoint_dir,
+                      resume=args.resume, overwrite=args.overwrite, out=args.out,
+                      progress=progress, log=_resume_log)
+    except TrainingDiverged as exc:
+        if exc.results and exc.results["epochs"]:
+            print(epoch_table([(label, exc.results)], task.metric, task.component_timers))
+        _error(exc)
+        return EXIT_DIVERGED
+    except TrainingInterrupted as exc:
+        print(f"\ninterrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CheckpointError, FileNotFoundError) as exc:
+        _error(exc)
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(exc)
+        return EXIT_WRITE
+    print(epoch_table([(label, results)], task.metric, task.component_timers))
+    print(summary_line(label, results, task.metric))
+    if args.out:
+        print(f"results written to {args.out}")
+    if args.checkpoint_dir:
+        print(f"checkpoints: {checkpoint_path(args.checkpoint_dir, 'best')} (best dev), "
+              f"{checkpoint_path(args.checkpoint_dir, 'last')} (last epoch)")
+    return EXIT_OK
+
+
+def _resume_log(line):
+    if line.startswith("resuming"):
+        print(line, flush=True)
+
+
+def _load_saved_model(args):
+    from .training import load_model
+    from .training.checkpoint import checkpoint_path, load_checkpoint
+
+    path = checkpoint_path(args.checkpoint_dir, args.which)
+    name = load_checkpoint(path).get("task")
+    if name not in TASKS:
+        raise ValueError(f"{path}: a checkpoint of task {name!r}, which is not registered "
+                         f"(tasks: {', '.join(TASKS)})")
+    task = TASKS[name]
+    model, config, state = load_model(task, path)
+    return task, model, config, state, path
+
+
+def _run_evaluate(args):
+    from .training import thread_limits
+
+    try:
+        task, model, config, state, path = _load_saved_model(args)
+        if args.data_dir is not None:
+            config = dataclasses.replace(config, data_dir=args.data_dir)
+        with thread_limits(args.threads):
+            data = task.load_data(config, state["extra_state"])
+            start = time.perf_counter()
+            metrics = task.evaluate(model, data, args.split)
+            seconds = time.perf_counter() - start
+    except (OSError, ValueError, ImportError) as exc:
+        _error(exc)
+        return EXIT_USAGE
+    value = metrics.get(task.metric)
+    shown = "-" if value is None else f"{100 * value:.2f}%"
+    print(f"{args.split} {task.metric} {shown} ({task.name} {task.label(config)}, epoch "
+          f"{state.get('epoch')} of {path}; evaluated in {seconds:.2f} s)")
+    return EXIT_OK
+
+
+def _run_predict(args):
+    from .training import thread_limits
+
+    try:
+        task, model, config, state, _ = _load_saved_model(args)
+        if args.out is not None and os.path.isdir(args.out):
+            raise ValueError(f"--out: {args.out} is a directory")
+        out = sys.stdout if args.out is None else open(args.out, "w", encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        _error(exc)
+        return EXIT_USAGE
+    try:
+        with thread_limits(args.threads):
+            count = task.predict(model, config, state["extra_state"], args.input, out)
+    except (OSError, ValueError, ImportError) as exc:
+        _error(exc)
+        return EXIT_USAGE
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.out is not None:
+        print(f"{count} predictions written to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+_COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict}
 
 
 def main(argv=None):
@@ -395,8 +354,9 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success, 2 for unusable input (data not found, bad option
-        combination), 3 when training diverged (NaN/Inf loss).
+        0 on success, 1 when a file could not be written, 2 for unusable
+        input (checked before any training: bad options, paths, data or
+        checkpoints), 3 when training diverged (NaN/Inf), 130 on Ctrl-C.
 
     Raises
     ------
@@ -414,10 +374,11 @@ def main(argv=None):
         argv = sys.argv[1:]
     parser = build_parser(_selected_task(argv))
     args = parser.parse_args(argv)
-    if args.command == "train":
-        return TASKS[args.task].run(args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -185,6 +185,7 @@ def synchronize():
     Returns
     -------
     None
+        Once the device is idle.
 
     Raises
     ------

@@ -64,7 +64,9 @@ sys.path.insert(0, ROOT)
 
 import meprop_numba as mp  # noqa: E402
 from meprop_numba.data import load_dataset  # noqa: E402
-from meprop_numba.nn import MLP, softmax_cross_entropy  # noqa: E402
+from meprop_numba.nn import MLP  # noqa: E402
+from meprop_numba.tasks import TASKS  # noqa: E402
+from meprop_numba.training import train_step  # noqa: E402
 
 try:
     import torch
@@ -80,16 +82,13 @@ def hidden_backward_seconds(model):
 
 def meprop_epoch(model, optimizer, x, y, batches):
     """One epoch; returns (total s, backward s, backward s of the hidden linear layers)."""
-    backward = 0.0
+    timers = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     hidden_before = hidden_backward_seconds(model)
     start = time.perf_counter()
     for rows in batches:
-        _, grad = softmax_cross_entropy(model.forward(x[rows], train=True), y[rows])
-        t0 = time.perf_counter()
-        model.backward(grad)
-        backward += time.perf_counter() - t0
-        optimizer.step(model.grads())
-    return time.perf_counter() - start, backward, hidden_backward_seconds(model) - hidden_before
+        train_step(model, optimizer, TASKS["mlp"].loss, (x[rows], y[rows]), timers)
+    return (time.perf_counter() - start, timers["backward"],
+            hidden_backward_seconds(model) - hidden_before)
 
 
 def torch_model(n_in, n_out):

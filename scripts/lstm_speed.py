@@ -54,12 +54,14 @@ def _pin_threads(threads):
 
 def _ours(data, config, sentences):
     """A step function training our tagger on `sentences`, and its batches."""
-    from meprop_numba.nn.loss import softmax_cross_entropy
-    from meprop_numba.tasks import pos
+    import numpy as np
 
-    model = pos.build_tagger(config, data, rng=config.seed)
-    opt = pos.OPTIMIZERS[config.optimizer][0](model.params(), lr=config.learning_rate,
-                                              lazy=config.lazy)
+    from meprop_numba.tasks import TASKS, pos
+    from meprop_numba.training import build_optimizer, train_step
+
+    task = TASKS["pos"]
+    model = task.build_model(config, task.extra_state(data), np.random.default_rng(config.seed))
+    opt = build_optimizer(config, model.parameters())
     bs = config.batch_size
     batches = [pos.make_batch(sentences[i:i + bs], model.feature_offsets)
                for i in range(0, len(sentences), bs)]
@@ -67,21 +69,11 @@ def _ours(data, config, sentences):
              "optimizer": 0.0}
 
     def step(i, record=True):
-        batch = batches[i]
-        gold = batch.tags[batch.mask]
         lstm0 = model.lstm.backward_seconds
         t0 = time.perf_counter()
-        _, grad = softmax_cross_entropy(model.forward(batch, train=True), gold)
-        t1 = time.perf_counter()
-        model.backward(grad)
-        t2 = time.perf_counter()
-        opt.step(model.grads())
-        t3 = time.perf_counter()
+        train_step(model, opt, task.loss, batches[i], times if record else None)
         if record:
-            times["forward"] += t1 - t0
-            times["backward"] += t2 - t1
-            times["optimizer"] += t3 - t2
-            times["epoch"] += t3 - t0
+            times["epoch"] += time.perf_counter() - t0
             times["lstm_backward"] += model.lstm.backward_seconds - lstm0
 
     return step, len(batches), times
@@ -98,7 +90,7 @@ def _torch(data, config, sentences):
     torch.manual_seed(config.seed)
     v = data.vocab
     n_feat_rows = 1 + sum(len(f) for f in v.features)
-    offsets = 1 + np.concatenate([[0], np.cumsum([len(f) for f in v.features])[:-1]])
+    offsets = pos.feature_offsets([len(f) for f in v.features])
 
     class Tagger(nn.Module):
         def __init__(self):

@@ -2,7 +2,7 @@
 
 Draws a class-balanced random subset (fixed seed) of the Fashion-MNIST
 training and test sets and writes it, with the source files' checksums,
-to ``meprop_numba/datasets/fashion_mnist_subset.npz``.
+to ``meprop_numba/data/embedded/fashion_mnist_subset.npz``.
 
 Usage::
 
@@ -21,7 +21,7 @@ import numpy as np
 from meprop_numba.data.datasets import read_idx_split
 from meprop_numba.data.download import sha256_file
 
-OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "meprop_numba" / "datasets" / "fashion_mnist_subset.npz"
+OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "meprop_numba" / "data" / "embedded" / "fashion_mnist_subset.npz"
 
 
 def balanced_subset(labels, size, rng):

@@ -21,7 +21,9 @@ sys.path.insert(0, ROOT)
 
 import meprop_numba as mp  # noqa: E402
 from meprop_numba.data import load_dataset  # noqa: E402
-from meprop_numba.nn import MLP, log_softmax, softmax_cross_entropy  # noqa: E402
+from meprop_numba.nn import MLP, log_softmax  # noqa: E402
+from meprop_numba.tasks import TASKS  # noqa: E402
+from meprop_numba.training import train_step  # noqa: E402
 
 SETTINGS = [("dense", None, "topk", 10), ("per-example top-k", 5, "topk", 10),
             ("per-example top-k", 20, "topk", 10), ("unified top-k", 5, "unified", 50),
@@ -47,10 +49,7 @@ def main(argv=None):
         losses = []
         for start in range(0, len(order), batch):
             b = order[start:start + batch]
-            loss, grad = softmax_cross_entropy(model.forward(x[b], train=True), y[b])
-            model.backward(grad)
-            optimizer.step(model.grads())
-            losses.append(loss)
+            losses.append(train_step(model, optimizer, TASKS["mlp"].loss, (x[b], y[b])))
         logits = model.forward(data.x_dev)
         dev_loss = -log_softmax(logits)[np.arange(len(data.y_dev)), data.y_dev]
         first = model.linear_layers[0]

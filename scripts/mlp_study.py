@@ -37,7 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from meprop_numba.data import load_dataset  # noqa: E402
-from meprop_numba.train import TrainConfig, train  # noqa: E402
+from meprop_numba.tasks import TASKS  # noqa: E402
+from meprop_numba.tasks.mlp import MLPConfig  # noqa: E402
+from meprop_numba.training import fit, train_step  # noqa: E402
 
 
 def groups(ks):
@@ -46,10 +48,10 @@ def groups(ks):
     return {
         "k": [("dense-b10", dict(k=None))] + top,
         "unified": [("dense-b50", dict(k=None, batch_size=50))]
-                   + [(f"unified-k{k}-b50", dict(k=k, mode="unified", batch_size=50)) for k in ks],
+                   + [(f"unified-k{k}-b50", dict(k=k, selection="unified", batch_size=50)) for k in ks],
         "k50": [("dense-b50", dict(k=None, batch_size=50))]
                + [(f"topk-k{k}-b50", dict(k=k, batch_size=50)) for k in ks],
-        "random": [(f"random-k{k}-b10", dict(k=k, mode="random")) for k in ks] + top,
+        "random": [(f"random-k{k}-b10", dict(k=k, selection="random")) for k in ks] + top,
         "small": [(f"dense-h{k}-b10", dict(k=None, hidden=k)) for k in ks] + top,
         "dropout": [("dense-b10-drop0.2", dict(k=None, dropout=0.2)),
                     ("topk-k20-b10-drop0.2", dict(k=20, dropout=0.2)),
@@ -69,10 +71,10 @@ def run_one(name, overrides, seed, args, data):
             return json.load(fh)
     if args.report_only:
         return None
-    config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, seed=seed,
+    config = MLPConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, seed=seed,
                          threads=args.threads, **overrides)
     start = time.time()
-    results = train(config, data, progress=False)
+    results = fit(TASKS["mlp"], config, data, progress=False)
     results.pop("model")
     results["wall_s"] = time.time() - start
     tmp = path + ".tmp"
@@ -92,8 +94,8 @@ def mean_std(values):
 
 
 def describe(overrides):
-    c = TrainConfig(**{**dict(k=20), **overrides})
-    parts = ["dense" if c.k is None else f"k={c.k} {c.mode}", f"batch {c.batch_size}"]
+    c = MLPConfig(**{**dict(k=20), **overrides})
+    parts = ["dense" if c.k is None else f"k={c.k} {c.selection}", f"batch {c.batch_size}"]
     if c.hidden != 500:
         parts.append(f"hidden {c.hidden}")
     if c.layers != 2:
@@ -174,7 +176,7 @@ def backward_timing(data, ks, steps, repeat=3):
     kept. Returns rows (mode, batch, k, microseconds per step).
     """
     import meprop_numba as mp
-    from meprop_numba.nn import MLP, softmax_cross_entropy
+    from meprop_numba.nn import MLP
 
     x, y = data.x_train, data.y_train
     rows = []
@@ -190,9 +192,7 @@ def backward_timing(data, ks, steps, repeat=3):
                 for i, b in enumerate(batches):
                     if i == 20:
                         start = sum(layer.backward_seconds for layer in hidden)
-                    _, grad = softmax_cross_entropy(model.forward(x[b], train=True), y[b])
-                    model.backward(grad)
-                    optimizer.step(model.grads())
+                    train_step(model, optimizer, TASKS["mlp"].loss, (x[b], y[b]))
                 best = min(best, sum(layer.backward_seconds for layer in hidden) - start)
             rows.append((mode, batch, k, 1e6 * best / steps))
             print(f"{mode} batch {batch} k={k}: {rows[-1][3]:.0f} us per step", flush=True)

@@ -2,7 +2,7 @@
 
 Runs every configuration of the grid (dense, meProp top-k for each k,
 random-k at one k) for each optimizer and seed with
-:func:`meprop_numba.tasks.pos.train_pos`, writes one JSON per run into
+:func:`meprop_numba.training.fit` (the ``pos`` task), writes one JSON per run into
 ``--out-dir`` (runs already there are skipped, so an interrupted study
 resumes) and prints a Markdown table of dev accuracy and per-epoch times.
 
@@ -59,19 +59,18 @@ def _name(optimizer, k, selection, seed):
 def _table(rows, args):
     import numpy as np
 
-    header = ("| optimizer | model | dev acc. (%) per seed | mean dev acc. (%) | dev UPOS via map (%) "
+    header = ("| optimizer | model | dev acc. (%) per seed | mean dev acc. (%) "
               "| LSTM backward (s/epoch) | epoch (s) |")
-    lines = [header, "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [header, "| --- | --- | --- | --- | --- | --- |"]
     groups = {}
     for (optimizer, k, selection, seed), res in rows:
         groups.setdefault((optimizer, k, selection), []).append(res)
     for (optimizer, k, selection), runs in groups.items():
         accs = [100 * r["best_dev_accuracy"] for r in runs]
-        upos = [100 * r["dev_upos_accuracy_at_best"] for r in runs if r.get("dev_upos_accuracy_at_best")]
         model = "dense" if k is None else f"meProp k={k}{' random' if selection == 'random' else ''}"
         lines.append(
             f"| {optimizer} | {model} | {', '.join(f'{a:.2f}' for a in accs)} | {np.mean(accs):.2f} | "
-            f"{np.mean(upos):.2f} | {np.mean([r['mean_backward_lstm_s'] for r in runs]):.2f} | "
+            f"{np.mean([r['mean_backward_lstm_s'] for r in runs]):.2f} | "
             f"{np.mean([r['mean_train_s'] for r in runs]):.1f} |")
     return "\n".join(lines)
 
@@ -81,11 +80,12 @@ def main(argv=None):
     if not args.pos_dir:
         print("error: give --pos-dir DIR or set $MEPROP_NUMBA_POS_DIR", file=sys.stderr)
         return 2
-    from meprop_numba.tasks import pos
+    from meprop_numba.tasks import TASKS, pos
+    from meprop_numba.training import fit
 
     os.makedirs(args.out_dir, exist_ok=True)
     data = pos.load_pos_data(args.pos_dir, max_train_sentences=args.train_sentences,
-                             max_dev_sentences=args.dev_sentences, test=args.eval_test)
+                             max_dev_sentences=args.dev_sentences)
     print(json.dumps(data.summary()), flush=True)
     rows = []
     for optimizer, k, selection in _grid(args):
@@ -103,7 +103,7 @@ def main(argv=None):
                                    max_train_sentences=args.train_sentences,
                                    max_dev_sentences=args.dev_sentences, eval_test=args.eval_test)
             start = time.perf_counter()
-            res = pos.train_pos(config, data, progress=False, out=path)
+            res = fit(TASKS["pos"], config, data, progress=False, out=path)
             res.pop("model", None)
             print(f"{_name(optimizer, k, selection, seed)}: best dev "
                   f"{100 * res['best_dev_accuracy']:.2f}% in {time.perf_counter() - start:.0f}s",

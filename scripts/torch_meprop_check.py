@@ -41,7 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from meprop_numba.data import load_dataset  # noqa: E402
-from meprop_numba.train import TrainConfig, train  # noqa: E402
+from meprop_numba.tasks import TASKS  # noqa: E402
+from meprop_numba.tasks.mlp import MLPConfig  # noqa: E402
+from meprop_numba.training import build_optimizer, run_generators, train_step  # noqa: E402
 
 
 def sparse_grad_function(torch, k, mode):
@@ -76,7 +78,7 @@ def torch_forward(torch, SparseGrad, k, hidden_params, output_params, x):
 def lockstep(torch, data, k, mode, batch_size, hidden, layers, steps, seed=0):
     """Max |parameter difference| between ours and PyTorch after some identical float64 steps."""
     import meprop_numba as mp
-    from meprop_numba.nn import MLP, softmax_cross_entropy
+    from meprop_numba.nn import MLP
 
     model = MLP(data.n_features, hidden, data.n_classes, layers=layers, k=k, selection=mode,
                 dtype=np.float64, rng=seed)
@@ -89,9 +91,7 @@ def lockstep(torch, data, k, mode, batch_size, hidden, layers, steps, seed=0):
     batches = np.random.default_rng(seed).integers(0, len(y_all), (steps, batch_size))
     report = {}
     for step, batch in enumerate(batches, 1):
-        _, grad = softmax_cross_entropy(model.forward(x_all[batch], train=True), y_all[batch])
-        model.backward(grad)
-        optimizer.step(model.grads())
+        train_step(model, optimizer, TASKS["mlp"].loss, (x_all[batch], y_all[batch]))
         logits = torch_forward(torch, SparseGrad, k, pairs[:-1], pairs[-1], torch.from_numpy(x_all[batch]))
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_all[batch].astype(np.int64)))
         torch_optimizer.zero_grad()
@@ -135,10 +135,20 @@ def torch_run(torch, data, k, mode, batch_size, hidden, layers, epochs, seed):
 
 
 def ours_run(data, k, mode, batch_size, hidden, layers, epochs, seed, dataset, data_dir):
-    config = TrainConfig(dataset=dataset, data_dir=data_dir, k=k, mode=mode, batch_size=batch_size,
-                         hidden=hidden, layers=layers, epochs=epochs, seed=seed, lazy=False, threads=1)
-    results = train(config, data, progress=False)
-    return [epoch["test_accuracy"] for epoch in results["epochs"]]
+    """Test accuracy after every epoch (the training loop's own step; test read every epoch here)."""
+    task = TASKS["mlp"]
+    config = MLPConfig(dataset=dataset, data_dir=data_dir, k=k, selection=mode,
+                       batch_size=batch_size, hidden=hidden, layers=layers, epochs=epochs,
+                       seed=seed, lazy=False, threads=1).validate()
+    model_rng, data_rng = run_generators(seed)
+    model = task.build_model(config, task.extra_state(data), model_rng)
+    optimizer = build_optimizer(config, model.parameters())
+    accuracies = []
+    for _ in range(epochs):
+        for batch in task.batches(config, data, data_rng):
+            train_step(model, optimizer, task.loss, batch)
+        accuracies.append(task.evaluate(model, data, "test")["accuracy"])
+    return accuracies
 
 
 def main(argv=None):

@@ -275,9 +275,9 @@ def test_bad_arguments(tmp_path):
 
 
 def test_embedded_subset_is_small_balanced_and_valid():
-    path = ROOT / "meprop_numba" / "datasets" / "fashion_mnist_subset.npz"
+    path = ROOT / "meprop_numba" / "data" / "embedded" / "fashion_mnist_subset.npz"
     assert path.stat().st_size <= 5 * 1024 * 1024
-    assert (ROOT / "meprop_numba" / "datasets" / "LICENSE-fashion-mnist.txt").exists()
+    assert (ROOT / "meprop_numba" / "data" / "embedded" / "LICENSE-fashion-mnist.txt").exists()
     data = load_dataset("embedded")
     assert data.x_train.shape == (6600, 784) and data.x_dev.shape == (600, 784)
     assert data.x_test.shape == (2000, 784)
@@ -296,7 +296,7 @@ def test_embedded_subset_matches_the_source_files():
 
     for name, expected in DATASETS["fashion-mnist"][1].items():
         assert sha256_file(SHARED_FASHION / name) == expected
-    with np.load(ROOT / "meprop_numba" / "datasets" / "fashion_mnist_subset.npz") as npz:
+    with np.load(ROOT / "meprop_numba" / "data" / "embedded" / "fashion_mnist_subset.npz") as npz:
         for split in ("train", "test"):
             images, labels, _ = read_idx_split(SHARED_FASHION, split)
             index = npz[f"index_{split}"]

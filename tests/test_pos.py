@@ -4,9 +4,11 @@ Tests on the real UD English EWT treebank use ``$MEPROP_NUMBA_POS_DIR`` or
 the development copy in ``../shared/data/ud-english-ewt`` and skip when
 neither is there.
 """
+import dataclasses
 import json
 import os
 import pathlib
+import re
 from collections import Counter
 
 import numpy as np
@@ -14,19 +16,21 @@ import pytest
 
 pytest.importorskip("conllu", reason="the POS task needs the 'conllu' package (extra 'pos')")
 
-from meprop_numba.data.conllu import (
+from meprop_numba import cli
+from meprop_numba.data.conllu import Sentence, find_split, read_conllu
+from meprop_numba.nn.loss import softmax_cross_entropy
+from meprop_numba.tasks import TASKS, pos
+from meprop_numba.tasks.pos_features import (
     UNK_ID,
     FeatureVocabularies,
-    Sentence,
     Vocabulary,
-    find_split,
     normalize_word,
-    read_conllu,
     word_features,
     word_shape,
 )
-from meprop_numba.nn.loss import softmax_cross_entropy
-from meprop_numba.tasks import pos
+from meprop_numba.training import TrainingDiverged, fit, load_checkpoint, load_model
+
+POS_TASK = TASKS["pos"]
 
 CONLLU = """\
 # sent_id = s1
@@ -183,67 +187,173 @@ def test_tagger_gradient_matches_finite_differences(treebank):
             assert abs((up - down) / 2e-6 - g[idx]) < 1e-6 + 1e-4 * abs(g[idx])
 
 
+def _fit(config, data=None, **kwargs):
+    kwargs.setdefault("progress", False)
+    return fit(POS_TASK, config, data, **kwargs)
+
+
 def test_tiny_end_to_end_training(treebank, tmp_path):
-    data = pos.load_pos_data(treebank, min_word_freq=1, test=True)
     config = pos.POSConfig(data_dir=str(treebank), hidden=16, k=3, epochs=15, batch_size=1,
-                           lr=0.02, eval_test=True)
-    results = pos.train_pos(config, data, progress=False, out=str(tmp_path / "r.json"),
-                            checkpoint_dir=str(tmp_path / "ckpt"))
+                           lr=0.02, eval_test=True, min_word_freq=1)
+    results = _fit(config, out=str(tmp_path / "r.json"), checkpoint_dir=str(tmp_path / "ckpt"))
     # Dev = train here: a tagger that learns fits the 11 training tokens.
     assert results["best_dev_accuracy"] >= 0.9
+    assert results["test_accuracy_at_best_dev"] == results["best"]["test_accuracy"] >= 0.9
     assert results["epochs"][-1]["train_loss"] < results["epochs"][0]["train_loss"]
     assert results["epochs"][0]["backward_lstm_s"] > 0
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert len(saved["epochs"]) == 15 and saved["data"]["tags"] == len(data.vocab.tags) - 1
-    assert 0.0 <= saved["epochs"][-1]["dev_upos_accuracy"] <= 1.0
+    vocab = pos.load_pos_data(treebank, min_word_freq=1).vocab
+    assert len(saved["epochs"]) == 15 and saved["data"]["tags"] == len(vocab.tags) - 1
+    assert saved["finished"] is True and saved["config"]["lr"] == 0.02
+
+
+def test_the_checkpoint_alone_is_a_usable_tagger(treebank, tmp_path):
+    config = pos.POSConfig(data_dir=str(treebank), hidden=16, k=3, epochs=10, lr=0.02,
+                           min_word_freq=1)
+    results = _fit(config, checkpoint_dir=tmp_path / "ck")
+    model, saved_config, state = load_model(POS_TASK, tmp_path / "ck")
+    vocab = pos.FeatureVocabularies.from_state_dict(state["extra_state"]["vocab"])
+    assert vocab.tags.itos == pos.load_pos_data(treebank, min_word_freq=1).vocab.tags.itos
+    # evaluate from the checkpoint: the best dev accuracy recorded in training.
+    data = POS_TASK.load_data(saved_config, state["extra_state"])
+    assert POS_TASK.evaluate(model, data, "dev")["accuracy"] == results["best_dev_accuracy"]
+    # predict from CoNLL-U and from plain text: the same tags as the model on encoded input.
+    import io
+
+    sentences = read_conllu(treebank / "xx_toy-ud-dev.conllu")
+    for path, text in ((treebank / "xx_toy-ud-dev.conllu", None),
+                       (tmp_path / "plain.txt", "\n".join(" ".join(s.words) for s in sentences))):
+        if text is not None:
+            path.write_text(text + "\n", encoding="utf-8")
+        out = io.StringIO()
+        assert POS_TASK.predict(model, saved_config, state["extra_state"], path, out) == 3
+        blocks = [b for b in out.getvalue().split("\n\n") if b.strip()]
+        assert len(blocks) == 3
+        for block, sentence in zip(blocks, sentences):
+            rows = [ln.split("\t") for ln in block.splitlines() if not ln.startswith("#")]
+            assert [r[1] for r in rows] == list(sentence.words)
+            assert all(len(r) == 10 for r in rows)
+            batch = pos.make_batch([vocab.encode(sentence)], model.feature_offsets)
+            assert [r[4] for r in rows] == vocab.tags.decode(model.predict(batch))
 
 
 def test_resume_reproduces_an_uninterrupted_run(treebank, tmp_path):
-    data = pos.load_pos_data(treebank, min_word_freq=1)
-    base = pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=4, batch_size=2, lr=0.01)
-    full = pos.train_pos(base, data, progress=False)
-    pos.train_pos(pos.POSConfig(**{**base.__dict__, "epochs": 2}), data, progress=False,
-                  checkpoint_dir=str(tmp_path))
-    resumed = pos.train_pos(base, data, progress=False, checkpoint_dir=str(tmp_path), resume=True)
+    base = pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=4, batch_size=2, lr=0.01,
+                         word_dropout=0.5)
+    full = _fit(base)
+    _fit(dataclasses.replace(base, epochs=2), checkpoint_dir=str(tmp_path))
+    resumed = _fit(base, checkpoint_dir=str(tmp_path), resume=True)
     for a, b in zip(full["model"].params(), resumed["model"].params()):
         np.testing.assert_array_equal(a, b)
+    assert [e["train_loss"] for e in full["epochs"]] == [e["train_loss"] for e in resumed["epochs"]]
     with pytest.raises(ValueError, match="different config"):
-        pos.train_pos(pos.POSConfig(**{**base.__dict__, "k": 3}), data, progress=False,
-                      checkpoint_dir=str(tmp_path), resume=True)
+        _fit(dataclasses.replace(base, k=3), checkpoint_dir=str(tmp_path), resume=True)
+    # Resuming a finished run: no KeyError, nothing trained, the results still summarised.
+    again = _fit(base, checkpoint_dir=str(tmp_path), resume=True, out=tmp_path / "r.json")
+    assert again["finished"] and again["best_dev_accuracy"] == resumed["best_dev_accuracy"]
+    assert json.loads((tmp_path / "r.json").read_text())["finished"] is True
+
+
+def test_real_divergence_stops_cleanly(treebank, tmp_path):
+    """SGD at lr 1e30 overflows the LSTM for real: exit through the divergence stop."""
+    config = pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=3, optimizer="sgd",
+                           lr=1e30)
+    with pytest.raises(TrainingDiverged, match=r"training diverged: .* at epoch (\d), step") as info:
+        _fit(config, checkpoint_dir=tmp_path)
+    epoch = int(re.search(r"at epoch (\d)", str(info.value)).group(1))
+    if epoch == 1:
+        assert not (tmp_path / "last.npz").exists()
+    else:  # the last good checkpoint: finite, from the epoch before
+        state = load_checkpoint(tmp_path / "last.npz")
+        assert state["epoch"] == epoch - 1
+        assert all(np.isfinite(p).all() for p in state["params"].values())
+
+
+def test_threads_apply_to_the_pos_task(treebank, monkeypatch):
+    import meprop_numba as mp
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    original = POS_TASK.loss
+
+    def record(model, batch):
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        seen.append((mp.get_num_threads(), blas))
+        return original(model, batch)
+
+    monkeypatch.setattr(POS_TASK, "loss", record)
+    _fit(pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=1, threads=1))
+    assert seen and all(kernel == 1 and all(n == 1 for n in blas) for kernel, blas in seen)
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="k must be at most"):
         pos.POSConfig(hidden=8, k=9).validate()
-    pos.POSConfig(hidden=8, k=9, mode="concat").validate()
+    pos.POSConfig(hidden=8, k=9, scope="concat").validate()
     with pytest.raises(ValueError, match="optimizer"):
         pos.POSConfig(optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="word_dropout"):
         pos.POSConfig(word_dropout=-1).validate()
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        pos.POSConfig(k=0).validate()
+
+
+def test_a_treebank_without_the_tag_column_is_refused(tmp_path):
+    rows = ["1\tDogs\tdog\tNOUN\t_\t_\t2\tnsubj\t_\t_", "2\tbark\tbark\tVERB\t_\t_\t0\troot\t_\t_", ""]
+    for split in ("train", "dev"):
+        (tmp_path / f"xx-ud-{split}.conllu").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="XPOS column is empty"):
+        pos.load_pos_data(tmp_path)
+    assert len(pos.load_pos_data(tmp_path, tag="upos", min_word_freq=1).train) == 1
 
 
 def test_command_line(treebank, tmp_path, capsys):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    pos.add_arguments(parser)
-    from meprop_numba.cli import add_common_arguments
-
-    add_common_arguments(parser)
     out = tmp_path / "r.json"
-    args = parser.parse_args(["--pos-dir", str(treebank), "--hidden", "8", "--k", "2",
-                              "--epochs", "1", "--no-progress", "--out", str(out)])
-    assert pos.run(args) == 0
-    assert "best dev accuracy" in capsys.readouterr().out
-    assert json.loads(out.read_text())["config"]["k"] == 2
-    args = parser.parse_args(["--hidden", "8"])
+    ck = tmp_path / "ck"
+    argv = ["train", "--task", "pos", "--data-dir", str(treebank), "--hidden", "8", "--k", "2",
+            "--epochs", "2", "--no-progress", "--out", str(out), "--eval-test",
+            "--checkpoint-dir", str(ck)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert results["config"]["k"] == 2 and results["config"]["batch_size"] == 1
+    assert f"test accuracy there {100 * results['test_accuracy_at_best_dev']:.2f}%" in text
+    assert cli.main(["train", "--task", "pos", "--checkpoint-dir", str(ck), "--resume",
+                     "--epochs", "3", "--no-progress"]) == 0
+    assert "resuming from epoch 2" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--checkpoint-dir", str(ck), "--split", "test"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    (tmp_path / "in.txt").write_text("I know Paris\n")
+    assert cli.main(["predict", "--checkpoint-dir", str(ck), str(tmp_path / "in.txt")]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("#")]
+    assert [ln.split("\t")[1] for ln in lines] == ["I", "know", "Paris"]
+    assert cli.main(["train", "--task", "pos", "--data-dir", str(treebank), "--compare",
+                     "--hidden", "8", "--k", "2", "--epochs", "1", "--no-progress"]) == 0
+    assert "speed-up of meProp k=2 per_gate over dense" in capsys.readouterr().out
     env = os.environ.pop(pos.ENV_DATA_DIR, None)
     try:
-        assert pos.run(args) == 2
+        assert cli.main(["train", "--task", "pos", "--hidden", "8", "--k", "2", "--no-progress"]) == 2
     finally:
         if env is not None:
             os.environ[pos.ENV_DATA_DIR] = env
-    assert "--pos-dir" in capsys.readouterr().err
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_command_line_refuses_bad_pos_input(treebank, tmp_path, capsys):
+    base = ["train", "--task", "pos", "--hidden", "8", "--no-progress"]
+    small_k = ["--k", "2"]
+    nontest = tmp_path / "no-test"
+    nontest.mkdir()
+    for split in ("train", "dev"):
+        (nontest / f"xx-ud-{split}.conllu").write_text(CONLLU)
+    for argv, message in (
+            (["--data-dir", str(nontest), "--eval-test", *small_k], "no *-ud-test.conllu"),
+            (["--data-dir", str(treebank), "--k", "9"], "k must be at most 8"),
+            (["--data-dir", str(treebank), "--batch-size", "4", *small_k],
+             "batch_size 4 exceeds the 3"),
+            (["--data-dir", str(tmp_path / "none"), *small_k], "no directory")):
+        assert cli.main(base + argv) == 2, argv
+        assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- real data
@@ -256,9 +366,10 @@ def test_ewt_dev_reads_as_documented():
 
 
 @needs_ewt
+@pytest.mark.slow
 def test_ewt_short_training_learns():
-    data = pos.load_pos_data(EWT, max_train_sentences=300, max_dev_sentences=200)
-    config = pos.POSConfig(hidden=32, k=5, epochs=2, batch_size=4, lr=0.01)
-    results = pos.train_pos(config, data, progress=False)
+    config = pos.POSConfig(data_dir=str(EWT), hidden=32, k=5, epochs=2, batch_size=4, lr=0.01,
+                           max_train_sentences=300, max_dev_sentences=200)
+    results = _fit(config)
     # Majority-tag guessing gives about 0.15 on EWT XPOS; a learning tagger is far above.
     assert results["best_dev_accuracy"] > 0.5

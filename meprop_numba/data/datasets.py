@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`Dataset` with a train/dev/test split: the
 dev set is the last `dev_size` training images (by default one twelfth of
-them, i.e. the paper's 5,000 of 60,000), the test set is the file's test set.
+them: 5,000 of 60,000; the released meProp code holds out the first 5,000 instead), the
+test set is the file's test set.
 Images are flattened to ``(N, 784)`` and scaled to ``[0, 1]``.
 """
 import os
@@ -67,15 +68,16 @@ class Dataset:
     Construction never raises: the fields are stored as given, and
     :func:`load_dataset` is what checks the files.
 
-    Attributes
+    Parameters
     ----------
     name : str
-    x_train, x_dev, x_test : numpy.ndarray
-        ``(N, 784)`` images in ``[0, 1]``, float32 or float64.
-    y_train, y_dev, y_test : numpy.ndarray
-        int64 class labels.
-    n_classes : int
-    source : str
+        The dataset's name (``'embedded'``, ``'mnist'``, a directory's name).
+    x_train, y_train, x_dev, y_dev, x_test, y_test : numpy.ndarray
+        ``(N, 784)`` images in ``[0, 1]``, float32 or float64, and their
+        int64 class labels, stored as the attributes of the same names.
+    n_classes : int, optional
+        Number of classes (default 10).
+    source : str, optional
         Where the data came from (a directory or the package file).
 
     Examples
@@ -100,16 +102,49 @@ class Dataset:
 
     @property
     def n_features(self):
+        """Features per image (784 for 28x28 images)."""
         return self.x_train.shape[1]
 
     def summary(self):
-        """One line: name and split sizes."""
+        """One line: name and split sizes.
+
+        Returns
+        -------
+        str
+            For example ``'mnist: 55000 train / 5000 dev / 10000 test, 784
+            features, 10 classes'``.
+        """
         return (f"{self.name}: {len(self.y_train)} train / {len(self.y_dev)} dev / "
                 f"{len(self.y_test)} test, {self.n_features} features, {self.n_classes} classes")
 
 
 def find_idx_file(directory, stem):
-    """Path of ``stem`` or ``stem.gz`` in `directory`, or None."""
+    """Path of ``stem`` or ``stem.gz`` in `directory`, or None.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where to look.
+    stem : str
+        The file name without ``.gz``, e.g. ``'train-images-idx3-ubyte'``.
+
+    Returns
+    -------
+    str or None
+        The compressed file when both exist, else the one that exists;
+        None when neither does. Never raises.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from meprop_numba.data.datasets import find_idx_file
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     open(os.path.join(tmp, "t10k-labels-idx1-ubyte.gz"), "wb").close()
+    ...     os.path.basename(find_idx_file(tmp, "t10k-labels-idx1-ubyte"))
+    ...     find_idx_file(tmp, "train-labels-idx1-ubyte") is None
+    't10k-labels-idx1-ubyte.gz'
+    True
+    """
     for name in (stem + ".gz", stem):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
@@ -305,6 +340,7 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
     Returns
     -------
     Dataset
+        The train/dev/test split, images scaled to ``[0, 1]`` in `dtype`.
 
     Raises
     ------
@@ -333,7 +369,7 @@ def load_dataset(name="embedded", data_dir=None, *, dev_size=None, dtype=np.floa
     name_str = os.fspath(name)
 
     if name_str == "embedded":
-        with resources.files("meprop_numba").joinpath("datasets", EMBEDDED_FILE).open("rb") as fh:
+        with resources.files("meprop_numba.data").joinpath("embedded", EMBEDDED_FILE).open("rb") as fh:
             with np.load(fh) as npz:
                 arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
         splits = [(arrays[f"x_{s}"], arrays[f"y_{s}"],

@@ -81,10 +81,12 @@ class Embedding(Module):
 
     @property
     def num_embeddings(self):
+        """Rows of the table (the vocabulary size)."""
         return self.weight.shape[0]
 
     @property
     def dim(self):
+        """Size of each vector."""
         return self.weight.shape[1]
 
     def forward(self, ids, train=False):
@@ -100,6 +102,7 @@ class Embedding(Module):
         Returns
         -------
         ndarray, shape ``ids.shape + (dim,)``
+            The rows of the table, a copy.
 
         Raises
         ------
@@ -124,11 +127,19 @@ class Embedding(Module):
         Parameters
         ----------
         grad_out : ndarray, shape ``ids.shape + (dim,)``
+            Gradient with respect to the looked-up vectors.
 
         Returns
         -------
         None
             The ids have no gradient.
+
+        Raises
+        ------
+        RuntimeError
+            If no training forward preceded it.
+        TypeError, ValueError
+            If `grad_out` is not float or has the wrong shape.
         """
         if self._ids is None:
             raise RuntimeError("backward called before forward(ids, train=True)")
@@ -146,6 +157,14 @@ class Embedding(Module):
         self.backward_seconds += time.perf_counter() - start
 
     def grads(self):
+        """The table's gradient from the last :meth:`backward`.
+
+        Returns
+        -------
+        list
+            One :class:`~meprop_numba.RowSparse` over the ids of the batch
+            (the padding row left out); ``[None]`` before any backward.
+        """
         return list(self._grads)
 
     def __repr__(self):

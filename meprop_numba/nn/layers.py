@@ -252,6 +252,7 @@ class Module:
         Returns
         -------
         None
+            The parameters hold the new values.
 
         Raises
         ------
@@ -395,13 +396,29 @@ class Linear(Module):
 
     @property
     def in_features(self):
+        """Input size, m (the weight's second dimension)."""
         return self.weight.shape[1]
 
     @property
     def out_features(self):
+        """Output size, n (the weight's first dimension)."""
         return self.weight.shape[0]
 
     def forward(self, x, train=False):
+        """Compute ``x @ W.T + b``; with ``train=True`` keep `x` for :meth:`backward`.
+
+        Parameters
+        ----------
+        x : ndarray, shape (..., in_features)
+            The input, of the layer's dtype.
+        train : bool, optional
+            Keep `x` (not a copy) for the backward pass.
+
+        Returns
+        -------
+        ndarray, shape (..., out_features)
+            The output (for 2-D `x` a Fortran-ordered array).
+        """
         if train:
             self._x = x
         if x.ndim == 2:
@@ -415,6 +432,26 @@ class Linear(Module):
         return y
 
     def backward(self, grad_out):
+        """Back-propagate keeping `k` entries of `grad_out` (see `selection`); set :meth:`grads`.
+
+        Parameters
+        ----------
+        grad_out : ndarray, shape (B, out_features)
+            Gradient of the loss with respect to the last training forward's output.
+
+        Returns
+        -------
+        ndarray, shape (B, in_features), or None
+            Gradient with respect to the input; None when `input_grad` is False.
+
+        Raises
+        ------
+        RuntimeError
+            If no training forward preceded it.
+        TypeError, ValueError
+            From :func:`~meprop_numba.linear_backward` (dtype or shape of
+            `grad_out`, NaN or Inf in it).
+        """
         if self._x is None:
             raise RuntimeError(_NO_TRAINING_FORWARD)
         x, W = self._x, self.weight
@@ -513,6 +550,14 @@ class Linear(Module):
         return dx, dW, db
 
     def grads(self):
+        """Gradients ``[dW, db]`` from the last :meth:`backward`.
+
+        Returns
+        -------
+        list
+            ``dW`` a :class:`~meprop_numba.RowSparse` (only the selected rows),
+            ``db`` a dense array; ``[None, None]`` before any backward.
+        """
         return list(self._grads)
 
     def __repr__(self):
@@ -547,6 +592,20 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x, train=False):
+        """Compute ``max(x, 0)``; with ``train=True`` keep the output for :meth:`backward`.
+
+        Parameters
+        ----------
+        x : ndarray
+            The input.
+        train : bool, optional
+            Keep the output for the backward pass.
+
+        Returns
+        -------
+        ndarray
+            ``max(x, 0)``, C-ordered for 2-D float input.
+        """
         xp = array_module(x)
         if xp is np and x.ndim == 2 and x.dtype in _FLOAT_DTYPES:
             # C order whatever the input's layout (Linear returns a transposed view).
@@ -558,6 +617,23 @@ class ReLU(Module):
         return y
 
     def backward(self, grad_out):
+        """Pass `grad_out` where the last training forward's output was positive.
+
+        Parameters
+        ----------
+        grad_out : ndarray
+            Gradient with respect to the output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the input.
+
+        Raises
+        ------
+        RuntimeError
+            If no training forward preceded it.
+        """
         if self._y is None:
             raise RuntimeError(_NO_TRAINING_FORWARD)
         y, self._y = self._y, None
@@ -571,8 +647,10 @@ class ReLU(Module):
 
 
 class Dropout(Module):
-    """Inverted dropout: in training, zero each entry with probability `p`
-    and scale the rest by ``1 / (1 - p)``; identity at evaluation.
+    """Inverted dropout, the identity at evaluation.
+
+    In training each entry is zeroed with probability `p` and the rest are
+    scaled by ``1 / (1 - p)``.
 
     Parameters
     ----------
@@ -606,6 +684,20 @@ class Dropout(Module):
         self._scale = None
 
     def forward(self, x, train=False):
+        """Drop and scale entries of `x` in training; return `x` itself otherwise.
+
+        Parameters
+        ----------
+        x : ndarray
+            The input.
+        train : bool, optional
+            Draw a mask from :attr:`rng` and keep it for :meth:`backward`.
+
+        Returns
+        -------
+        ndarray
+            The masked, scaled input, or `x` when not training or ``p == 0``.
+        """
         if not train or self.p == 0.0:
             self._scale = None
             return x
@@ -614,6 +706,19 @@ class Dropout(Module):
         return x * self._scale
 
     def backward(self, grad_out):
+        """Apply the last training forward's mask and scale to `grad_out`.
+
+        Parameters
+        ----------
+        grad_out : ndarray
+            Gradient with respect to the output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the input (`grad_out` itself when no
+            mask was drawn).
+        """
         if self._scale is None:
             return grad_out
         grad = grad_out * self._scale
@@ -661,11 +766,38 @@ class Sequential(Module):
                                 f"got {type(layer).__name__}")
 
     def forward(self, x, train=False):
+        """Run the layers in order.
+
+        Parameters
+        ----------
+        x : ndarray
+            Input of the first layer.
+        train : bool, optional
+            Passed to every layer.
+
+        Returns
+        -------
+        ndarray
+            Output of the last layer.
+        """
         for layer in self.layers:
             x = layer.forward(x, train)
         return x
 
     def backward(self, grad_out):
+        """Back-propagate through the layers in reverse order.
+
+        Parameters
+        ----------
+        grad_out : ndarray
+            Gradient with respect to the last layer's output.
+
+        Returns
+        -------
+        ndarray or None
+            Gradient with respect to the input, or None once a layer's
+            input needs no gradient.
+        """
         for layer in reversed(self.layers):
             grad_out = layer.backward(grad_out)
             if grad_out is None:  # a layer whose input needs no gradient
@@ -673,6 +805,13 @@ class Sequential(Module):
         return grad_out
 
     def named_children(self):
+        """The layers named by their index.
+
+        Returns
+        -------
+        list of (str, Module)
+            ``("0", first layer)``, ``("1", second layer)``, ...
+        """
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     def __repr__(self):

@@ -98,6 +98,15 @@ class LSTM(Module):
         selected entries of ``dL/da_t`` (-1 at padded steps), in that
         direction's processing order.
 
+    Raises
+    ------
+    TypeError
+        If `k` is not an integer or `dtype` is not float32/float64.
+    ValueError
+        If a size is not a positive integer, `k` is outside ``[1, h]``
+        (``[1, 4h]`` with ``scope="concat"``), or `scope` / `selection` is
+        unknown.
+
     Notes
     -----
     :meth:`parameters` lists ``[W_x, W_h, b]`` for layer 0 forward, then
@@ -108,15 +117,6 @@ class LSTM(Module):
     backward direction. :meth:`grads` is aligned with them after
     :meth:`backward`: RowSparse for W_x and W_h when k is set, dense arrays
     for k=None and for b.
-
-    Raises
-    ------
-    TypeError
-        If `k` is not an integer or `dtype` is not float32/float64.
-    ValueError
-        If a size is not a positive integer, `k` is outside ``[1, h]``
-        (``[1, 4h]`` with ``scope="concat"``), or `scope` / `selection` is
-        unknown.
 
     Examples
     --------
@@ -186,10 +186,16 @@ class LSTM(Module):
         return list(zip(names, self._params))
 
     def grads(self):
-        """Gradients from the last :meth:`backward`, aligned with :meth:`params`.
+        """Gradients from the last :meth:`backward`, aligned with :meth:`parameters`.
 
         With meProp the RowSparse values of W_x and W_h are views of buffers
         that the next :meth:`backward` overwrites: apply (or copy) them first.
+
+        Returns
+        -------
+        list
+            RowSparse for W_x and W_h when k is set (dense arrays for
+            k=None), a dense array for b; None entries before any backward.
         """
         return list(self._grads)
 

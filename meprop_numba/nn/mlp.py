@@ -132,7 +132,20 @@ class MLP(Sequential):
         return sum(layer.backward_seconds for layer in self.linear_layers)
 
     def predict(self, x, batch_size=1000):
-        """Class with the highest score for each row of `x` (evaluation mode)."""
+        """Class with the highest score for each row of `x` (inference).
+
+        Parameters
+        ----------
+        x : array_like, shape (N, in_features)
+            The inputs, cast to the model's dtype.
+        batch_size : int, optional
+            Rows per forward pass.
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+            The predicted classes.
+        """
         x = np.asarray(x)
         out = np.empty(len(x), dtype=np.int64)
         for start in range(0, len(x), batch_size):
@@ -141,7 +154,22 @@ class MLP(Sequential):
         return out
 
     def accuracy(self, x, y, batch_size=1000):
-        """Fraction of rows of `x` whose predicted class equals `y`."""
+        """Fraction of rows of `x` whose predicted class equals `y`.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, in_features)
+            The inputs.
+        y : array_like of int, shape (N,)
+            The true classes.
+        batch_size : int, optional
+            Rows per forward pass.
+
+        Returns
+        -------
+        float
+            The accuracy in ``[0, 1]``; NaN when `y` is empty.
+        """
         if len(y) == 0:
             return float("nan")
         return float(np.mean(self.predict(x, batch_size) == np.asarray(y)))
