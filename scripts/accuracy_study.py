@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 import meprop_numba as mp  # noqa: E402
 from meprop_numba.data import load_dataset  # noqa: E402
 from meprop_numba.nn import Dropout, Linear, ReLU, Sequential, log_softmax, softmax_cross_entropy  # noqa: E402
-from meprop_numba.train import _seeds, blas_threads  # noqa: E402
+from meprop_numba.training.loop import blas_threads, run_generators as _seeds  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from mlp_study import mean_std  # noqa: E402
