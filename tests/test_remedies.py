@@ -1,11 +1,16 @@
-"""Options against meProp's accuracy loss: sign-balanced selection and error feedback."""
+"""Options against meProp's accuracy loss: sign-balanced selection, error feedback, the MLP default."""
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import meprop_numba as mp
-from meprop_numba.nn import Linear
+from meprop_numba import cli
+from meprop_numba.nn import Dropout, Linear
+from meprop_numba.tasks import TASKS
+from meprop_numba.tasks.mlp import MEPROP_DROPOUT, MEPROP_ERROR_FEEDBACK, MLPConfig
 
 from reference import (
     assert_close_scaled,
@@ -144,3 +149,36 @@ def test_error_feedback_zero_is_plain_and_dense_layer_ignores_it():
     layer.forward(x, train=True)
     with pytest.raises(ValueError, match="NaN|finite"):
         layer.backward(np.full((3, 10), np.nan))
+
+
+# ------------------------------------------------ the MLP task's default
+def _hidden_layers(model):
+    linears = [m for m in model.layers if isinstance(m, Linear)][:-1]
+    drops = [m.p for m in model.layers if isinstance(m, Dropout)]
+    return [(m.k, m.error_feedback) for m in linears], drops
+
+
+def _task_model(argv):
+    args = cli.build_parser().parse_args(["train"] + argv)
+    config = TASKS["mlp"].config_from_args(args, cli._shared_fields(args)).validate()
+    model = TASKS["mlp"].build_model(config, {"n_features": 12, "n_classes": 3}, np.random.default_rng(0))
+    return config, _hidden_layers(model)
+
+
+def test_mlp_task_default_is_meprop_with_dropout_and_error_feedback():
+    config, (layers, drops) = _task_model(["--hidden", "8", "--k", "2"])
+    assert layers == [(2, MEPROP_ERROR_FEEDBACK)] * 2 and drops == [MEPROP_DROPOUT] * 2
+    # The dense network of --compare keeps no dropout unless it is asked for.
+    assert TASKS["mlp"].dense_config(config).hidden_dropout == 0.0
+    assert TASKS["mlp"].dense_config(dataclasses.replace(config, dropout=0.3)).hidden_dropout == 0.3
+
+
+def test_mlp_task_plain_meprop_flag_is_the_papers_meprop():
+    _, (layers, drops) = _task_model(["--hidden", "8", "--k", "2", "--plain-meprop"])
+    assert layers == [(2, 0.0)] * 2 and drops == []
+    _, (layers, drops) = _task_model(["--hidden", "8", "--k", "2", "--plain-meprop", "--dropout", "0.1"])
+    assert layers == [(2, 0.0)] * 2 and drops == [0.1, 0.1]
+    _, (layers, drops) = _task_model(["--hidden", "8", "--k", "none"])
+    assert layers == [(None, 0.0)] * 2 and drops == []
+    with pytest.raises(ValueError, match="error_feedback"):
+        MLPConfig(error_feedback=1.0).validate()

@@ -516,6 +516,15 @@ class Linear(Module):
             finite(x, "x")
         return ok
 
+    def reset_error_feedback(self):
+        """Forget the error-feedback memory: the next backward starts as plain meProp.
+
+        The memory is not part of :meth:`state_dict`; a training loop that
+        resets it where it checkpoints (the MLP task: at each epoch start)
+        resumes exactly.
+        """
+        self._memory = None
+
     def _with_memory(self, g):
         if self._memory is None:
             return g

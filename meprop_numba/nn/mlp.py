@@ -121,6 +121,11 @@ class MLP(Sequential):
                               rng=self.rng, input_grad=layers > 0))
         super().__init__(modules)
 
+    def reset_error_feedback(self):
+        """Forget the error-feedback memory of every layer (see :meth:`Linear.reset_error_feedback`)."""
+        for layer in self.linear_layers:
+            layer.reset_error_feedback()
+
     @property
     def linear_layers(self):
         """The :class:`Linear` layers, input to output."""
