@@ -22,11 +22,21 @@ reported at the epoch with the best dev accuracy.
 Commands (one per table of ``docs/results_mlp.md``, section "Closing the gap")::
 
     S="python scripts/accuracy_study.py --data-dir DIR --threads 1 --out-dir runs/accuracy"
-    $S screen --epochs 3 --seeds 0 --report screen.md      # every option, k=20, dev only
-    $S final --epochs 20 --seeds 0 1 2 --ks 10 20 40 --options dense plain WINNER --test --report final.md
-    $S trace --epochs 3 --options dense plain WINNER --figure docs/results_mlp_remedy_trace.png
-    $S timing --steps 300 --options dense plain WINNER ...  # backward us/step, all options in turns
-    $S layer-timing                                         # the hidden layers' backward, 5th percentile
+    # screening: k=20, 2 epochs, seed 0, dev only (b10: per-example top-k at batch 10;
+    # b50: unified top-k at batch 50); one JSON per run, runs already there are skipped
+    $S screen --epochs 2 --seeds 0 --settings b10 --options dense plain balanced drop0.2+ef0.8 ...
+    $S screen --epochs 2 --seeds 0 --settings b50 --options dense plain ef0.8 drop0.2+ef0.8 ...
+    # the chosen remedy at the full protocol, test split evaluated
+    $S final --epochs 20 --test --options drop0.2+ef0.8 --settings b10 b50 --ks 20 --seeds 0 1 2
+    # the figure, from the first 300 steps the screening runs recorded
+    $S trace --epochs 2 --options dense plain balanced drop0.2+ef0.8 --report-only \
+        --figure docs/results_mlp_remedy_trace.png
+    # backward cost: the hidden layers by option, variants in turns, 5th percentile
+    $S layer-timing --calls 1200
+    # (or whole models trained in turns: $S timing --steps 100 --repeat 5 --options ...)
+
+Add ``--report FILE`` to write a command's Markdown table, ``--report-only`` to
+tabulate what is in ``--out-dir`` without training.
 """
 import argparse
 import json
@@ -405,6 +415,7 @@ def main(argv=None):
     parser.add_argument("--trace-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=300, help="timing: steps per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="timing: repeats (the best is kept)")
+    parser.add_argument("--calls", type=int, default=3000, help="layer-timing: calls per variant")
     parser.add_argument("--figure", default=None)
     parser.add_argument("--report", default=None)
     parser.add_argument("--report-only", action="store_true")
@@ -417,7 +428,7 @@ def main(argv=None):
     options = args.options or list(OPTIONS)
     with blas_threads(args.threads):
         if args.command == "layer-timing":
-            report = layer_timing()
+            report = layer_timing(args.calls)
         elif args.command == "timing":
             report = timing(data, options, args.ks, args.steps, args.repeat)
         elif args.command == "trace":
