@@ -11,7 +11,7 @@ from ._config import get_num_threads, set_num_threads
 from .backward import linear_backward
 from .optim import SGD, AdaGrad, Adam
 from .sparse import RowSparse
-from .topk import random_indices, topk_indices
+from .topk import balanced_indices, random_indices, topk_indices
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "Adam",
     "RowSparse",
     "SGD",
+    "balanced_indices",
     "get_num_threads",
     "linear_backward",
     "random_indices",

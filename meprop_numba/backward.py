@@ -6,14 +6,14 @@ from ._cpu import linear as _cpu_linear
 from ._cpu import topk as _cpu_topk
 from ._validation import finite, flag, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
 from .sparse import RowSparse
-from .topk import _topk_host
+from .topk import _balanced_host, _topk_host
 
 #: Above this many multiply-adds per product a shared selection goes through
 #: BLAS (measured: at 50x20x500 BLAS takes 26 us, the loop kernel 90 us).
 _BLAS_MIN_WORK = 1 << 14
 
 
-def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=True):
+def linear_backward(x, W, g, k=None, *, indices=None, unified=False, balanced=False, need_dx=True):
     """Back-propagate through ``y = x @ W.T + b`` with meProp.
 
     Only the k largest-magnitude entries of each row of the output
@@ -39,6 +39,11 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     unified : bool, optional
         Select the k columns with the largest ``sum_b |g[b, i]|`` for the
         whole minibatch instead of k entries per example.
+    balanced : bool, optional
+        Keep the ``k // 2`` largest positive and ``k - k // 2`` largest-magnitude
+        negative entries of each row instead of the top-k by magnitude (see
+        :func:`~meprop_numba.balanced_indices`); needs `k`, not `indices` or
+        `unified`, host arrays only.
     need_dx : bool, optional
         If False, skip the input gradient (a network's first layer needs
         none) and return None for `dx`.
@@ -60,7 +65,7 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     ValueError
         Wrong dimensions or mismatched shapes, `k` outside ``[1, n]``,
         `k` disagreeing with `indices`, `indices` of the wrong shape or with
-        repeats, NaN/Inf in `x` or `g`.
+        repeats, `balanced` with `unified` or `indices`, NaN/Inf in `x` or `g`.
     IndexError
         An entry of `indices` outside ``[0, n)``.
 
@@ -77,10 +82,10 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, need_dx=Tru
     >>> bool(np.allclose(dW.to_dense(), g.T @ x))
     True
     """
-    return _linear_backward(x, W, g, k, indices, unified, need_dx)[:3]
+    return _linear_backward(x, W, g, k, indices, unified, need_dx, balanced)[:3]
 
 
-def _linear_backward(x, W, g, k, indices, unified, need_dx):
+def _linear_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
     """:func:`linear_backward` that also returns the selection it used.
 
     The fourth value is the kept entries: an int64 array of shape (B, k)
@@ -92,6 +97,7 @@ def _linear_backward(x, W, g, k, indices, unified, need_dx):
     g = float_array(g, "g", 2)
     unified = flag(unified, "unified")
     need_dx = flag(need_dx, "need_dx")
+    balanced = flag(balanced, "balanced")
     on_gpu = is_cuda_array(g)
     if on_gpu != is_cuda_array(x) or on_gpu != is_cuda_array(W):
         raise TypeError("x, W and g must be all host (NumPy) arrays or all CUDA arrays")
@@ -108,6 +114,10 @@ def _linear_backward(x, W, g, k, indices, unified, need_dx):
         raise ValueError(f"g must have shape ({B}, {n}) (batch of x, rows of W), got {(Bg, ng)}")
     if k is not None:
         k = integer_k(k, n)
+    if balanced and (unified or indices is not None):
+        raise ValueError("balanced selects per example: it takes neither unified=True nor indices")
+    if balanced and on_gpu:
+        raise TypeError("balanced=True takes host (NumPy) arrays")
     if indices is not None:
         if on_gpu and is_cuda_array(indices):
             from . import _cuda
@@ -135,10 +145,18 @@ def _linear_backward(x, W, g, k, indices, unified, need_dx):
             db, abs_sums = _cpu_topk.column_sums_and_abs_sums(g)
             cols, g_sel = _cpu_topk.select_and_gather_columns(g, abs_sums, k)
             return _shared_products(x, W, cols, g_sel, db, need_dx) + (cols,)
-        indices = _topk_host(g, k, False)
+        indices = _balanced_host(g, k) if balanced else _topk_host(g, k, False)
     if indices.ndim == 1:
         cols = np.sort(indices)
         return _shared_backward(x, W, g, cols, need_dx) + (cols,)
+    return _per_example_backward(x, W, g, indices, need_dx)
+
+
+def _per_example_backward(x, W, g, indices, need_dx):
+    """Backward for validated per-example (B, k) indices; returns them as the fourth value."""
+    B, m = x.shape
+    n = W.shape[0]
+    need_dx = bool(need_dx)
     if B * indices.shape[1] * m >= PARALLEL_MIN_BACKWARD and get_num_threads() > 1:
         dx, rows, values, db = launch(_cpu_linear.per_example_backward_parallel,
                                       _cpu_linear.per_example_backward, x, W, g, indices, need_dx)

@@ -63,6 +63,63 @@ def topk_indices(g, k, *, unified=False):
     return _topk_host(g, k, unified)
 
 
+def balanced_indices(g, k):
+    """Sign-balanced top-k: the largest positive and negative entries of each row, half each.
+
+    Row b keeps its ``k // 2`` largest positive entries and its
+    ``k - k // 2`` largest-magnitude negative ones. Where one sign has fewer
+    entries than its share the other sign fills the rest, and a row with
+    fewer than k non-zero entries is padded with zero entries (which add
+    nothing to the backward pass), so every row holds k distinct indices.
+
+    Parameters
+    ----------
+    g : array_like, shape (B, n)
+        Output gradient of a matrix product, float32 or float64 (host).
+    k : int
+        Entries kept per row, ``1 <= k <= n``.
+
+    Returns
+    -------
+    ndarray of int64, shape (B, k)
+        Per row: the positive entries by descending value, then the
+        negative entries by descending magnitude, then any zero entries by
+        index; equal values go to the lower index.
+
+    Raises
+    ------
+    TypeError
+        If `g` is not float32/float64 or `k` is not an integer.
+    ValueError
+        If `g` is not 2-D, `k` is outside ``[1, n]``, or `g` holds NaN/Inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import meprop_numba as mp
+    >>> g = np.array([[5.0, 4.0, 3.0, -1.0, -0.5, 0.0]])
+    >>> mp.balanced_indices(g, 2)            # top-k would keep 0 and 1
+    array([[0, 3]])
+    >>> mp.balanced_indices(np.array([[2.0, 1.0, 0.0, 3.0]]), 3)   # no negatives
+    array([[3, 0, 1]])
+    """
+    g = float_array(g, "g", 2)
+    if is_cuda_array(g):
+        raise TypeError("balanced_indices takes a host (NumPy) array")
+    B, n = g.shape
+    k = integer_k(k, n)
+    finite(g, "g")
+    return _balanced_host(g, k)
+
+
+def _balanced_host(g, k):
+    """Sign-balanced top-k of a validated, finite, C-contiguous host array (no checks)."""
+    bits, mask = _cpu_topk.magnitude_bits(g)
+    out = np.empty((g.shape[0], k), dtype=np.int64)
+    _cpu_topk.balanced_topk_rows(bits, k, mask, out)
+    return out
+
+
 def _shape(a):
     return shape_dtype(a)[0]
 

@@ -484,3 +484,48 @@ def projective_trees(draw, max_words=12):
 
     subtree(1, n, 0)
     return heads
+
+
+# ------------------------------------------------- meProp accuracy remedies
+def balanced_topk_reference(g, k):
+    """Sign-balanced selection: k // 2 largest positives, k - k // 2 largest-magnitude negatives.
+
+    A sign short of its share gives the rest to the other sign; rows with
+    fewer than k non-zero entries are padded with zero entries by index.
+    Each part is a stable sort (ties to the lower index).
+    """
+    g = np.asarray(g, dtype=np.float64)
+    out = np.empty((g.shape[0], k), dtype=np.int64)
+    for b, row in enumerate(g):
+        pos = [j for j in np.argsort(-row, kind="stable") if row[j] > 0]
+        neg = [j for j in np.argsort(row, kind="stable") if row[j] < 0]
+        zeros = [j for j in range(len(row)) if row[j] == 0]
+        k_pos = min(k // 2, len(pos))
+        k_neg = min(k - k_pos, len(neg))
+        k_pos = min(k - k_neg, len(pos))
+        chosen = pos[:k_pos] + neg[:k_neg]
+        out[b] = chosen + zeros[:k - len(chosen)]
+    return out
+
+
+def error_feedback_reference(x, W, grads, k, beta, select):
+    """Backward of a linear layer with error feedback over a sequence of output gradients.
+
+    Per step: ``g2 = g + beta * memory`` on the non-zero entries of g, keep
+    ``select(g2, k)`` (a (B, k) or (k,) index array), back-propagate the
+    kept entries of g2, then ``memory = mean over the batch of g2 outside
+    the selection``. Returns a list of float64 ``(dx, dW, db)``; db is the
+    plain column sum of g.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    memory = np.zeros(W.shape[0])
+    out = []
+    for g in grads:
+        g = np.asarray(g, dtype=np.float64)
+        g2 = np.where(g != 0, g + beta * memory, 0.0)
+        mask = selection_mask(g2.shape, select(g2, k))
+        kept = np.where(mask, g2, 0.0)
+        out.append((kept @ W, kept.T @ x, g.sum(axis=0)))
+        memory = np.where(mask, 0.0, g2).mean(axis=0)
+    return out

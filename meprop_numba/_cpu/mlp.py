@@ -68,3 +68,94 @@ def softmax_cross_entropy(logits, labels):
         loss -= np.float64(row[y] - top) - np.log(total)
         out[y] -= inv_b
     return loss * inv_b, grad
+
+
+@njit(**JIT_OPTIONS)
+def add_memory(g, memory, beta):
+    """``g + beta * memory`` on the non-zero entries of `g` (zeros stay zero), as a new array."""
+    return feedback_rows(g, memory, beta)[0]
+
+
+@njit(**JIT_OPTIONS)
+def feedback_rows(g, memory, beta):
+    """Error feedback, per example: ``g2 = g + beta * memory`` on the non-zero entries of `g`.
+
+    Returns ``(g2, db, total)``: the new (B, n) array, the column sums of `g`
+    (the bias gradient, in g's dtype) and the column sums of `g2` (float64),
+    in one pass.
+    """
+    B, n = g.shape
+    g2 = np.empty((B, n), dtype=g.dtype)
+    db = np.zeros(n, dtype=g.dtype)
+    total = np.zeros(n, dtype=np.float64)
+    zero = g.dtype.type(0)
+    for b in range(B):
+        for i in range(n):
+            v = g[b, i]
+            w = v + beta * memory[i] if v != zero else zero
+            g2[b, i] = w
+            db[i] += v
+            total[i] += w
+    return g2, db, total
+
+
+@njit(**JIT_OPTIONS)
+def feedback_columns(g, memory, beta):
+    """Error feedback, unified: column sums of g, and of ``|g2|`` and ``g2`` (float64), one pass.
+
+    ``g2 = g + beta * memory`` on the non-zero entries of `g` is not stored.
+    """
+    B, n = g.shape
+    db = np.zeros(n, dtype=g.dtype)
+    scores = np.zeros(n, dtype=np.float64)
+    total = np.zeros(n, dtype=np.float64)
+    zero = g.dtype.type(0)
+    for b in range(B):
+        for i in range(n):
+            v = g[b, i]
+            w = v + beta * memory[i] if v != zero else zero
+            db[i] += v
+            scores[i] += abs(w)
+            total[i] += w
+    return db, scores, total
+
+
+@njit(**JIT_OPTIONS)
+def gather_feedback_columns(g, memory, beta, cols):
+    """``g2[:, cols]`` as a new (B, k) array, g2 as in :func:`feedback_columns`."""
+    B = g.shape[0]
+    k = cols.shape[0]
+    out = np.empty((B, k), dtype=g.dtype)
+    zero = g.dtype.type(0)
+    for b in range(B):
+        for j in range(k):
+            v = g[b, cols[j]]
+            out[b, j] = v + beta * memory[cols[j]] if v != zero else zero
+    return out
+
+
+@njit(**JIT_OPTIONS)
+def next_memory(total, g2, indices, shared, dtype_of):
+    """The batch mean of g2 outside the selection, from g2's column sums `total`.
+
+    Per example (`shared` False) the selected entries ``g2[b, indices[b]]``
+    are taken out of `total`; with a shared (1, k) selection those columns
+    are zero. `g2` is not read when `shared`. Returns a vector in the dtype
+    of `dtype_of`.
+    """
+    B = g2.shape[0]
+    n = total.shape[0]
+    acc = total.copy()
+    if shared:
+        sel = indices[0]
+        for j in range(sel.shape[0]):
+            acc[sel[j]] = 0.0
+    else:
+        for b in range(indices.shape[0]):
+            sel = indices[b]
+            for j in range(sel.shape[0]):
+                acc[sel[j]] -= g2[b, sel[j]]
+    out = np.empty(n, dtype=dtype_of.dtype)
+    for i in range(n):
+        out[i] = acc[i] / B
+    return out

@@ -388,6 +388,56 @@ def topk_rows_parallel(bits, k, mask, out):
 
 
 @njit(**JIT_OPTIONS)
+def balanced_topk_rows(bits, k, mask, out):
+    """Row-wise sign-balanced top-k of (B, n) magnitude bits into the int64 (B, k) `out`.
+
+    Row b gets the ``k // 2`` largest positive entries (descending), then the
+    ``k - k // 2`` largest-magnitude negative ones (descending); a sign with
+    fewer entries than its share gives the rest to the other sign, and a row
+    with fewer than k non-zero entries is padded with the lowest-index zero
+    entries.  Each sign's share is one :func:`topk_row` on the row with the
+    other sign's entries cleared, so the ties go to the lower index.
+    """
+    B, n = bits.shape
+    vals = np.empty(n, dtype=bits.dtype)
+    idx = np.empty(n, dtype=np.int64)
+    ranks = np.empty(n, dtype=np.int32)
+    maxima = np.empty(k, dtype=bits.dtype)
+    part = np.empty(n, dtype=bits.dtype)
+    zero = bits.dtype.type(0)
+    for b in range(B):
+        row = bits[b]
+        n_pos = 0
+        n_neg = 0
+        for j in range(n):
+            v = row[j]
+            if v > zero:
+                n_pos += 1
+            elif v < zero and (v & mask) != zero:
+                n_neg += 1
+        k_pos = min(k // 2, n_pos)
+        k_neg = min(k - k_pos, n_neg)
+        k_pos = min(k - k_neg, n_pos)
+        if k_pos > 0:
+            for j in range(n):
+                v = row[j]
+                part[j] = v if v > zero else zero
+            topk_row(part, k_pos, mask, out[b, :k_pos], vals, idx, ranks, maxima)
+        if k_neg > 0:
+            for j in range(n):
+                v = row[j]
+                part[j] = (v & mask) if v < zero else zero
+            topk_row(part, k_neg, mask, out[b, k_pos:k_pos + k_neg], vals, idx, ranks, maxima)
+        filled = k_pos + k_neg
+        j = 0
+        while filled < k:
+            if (row[j] & mask) == zero:
+                out[b, filled] = j
+                filled += 1
+            j += 1
+
+
+@njit(**JIT_OPTIONS)
 def column_sums_and_abs_sums(g):
     """``(sum_b g[b, i], sum_b |g[b, i]|)`` in one pass; the second in float64."""
     B, n = g.shape

@@ -4,15 +4,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import random_indices
-from ..backward import _linear_backward
-from .._validation import _FLOAT_DTYPES, choice, integer_k, unit_interval
+from .. import balanced_indices, random_indices, topk_indices
 from .._cpu import mlp as _mlp_kernels
+from .._cpu.topk import top_columns
+from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, unit_interval
+from ..backward import _linear_backward, _per_example_backward, _shared_products
+from ..topk import _balanced_host, _topk_host
 
 __all__ = ["Dropout", "Linear", "Module", "ReLU", "Sequential", "array_module"]
 
 #: The values of ``selection``: which entries of the output gradient are kept.
-SELECTIONS = ("topk", "unified", "random")
+SELECTIONS = ("topk", "unified", "random", "balanced")
 
 _NO_TRAINING_FORWARD = ("backward called before forward(x, train=True); calling the module, "
                         "module(x), runs inference and keeps nothing for backward")
@@ -298,9 +300,12 @@ class Linear(Module):
     The forward pass is one BLAS product. The backward pass keeps only `k`
     entries of the output gradient per example (``selection='topk'``), `k`
     columns shared by the minibatch (``'unified'``) or `k` random entries
-    per example (``'random'``, the paper's baseline), so only those rows of
-    `W` receive a gradient (a :class:`~meprop_numba.RowSparse`). The bias
-    gradient stays dense, as in the paper.
+    per example (``'random'``, the paper's baseline), or the ``k // 2``
+    largest positive and ``k - k // 2`` largest-magnitude negative entries
+    per example (``'balanced'``, see :func:`~meprop_numba.balanced_indices`),
+    so only those rows of `W` receive a gradient (a
+    :class:`~meprop_numba.RowSparse`). The bias gradient stays dense, as in
+    the paper.
 
     Parameters
     ----------
@@ -312,9 +317,9 @@ class Linear(Module):
         Entries kept in back propagation, in ``[1, out_features]``; None
         (default) or ``k == out_features`` gives exact dense back
         propagation (stored as ``k=None``).
-    selection : {'topk', 'unified', 'random'}, optional
+    selection : {'topk', 'unified', 'random', 'balanced'}, optional
         Per-example top-k (default), top-k columns shared by the minibatch,
-        or k random entries per example.
+        k random entries per example, or sign-balanced top-k per example.
     dtype : {numpy.float32, numpy.float64}, optional
         Parameter dtype (default float32).
     rng : numpy.random.Generator or int, optional
@@ -324,6 +329,14 @@ class Linear(Module):
         Whether :meth:`backward` returns the input gradient. The first layer
         of a network does not need it; the dense path then skips that
         product (as autograd frameworks do).
+    error_feedback : float, optional
+        Memory decay ``beta`` in ``[0, 1)`` of error feedback (0, the
+        default, turns it off; needs `k`). The batch mean of the output
+        gradient's dropped entries is kept as one vector of `out_features`;
+        the next backward adds ``beta`` times it to the entries of its
+        output gradient that are non-zero (inactive ReLU units stay zero)
+        before selecting, so the backward stays k entries per example. The
+        bias gradient is taken from the output gradient as given.
 
     Attributes
     ----------
@@ -346,8 +359,8 @@ class Linear(Module):
         If a size or `k` is not an integer, or `dtype` is not float32/float64.
     ValueError
         If a size is not positive, `k` is outside ``[1, out_features]`` (the
-        same check as :func:`~meprop_numba.linear_backward`), or
-        `selection` is unknown.
+        same check as :func:`~meprop_numba.linear_backward`), `selection`
+        is unknown, or `error_feedback` is outside ``[0, 1)``.
 
     Examples
     --------
@@ -366,13 +379,14 @@ class Linear(Module):
     _parameter_names = ("weight", "bias")
 
     def __init__(self, in_features, out_features, k=None, selection="topk", *,
-                 dtype=np.float32, rng=None, input_grad=True):
+                 dtype=np.float32, rng=None, input_grad=True, error_feedback=0.0):
         in_features = integer_k(in_features, np.iinfo(np.int64).max, "in_features")
         out_features = integer_k(out_features, np.iinfo(np.int64).max, "out_features")
         if k is not None and integer_k(k, out_features) == out_features:
             k = None
         selection = choice(selection, SELECTIONS, "selection")
         dtype = _float_dtype(dtype)
+        error_feedback = unit_interval(error_feedback, "error_feedback")
         self.rng = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         self.weight = self.rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
@@ -382,6 +396,8 @@ class Linear(Module):
         self.backward_seconds = 0.0
         self.selection_counts = None
         self.counted_examples = 0
+        self.error_feedback = error_feedback
+        self._memory = None
         self._x = None
         self._grads = [None, None]
 
@@ -451,13 +467,18 @@ class Linear(Module):
             raise TypeError("counting selections (count_selections) needs host (NumPy) "
                             "parameters; stop it with count_selections(False)")
         start = time.perf_counter()
-        if self.selection == "random" and self.k is not None:
+        unified = self.selection == "unified"
+        if self.k is not None and self.error_feedback:
+            x, grad_out = np.ascontiguousarray(x), np.ascontiguousarray(grad_out)
+        if self.k is not None and self.error_feedback and self._feedback_ready(x, grad_out):
+            dx, dW, db, kept = self._feedback_backward(x, grad_out)
+        elif self.k is not None and self.selection == "random":
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
             dx, dW, db, kept = _linear_backward(x, W, grad_out, None, indices, False,
                                                 self.input_grad)
         else:
-            dx, dW, db, kept = _linear_backward(x, W, grad_out, self.k, None,
-                                                self.selection == "unified", self.input_grad)
+            dx, dW, db, kept = _linear_backward(x, W, grad_out, self.k, None, unified, self.input_grad,
+                                                balanced=self.selection == "balanced" and self.k is not None)
         if self.selection_counts is not None:
             self._count(kept, x.shape[0])
         self.backward_seconds += time.perf_counter() - start
@@ -519,6 +540,92 @@ class Linear(Module):
             counts += np.bincount(kept.ravel(), minlength=counts.shape[0])
         self.counted_examples += batch
 
+    def select(self, g):
+        """The entries of an output gradient `g` that this layer's backward keeps.
+
+        Parameters
+        ----------
+        g : ndarray, shape (B, out_features)
+            Output gradient (with error feedback: after the memory is added).
+
+        Returns
+        -------
+        ndarray of int64 or None
+            ``(B, k)`` indices per example, ``(k,)`` for ``selection='unified'``,
+            None when the layer is dense. ``'random'`` draws from :attr:`rng`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from meprop_numba.nn import Linear
+        >>> Linear(3, 4, k=2, selection="balanced", rng=0).select(np.array([[3.0, 2.0, 1.0, -1.0]]))
+        array([[0, 3]])
+        """
+        if self.k is None:
+            return None
+        if self.selection == "random":
+            return random_indices(self.out_features, self.k, batch=g.shape[0], rng=self.rng)
+        if self.selection == "balanced":
+            return balanced_indices(g, self.k)
+        return topk_indices(g, self.k, unified=self.selection == "unified")
+
+    def _feedback_ready(self, x, g):
+        """Whether `g` (and `x`) can take the compiled error-feedback path; raises on NaN/Inf."""
+        W = self.weight
+        if array_module(g) is not np or array_module(x) is not np:
+            raise TypeError("error_feedback takes host (NumPy) arrays")
+        ok = (type(g) is np.ndarray and type(x) is np.ndarray and g.ndim == 2 and x.ndim == 2
+              and g.dtype == W.dtype and x.dtype == W.dtype and g.flags.c_contiguous
+              and x.flags.c_contiguous and g.shape == (x.shape[0], W.shape[0])
+              and x.shape[1] == W.shape[1])
+        if ok:
+            finite(g, "grad_out")
+            finite(x, "x")
+        return ok
+
+    def reset_error_feedback(self):
+        """Forget the error-feedback memory: the next backward starts as plain meProp.
+
+        The memory is not part of :meth:`state_dict`; a training loop that
+        resets it where it checkpoints (the MLP task: at each epoch start)
+        resumes exactly.
+        """
+        self._memory = None
+
+    def _with_memory(self, g):
+        if self._memory is None:
+            return g
+        return _mlp_kernels.add_memory(g, self._memory, g.dtype.type(self.error_feedback))
+
+    def _feedback_backward(self, x, grad_out):
+        """Select on grad_out plus the memory, back-propagate that, keep what was dropped.
+
+        The memory enters in the passes the selection makes anyway (column
+        sums, or one copy of the gradient per example), so the backward
+        stays O(B n + B k m).
+        """
+        W, k, B = self.weight, self.k, grad_out.shape[0]
+        beta = grad_out.dtype.type(self.error_feedback)
+        memory = self._memory
+        if memory is None or memory.shape != (W.shape[0],):  # none yet, or the layer was shrunk
+            memory = np.zeros(W.shape[0], W.dtype)
+        if self.selection == "unified":
+            db, scores, total = _mlp_kernels.feedback_columns(grad_out, memory, beta)
+            cols = np.sort(top_columns(scores, k))
+            g_sel = _mlp_kernels.gather_feedback_columns(grad_out, memory, beta, cols)
+            dx, dW, _ = _shared_products(x, W, cols, g_sel, db, self.input_grad)
+            self._memory = _mlp_kernels.next_memory(total, g_sel, cols[None, :], True, W)
+            return dx, dW, db, cols
+        g, db, total = _mlp_kernels.feedback_rows(grad_out, memory, beta)
+        if self.selection == "random":
+            indices = random_indices(W.shape[0], k, batch=B, rng=self.rng)
+        elif self.selection == "balanced":
+            indices = _balanced_host(g, k)
+        else:
+            indices = _topk_host(g, k, False)
+        dx, dW, _, _ = _per_example_backward(x, W, g, indices, self.input_grad)
+        self._memory = _mlp_kernels.next_memory(total, g, indices, False, W)
+        return dx, dW, db, indices
     def grads(self):
         """Gradients ``[dW, db]`` from the last :meth:`backward`.
 

@@ -64,13 +64,16 @@ class MLP(Sequential):
         for every hidden layer, or one per hidden layer (``[20, None]``:
         meProp in the first, dense in the second). None, or ``k == hidden``,
         is exact dense back propagation.
-    selection : {'topk', 'unified', 'random'}, optional
+    selection : {'topk', 'unified', 'random', 'balanced'}, optional
         Which entries of the hidden layers' output gradients are kept (see
         :class:`Linear`).
     dropout : float, optional
         Dropout probability after each hidden ReLU (0 disables it).
     output_k : int or None, optional
         meProp k of the output layer (default None: dense).
+    error_feedback : float, optional
+        Error-feedback memory decay of the meProp hidden layers (see
+        :class:`Linear`; default 0, off).
     dtype : {numpy.float32, numpy.float64}, optional
         Parameter dtype (default float32).
     rng : numpy.random.Generator or int, optional
@@ -86,8 +89,8 @@ class MLP(Sequential):
     ValueError
         If a size is not positive, a `k` is outside ``[1, width]`` of its
         layer (or `output_k` outside ``[1, n_classes]``), a sequence `k`
-        or `hidden` does not hold one entry per hidden layer, `selection` is unknown or
-        `dropout` is outside ``[0, 1)``.
+        or `hidden` does not hold one entry per hidden layer, `selection` is unknown, or
+        `dropout` or `error_feedback` is outside ``[0, 1)``.
 
     Examples
     --------
@@ -111,12 +114,13 @@ class MLP(Sequential):
     """
 
     def __init__(self, in_features, hidden, n_classes, layers=None, k=None, selection="topk", *,
-                 dropout=0.0, output_k=None, dtype=np.float32, rng=None):
+                 dropout=0.0, output_k=None, error_feedback=0.0, dtype=np.float32, rng=None):
         big = np.iinfo(np.int64).max
         widths = _per_layer_widths(hidden, layers)
         integer_k(n_classes, big, "n_classes")
         layers = len(widths)
         dropout = unit_interval(dropout, "dropout")
+        error_feedback = unit_interval(error_feedback, "error_feedback")
         selection = choice(selection, SELECTIONS, "selection")
         ks = _per_layer_k(k, widths)
         if output_k is not None:
@@ -127,7 +131,8 @@ class MLP(Sequential):
         width = in_features
         for i in range(layers):
             modules.append(Linear(width, widths[i], ks[i], selection, dtype=self.dtype,
-                                  rng=self.rng, input_grad=i > 0))
+                                  rng=self.rng, input_grad=i > 0,
+                                  error_feedback=error_feedback if ks[i] is not None else 0.0))
             modules.append(ReLU())
             if dropout > 0:
                 modules.append(Dropout(dropout, rng=self.rng))
@@ -135,6 +140,11 @@ class MLP(Sequential):
         modules.append(Linear(width, n_classes, output_k, selection, dtype=self.dtype,
                               rng=self.rng, input_grad=layers > 0))
         super().__init__(modules)
+
+    def reset_error_feedback(self):
+        """Forget the error-feedback memory of every layer (see :meth:`Linear.reset_error_feedback`)."""
+        for layer in self.linear_layers:
+            layer.reset_error_feedback()
 
     @property
     def linear_layers(self):

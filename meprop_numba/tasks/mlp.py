@@ -35,6 +35,10 @@ from .base import Task
 __all__ = ["MLPConfig", "MLPTask", "read_images"]
 
 _EVAL_BATCH = 1000
+#: Dropout after each hidden layer when meProp is on and ``dropout`` is not given.
+MEPROP_DROPOUT = 0.2
+#: Error-feedback memory decay of the meProp layers when ``error_feedback`` is not given.
+MEPROP_ERROR_FEEDBACK = 0.8
 
 
 @dataclasses.dataclass
@@ -66,8 +70,16 @@ class MLPConfig(RunConfig):
     selection : {'topk', 'unified', 'random'}
         Per-example top-k, one top-k set shared by the minibatch, or k
         random entries per example.
-    dropout : float
-        Dropout probability after each hidden layer.
+    dropout : float or None
+        Dropout probability after each hidden layer; None (default) is
+        :data:`MEPROP_DROPOUT` when a hidden layer uses meProp and 0 for a
+        dense network (see :attr:`hidden_dropout`).
+    error_feedback : float
+        Error-feedback memory decay of the meProp hidden layers (default
+        :data:`MEPROP_ERROR_FEEDBACK`; 0 turns it off; see
+        :class:`~meprop_numba.nn.Linear`). With dropout this closes meProp's
+        accuracy gap to dense under Adam (``docs/results_mlp.md``); 0 with
+        ``dropout=0`` is the paper's meProp.
     output_k : int or None
         meProp k of the output layer (None, the paper: dense).
     dev_size : int or None
@@ -96,7 +108,8 @@ class MLPConfig(RunConfig):
     layers: int = 2
     k: object = 20
     selection: str = "topk"
-    dropout: float = 0.0
+    dropout: float = None
+    error_feedback: float = None
     output_k: int = None
     dev_size: int = None
     max_train: int = None
@@ -116,14 +129,44 @@ class MLPConfig(RunConfig):
         check_positive_int("max_train", self.max_train, allow_none=True)
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.dropout is not None and not (isinstance(self.dropout, (int, float))
+                                             and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be None or in [0, 1), got {self.dropout!r}")
+        if self.error_feedback is not None and not (isinstance(self.error_feedback, (int, float))
+                                                    and 0.0 <= self.error_feedback < 1.0):
+            raise ValueError(f"error_feedback must be None or in [0, 1), got {self.error_feedback!r}")
+
+    @property
+    def uses_meprop(self):
+        """Whether any hidden layer back-propagates with meProp (a k below `hidden`)."""
+        ks = self.k if isinstance(self.k, (list, tuple)) else (self.k,)
+        return any(k is not None and k < self.hidden for k in ks)
+
+    @property
+    def hidden_dropout(self):
+        """The dropout used: `dropout`, or by default :data:`MEPROP_DROPOUT` with meProp, 0 dense."""
+        if self.dropout is not None:
+            return float(self.dropout)
+        return MEPROP_DROPOUT if self.uses_meprop else 0.0
+
+    @property
+    def hidden_error_feedback(self):
+        """The error feedback used: `error_feedback`, or by default :data:`MEPROP_ERROR_FEEDBACK`."""
+        return MEPROP_ERROR_FEEDBACK if self.error_feedback is None else float(self.error_feedback)
 
 
 def _k_text(k):
     if isinstance(k, (list, tuple)):
         return ",".join("none" if v is None else str(v) for v in k)
     return "none" if k is None else str(k)
+
+
+def _remedy_text(config):
+    """', dropout 0.2, error feedback 0.8' (what is on), or ''."""
+    parts = [f"dropout {config.hidden_dropout:g}"] if config.hidden_dropout else []
+    if config.uses_meprop and config.hidden_error_feedback:
+        parts.append(f"meProp error feedback {config.hidden_error_feedback:g}")
+    return "".join(", " + p for p in parts)
 
 
 def read_images(path, n_features):
@@ -229,14 +272,22 @@ class MLPTask(Task):
         group.add_argument("--selection", choices=SELECTIONS, default="topk",
                            help="topk: k per example; unified: k shared by the minibatch; "
                                 "random: k random entries per example (default topk)")
-        group.add_argument("--dropout", type=probability_arg, default=0.0,
-                           help="dropout probability after each hidden layer (default 0)")
+        group.add_argument("--dropout", type=probability_arg, default=None,
+                           help=f"dropout probability after each hidden layer (default "
+                                f"{MEPROP_DROPOUT} with meProp, 0 for a dense network)")
+        group.add_argument("--error-feedback", type=probability_arg, default=None, metavar="BETA",
+                           help=f"error-feedback memory decay of the meProp layers, in [0, 1) "
+                                f"(default {MEPROP_ERROR_FEEDBACK}; 0: off)")
+        group.add_argument("--plain-meprop", action="store_true",
+                           help="the paper's meProp: no error feedback and, unless --dropout "
+                                "says otherwise, no dropout")
 
     def config_from_args(self, args, shared):
         return MLPConfig(**shared, dataset=args.dataset, data_dir=args.data_dir,
                          dev_size=args.dev_size, max_train=args.max_train, hidden=args.hidden,
                          layers=args.layers, k=args.k, selection=args.selection,
-                         dropout=args.dropout)
+                         dropout=0.0 if args.plain_meprop and args.dropout is None else args.dropout,
+                         error_feedback=0.0 if args.plain_meprop else args.error_feedback)
 
     def load_data(self, config, extra_state=None):
         data = load_dataset(config.dataset, config.data_dir, dev_size=config.dev_size,
@@ -261,7 +312,8 @@ class MLPTask(Task):
     def build_model(self, config, extra_state, rng):
         return MLP(extra_state["n_features"], config.hidden, extra_state["n_classes"],
                    layers=config.layers, k=config.k, selection=config.selection,
-                   dropout=config.dropout, output_k=config.output_k,
+                   dropout=config.hidden_dropout, output_k=config.output_k,
+                   error_feedback=config.hidden_error_feedback,
                    dtype=np.dtype(config.dtype), rng=rng)
 
     def n_batches(self, config, data):
@@ -273,10 +325,15 @@ class MLPTask(Task):
         b = config.batch_size
         for step in range(self.n_batches(config, data)):
             rows = order[step * b:(step + 1) * b]
-            yield x[rows], data.y_train[rows]
+            # The third entry marks an epoch's first batch: the error-feedback
+            # memory restarts there, so a run resumed from an epoch's checkpoint
+            # (which holds no memory) continues exactly.
+            yield x[rows], data.y_train[rows], step == 0
 
     def loss(self, model, batch):
-        x, y = batch
+        x, y, epoch_start = batch if len(batch) == 3 else (*batch, False)
+        if epoch_start:
+            model.reset_error_feedback()
         return softmax_cross_entropy(model.forward(x, train=True), y)
 
     def component_seconds(self, model):
@@ -312,7 +369,7 @@ class MLPTask(Task):
                 + "-".join([str(config.hidden)] * config.layers)
                 + f"-{data.n_classes}, {config.optimizer} lr {config.learning_rate:g} "
                 f"({update} updates), batch {config.batch_size}, {config.dtype}, "
-                f"seed {config.seed}")
+                f"seed {config.seed}" + _remedy_text(config))
 
     def data_summary(self, data):
         return data.summary()
