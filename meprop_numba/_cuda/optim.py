@@ -156,14 +156,13 @@ def check_gradient(grad, nrows, name="grad", finite=True, stream=None):
 
 
 def _check(grad, nrows, name, finite, stream):
-    rows = grad[0] if isinstance(grad, tuple) else None
+    rows = as_device(grad[0], "rows") if isinstance(grad, tuple) else None
     if not finite and (rows is None or rows.shape[0] == 0):
         return
     status = zeros(3, np.int64, stream)
     if finite:
         launch_nonfinite(as_device(_grad_values(grad), name), status, 0, stream)
     if rows is not None and rows.shape[0]:
-        rows = as_device(rows, "rows")
         launch_1d(_kernels()["check_rows"], lambda tpb: min(_cols_grid(rows.shape[0], tpb), int(MAX_GRID_ROWS)),
                   (rows, nrows, status), stream)
     host = read_status(status, stream)
