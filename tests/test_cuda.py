@@ -129,6 +129,23 @@ def test_topk_orders_special_magnitudes(dtype):
     np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), n, False)), topk_reference(g, n))
 
 
+@pytest.mark.skipif(not SIMULATOR, reason="the race is in the CUDA simulator's allocation of shared arrays")
+def test_every_thread_of_a_block_gets_the_same_shared_arrays(monkeypatch):
+    # The simulator allocates a shared array when a thread first reaches its line; a thread
+    # switch between its look-up and its store gave two threads private copies (garbage
+    # indices in the output).  A slow allocation makes that switch certain.
+    import time
+
+    row = np.array([0.0, -0.0, 1e-300, -2.0, 7.0, -7.5, 1.0, -1.0, 3e-300, -1e-200, 0.5, 3.0])
+    g = np.stack([row, -row[::-1]])
+    d = dev(g)
+    allocate = np.empty
+    monkeypatch.setattr(np, "empty", lambda *args, **kwargs: (time.sleep(0.002), allocate(*args, **kwargs))[1])
+    got = _cuda.topk_indices(d, row.size, False)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(host(got), topk_reference(g, row.size))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_large_k_sorts_in_global_scratch(monkeypatch, dtype):
     # k above SORT_CAPACITY takes the global-memory sort.

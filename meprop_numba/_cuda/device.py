@@ -28,6 +28,7 @@ that made them.
 """
 import math
 import sys
+import threading
 
 import numpy as np
 
@@ -40,6 +41,8 @@ else:
     _CUDA_IMPORT_ERROR = None
 
 from numba import config as _numba_config
+from numba.core import types
+from numba.np import numpy_support
 
 #: Preferred threads per block of the 1-D launches (top-k, backward, updates).
 THREADS_PER_BLOCK = 256
@@ -331,7 +334,48 @@ def launch_1d(kernel, grid, args, stream, threads=None):
 
 def launch(kernel, grid, block, stream, args):
     """The one place kernels are launched (``kernel[grid, block, stream](*args)``)."""
+    if is_simulator():
+        _simulated_shared_arrays_thread_safe()
     kernel[grid, block, stream](*args)
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+def _simulated_shared_arrays_thread_safe():
+    """Make the simulator hand every thread of a block the same shared array.
+
+    The simulator runs a block's threads as Python threads and allocates a
+    ``cuda.shared.array`` on the first call from each source line with an
+    unlocked look-up-then-store: two threads that both miss the look-up each
+    get a private array, and a thread writing its private copy is invisible
+    to the block (its slots keep uninitialised memory).  The look-up and the
+    store are put under one lock here; the key stays the caller's
+    ``(file, line)``, as the simulator has it.  Real GPUs are not concerned.
+    """
+    from numba.cuda.simulator import kernelapi
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "_meprop_locked", False):
+        return
+    unlocked = shared.array
+
+    def array(self, shape, dtype):
+        if shape == 0 or not isinstance(getattr(self, "_allocations", None), dict):
+            return unlocked(self, shape, dtype)  # dynamic shared memory: one buffer, nothing to race on
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with _SHARED_LOCK:
+            res = self._allocations.get(key)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[key] = res
+        return res
+
+    array._meprop_locked = True
+    shared.array = array
 
 
 # ------------------------------------------------------------------ kernels
