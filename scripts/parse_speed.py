@@ -29,7 +29,7 @@ import os
 import sys
 import time
 
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+from lstm_speed import _pin_threads  # scripts/lstm_speed.py: re-exec with pinned thread counts
 
 
 def _parse(argv):
@@ -48,14 +48,6 @@ def _parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     return p.parse_args(argv)
-
-
-def _pin_threads(threads):
-    wanted = str(threads)
-    if all(os.environ.get(v) == wanted for v in _THREAD_VARS):
-        return
-    env = dict(os.environ, **{v: wanted for v in _THREAD_VARS})
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
 def _ours(task, config, data):
