@@ -16,8 +16,11 @@ import sys
 import time
 import timeit
 
-if importlib.util.find_spec("meprop_numba") is None:
-    # `asv run --python=same` from a checkout that was not pip-installed:
+_spec = importlib.util.find_spec("meprop_numba")
+if _spec is None or _spec.origin is None:
+    # `asv run --python=same` from a checkout that was not pip-installed (or
+    # whose only `meprop_numba` on the path is a namespace directory, such as
+    # numba cache files left in site-packages by an uninstalled copy):
     # benchmark the package next to this directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
