@@ -55,9 +55,9 @@ def _tile():
 
 
 def tiled_shared_bytes(tile, itemsize):
-    """Static shared memory of a tiled product kernel built for `tile`."""
+    """Static shared memory of the largest tiled product kernel built for `tile` (two padded tiles)."""
     span = GEMM_MICRO * tile
-    return itemsize * tile * ((span + 1) + span)
+    return itemsize * tile * 2 * (span + 1)
 
 
 def _kernels():
@@ -370,6 +370,43 @@ def _tiled_kernels(dtype, tile):
                 multiply_tiles(sh_a, sh_b, ty, tx, acc)
                 cuda.syncthreads()
             store_tile(values, acc, r0, c0, ty, tx)
+
+    @cuda.jit
+    def forward_product(x, W, bias, y):
+        # y = x @ W.T + bias (the forward of a linear layer); same tiling, both tiles staged
+        # transposed (sh_a[p, r] = x[b0 + r, p0 + p], sh_b[p, c] = W[c0 + c, p0 + p]) so that
+        # consecutive threads read consecutive inputs, and both padded against bank conflicts.
+        sh_a = cuda.shared.array((tile, padded), ftype)
+        sh_b = cuda.shared.array((tile, padded), ftype)
+        acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tile + tx
+        c0 = cuda.blockIdx.x * span
+        batch = x.shape[0]
+        m = x.shape[1]
+        n = W.shape[0]
+        for by in range(cuda.blockIdx.y, (batch + span - 1) // span, cuda.gridDim.y):
+            b0 = by * span
+            zero_tile(acc)
+            for p0 in range(0, m, tile):
+                for e in range(tid, span * tile, nthreads):
+                    p = e % tile
+                    r = e // tile
+                    b = b0 + r
+                    inside = p0 + p < m
+                    sh_a[p, r] = x[b, p0 + p] if (b < batch and inside) else ftype(0)
+                    sh_b[p, r] = W[c0 + r, p0 + p] if (c0 + r < n and inside) else ftype(0)
+                cuda.syncthreads()
+                multiply_tiles(sh_a, sh_b, ty, tx, acc)
+                cuda.syncthreads()
+            for i in range(GEMM_MICRO):
+                r = b0 + ty + i * tile
+                if r < batch:
+                    for j in range(GEMM_MICRO):
+                        c = c0 + tx + j * tile
+                        if c < n:
+                            y[r, c] = acc[i, j] + bias[c]
 
     ns = dict(locals())
     _KERNELS[key] = ns
