@@ -152,7 +152,8 @@ def kernel_table(fdt):
         (layers, "softmax_cross_entropy", (g2, arr(i64, 1, "A"), f, arr(f, 2), arr(f, 1), arr(i64, 1))),
     ]
     rows = [(name, kernels[name], sig, device._tpb()) for kernels, name, sig in table]
-    rows += [(name, tiled[name], (g2, g2, arr(i64, 1), arr(f, 2)), tile * tile) for name in ("gather_dx", "gather_values")]
+    rows.append(("gather_dx", tiled["gather_dx"], (g2, g2, arr(i64, 1), arr(f, 2)), tile * tile))
+    rows.append(("gather_values", tiled["gather_values"], (g2, g2, arr(i64, 1), arr(f, 3)), tile * tile))
     rows.append(("forward_product", tiled["forward_product"], (g2, g2, arr(f, 1, "A"), arr(f, 2)), tile * tile))
     return rows
 

@@ -577,6 +577,25 @@ def test_grid_rows_beyond_max_grid_rows_are_looped_over(launches):
     assert tiled and all(grid[1] <= 3 for grid in tiled)
 
 
+def test_dw_of_a_shared_selection_sums_slices_of_the_batch(launches, monkeypatch):
+    # 2x2-thread blocks cover 8x8 outputs: dW (k=3 or 9 rows, m=5) takes one or two blocks, so the
+    # batch of 37 is cut into 37 // (4 tiles of 2) = 4 slices of 10, 10, 10 and 7 examples.
+    rng = np.random.default_rng(23)
+    x, W, g = (rng.normal(size=s) for s in ((37, 5), (9, 5), (37, 9)))
+    cases = ((3, True, selection_mask(g.shape, unified_topk_reference(g, 3))), (None, False, np.ones(g.shape, bool)))
+    sums = []
+    for target, slices in ((cuda_linear.VALUES_TARGET_BLOCKS, 4), (1, 1)):
+        monkeypatch.setattr(cuda_linear, "VALUES_TARGET_BLOCKS", target)
+        del launches[:]
+        for k, unified, mask in cases:
+            _check_backward(x, W, g, mask, _cuda.linear_backward(dev(x), dev(W), dev(g), k, None, unified),
+                            np.float64)
+        grids = [grid for name, grid, _ in launches if name == "gather_values"]
+        assert [grid[2] for grid in grids] == [slices, slices], grids
+        sums.append([name for name, _, _ in launches].count("sum_partials"))
+    assert sums[0] == sums[1] + 2  # one fixed-order sum of the slices per sliced call
+
+
 def test_launch_settings_beyond_the_hardware_are_refused(monkeypatch):
     monkeypatch.setattr(cuda_device, "MAX_GRID_ROWS", 65536)
     with pytest.raises(ValueError, match="MAX_GRID_ROWS"):
