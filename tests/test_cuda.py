@@ -151,6 +151,17 @@ def test_topk_rows_longer_than_many_tiles(threads):
     np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), 9, False)), topk_reference(g, 9))
 
 
+@pytest.mark.slow
+def test_topk_digit_search_with_more_threads_than_histogram_bins(threads):
+    # 264 threads for 256 bins: the threads past the last bin own none, and the k-th digit is found
+    # by exactly one thread of the scan over the bins (small integers: many ties; digits far apart).
+    threads(264)
+    rng = np.random.default_rng(4)
+    g = rng.integers(-3, 4, size=(1, 40)).astype(np.float32)
+    g[0, :5] = [1e30, -1e-30, 2.0, 2.0, 7.0]
+    np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), 6, False)), topk_reference(g, 6))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("unified", [False, True])
 def test_topk_refuses_non_finite(bad, unified):
