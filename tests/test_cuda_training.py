@@ -127,6 +127,17 @@ def test_module_to_refuses_what_it_cannot_move_and_changes_nothing():
     assert isinstance(net.layers[0].weight, np.ndarray)
 
 
+def test_a_layer_refuses_input_on_the_other_side_and_keeps_nothing():
+    layer = Linear(3, 2, rng=0)
+    with pytest.raises(TypeError, match=r"to\('cuda'\)"):
+        layer.forward(dev(np.ones((1, 3), np.float32)), train=True)
+    assert layer._x is None
+    layer.to("cuda")
+    with pytest.raises(TypeError, match="on the GPU"):
+        layer.forward(np.ones((1, 3), np.float32), train=True)
+    assert layer._x is None
+
+
 def test_predict_on_a_device_model_matches_the_host_model():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((7, 5)).astype(np.float32)

@@ -504,8 +504,21 @@ class Linear(Module):
         Returns
         -------
         ndarray, shape (..., out_features)
-            The output (for 2-D `x` a Fortran-ordered array).
+            The output (for 2-D `x` a Fortran-ordered array; a device array
+            for a CUDA `x`, see :meth:`Module.to`).
+
+        Raises
+        ------
+        TypeError
+            If `x` is a CUDA array and the parameters are on the host, or
+            the other way round.
         """
+        if (type(x) is not np.ndarray or type(self.weight) is not np.ndarray) and (
+                is_cuda_array(x) != is_cuda_array(self.weight)):
+            where = "the GPU" if is_cuda_array(self.weight) else "the host"
+            raise TypeError(f"x is a {'CUDA' if is_cuda_array(x) else 'host'} array but the layer's parameters are "
+                            f"on {where}; move the model with .to('cuda') / .to('cpu') or the input with "
+                            "meprop_numba.gpu.to_device / to_host")
         if train:
             self._x = x
         if _on_device(x):
