@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The device check: every GPU result this package owes, in one command (about 8 minutes at most
-# on one GPU). Each step has its own time limit and writes OUTDIR/<step>.txt (its output and,
+# The device check: every GPU result this package owes, in one command (about 10 minutes at most
+# on one GPU, usually far less). Each step has its own time limit and writes OUTDIR/<step>.txt (its output and,
 # last, "rc=N"), so a failing or hanging step loses nothing else.
 #
 #   scripts/gpu_check.sh OUTDIR               # on a GPU machine
 #   scripts/gpu_check.sh OUTDIR --simulator   # dry run under the CUDA simulator (small sizes)
+#   STEPS="tests train_speed" scripts/gpu_check.sh OUTDIR   # only the named steps
 #
 # Steps: environment, smoke (every public GPU entry point at the default launch shapes and odd
 # sizes, both dtypes, then each kernel's registers / shared memory / max threads per block),
-# tests (tests/test_cuda.py, with the n=16,384 top-k cases and the ptxas resource check), speed
-# (scripts/gpu_speed.py: the table, TF32 off, results checked before timing, printed as it goes),
-# memcheck / racecheck / synccheck / initcheck (compute-sanitizer over the small smoke test).
+# tests (tests/test_cuda.py and tests/test_cuda_training.py, with the n=16,384 top-k cases and the
+# ptxas resource check), torch (scripts/gpu_torch_check.py: MePropLinear and the lazy torch
+# optimizers on CUDA tensors against the same training on the CPU), speed (scripts/gpu_speed.py:
+# the kernel table, TF32 off, results checked before timing, printed as it goes), train_speed
+# (scripts/gpu_train_speed.py: the whole training step against PyTorch dense, the paper's MLP and a
+# 4096-wide one), memcheck / racecheck / synccheck / initcheck (compute-sanitizer over the small
+# smoke test).
 # OUTDIR/summary.txt lists each step's exit status and seconds.
 set -u
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
@@ -29,15 +34,17 @@ export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$OUT/numba_cache}"
 export PYTHONUNBUFFERED=1
 if [ $SIMULATOR = 1 ]; then
     export NUMBA_ENABLE_CUDASIM=1
-    # step limits (s): environment smoke tests speed sanitizer-each
-    LIMITS=(60 300 900 300 60)
+    # step limits (s): environment smoke tests speed sanitizer-each torch train_speed
+    LIMITS=(60 300 900 300 60 60 300)
     SMOKE_ARGS=(--simulator)
     SPEED_ARGS=(--simulator --repeat 2)
+    TRAIN_ARGS=(--simulator --repeat 1 --steps 1)
 else
     export NUMBA_ENABLE_CUDASIM=0
-    LIMITS=(20 75 150 90 40)
+    LIMITS=(20 75 140 80 35 45 90)
     SMOKE_ARGS=()
     SPEED_ARGS=()
+    TRAIN_ARGS=()
 fi
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 : > "$OUT/summary.txt"
@@ -46,6 +53,9 @@ FAILED=0
 step() {  # step NAME LIMIT COMMAND...
     local name=$1 limit=$2
     shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then
+        return 0
+    fi
     local start=$SECONDS
     echo "== $name (limit ${limit}s)" | tee -a "$OUT/summary.txt"
     timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
@@ -104,8 +114,10 @@ sanitize() {  # sanitize TOOL EXTRA...
 
 step environment "${LIMITS[0]}" bash -c "$(declare -f environment); SANITIZER='$SANITIZER' environment"
 step smoke "${LIMITS[1]}" python3 scripts/gpu_smoke.py "${SMOKE_ARGS[@]}"
-step tests "${LIMITS[2]}" python3 -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider
+step tests "${LIMITS[2]}" python3 -m pytest tests/test_cuda.py tests/test_cuda_training.py -q -rs -p no:cacheprovider
+step torch "${LIMITS[5]}" python3 scripts/gpu_torch_check.py "${SMOKE_ARGS[@]}"
 step speed "${LIMITS[3]}" python3 scripts/gpu_speed.py "${SPEED_ARGS[@]}"
+step train_speed "${LIMITS[6]}" python3 scripts/gpu_train_speed.py "${TRAIN_ARGS[@]}"
 for tool in memcheck racecheck synccheck initcheck; do
     extra=()
     [ $tool = racecheck ] && extra=(--racecheck-report all)

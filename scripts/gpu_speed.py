@@ -162,24 +162,22 @@ class SimulatorBackend:
         return a if isinstance(a, self.np.ndarray) else self.gpu.to_host(a)
 
 
-def best_of_alternating(dense, sparse, synchronize, repeat):
-    """Best synchronised seconds of each function, the two sampled in turn."""
-    for func in (dense, sparse):  # warm-up: compilation, cuBLAS handles, allocator
+def best_of_turns(funcs, synchronize, repeat):
+    """Best synchronised seconds of each function (None for a function that is None), sampled in turn."""
+    live = [f for f in funcs if f is not None]
+    for func in live:  # warm-up: compilation, cuBLAS handles, allocator
         func()
         synchronize()
-    best_dense = best_sparse = float("inf")
+    best = [float("inf")] * len(live)
     for _ in range(repeat):
-        for func, which in ((dense, 0), (sparse, 1)):
+        for i, func in enumerate(live):
             synchronize()
             start = time.perf_counter()
             func()
             synchronize()
-            elapsed = time.perf_counter() - start
-            if which == 0:
-                best_dense = min(best_dense, elapsed)
-            else:
-                best_sparse = min(best_sparse, elapsed)
-    return best_dense, best_sparse
+            best[i] = min(best[i], time.perf_counter() - start)
+    it = iter(best)
+    return [None if f is None else next(it) for f in funcs]
 
 
 def check_case(backend, kind, arrays, k, result):
@@ -216,28 +214,37 @@ def check_case(backend, kind, arrays, k, result):
         assert err < 1e-4, f"{name} differs from the float64 reference by {err:.2e} (relative)"
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def set_up(simulator):
+    """Import the package (from this checkout if it is not installed) and check the GPU or the simulator.
+
+    Under the simulator, launches are made tiny (it runs each CUDA thread as a Python thread).
+    """
     if importlib.util.find_spec("meprop_numba") is None:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from meprop_numba import _cuda, gpu
+
+    if not gpu.is_available():
+        raise SystemExit('no usable CUDA GPU: needs an NVIDIA driver and pip install "meprop_numba[cuda12]" (or [cuda13])')
+    if _cuda.is_simulator() and not simulator:
+        raise SystemExit("NUMBA_ENABLE_CUDASIM=1 is set: unset it (simulator timings are meaningless) or pass --simulator")
+    if simulator and not _cuda.is_simulator():
+        raise SystemExit("--simulator needs NUMBA_ENABLE_CUDASIM=1")
+    if simulator:
+        from meprop_numba._cuda import device, linear
+
+        device.THREADS_PER_BLOCK, linear.GEMM_TILE = 8, 2
+        sys.setswitchinterval(1e-4)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_up(args.simulator)
     import numba
 
     import meprop_numba as mp
     from meprop_numba import gpu
 
-    if not gpu.is_available():
-        raise SystemExit('no usable CUDA GPU: needs an NVIDIA driver and pip install "meprop_numba[cuda12]" (or [cuda13])')
-    from meprop_numba import _cuda
-
-    if _cuda.is_simulator() and not args.simulator:
-        raise SystemExit("NUMBA_ENABLE_CUDASIM=1 is set: unset it (simulator timings are meaningless) or pass --simulator")
-    if args.simulator and not _cuda.is_simulator():
-        raise SystemExit("--simulator needs NUMBA_ENABLE_CUDASIM=1")
     if args.simulator:
-        from meprop_numba._cuda import device, linear
-
-        device.THREADS_PER_BLOCK, linear.GEMM_TILE = 8, 2  # the simulator runs each thread as a Python thread
-        sys.setswitchinterval(1e-4)
         backend, cases = SimulatorBackend(), SIMULATOR_CASES
     else:
         backend, cases = (TorchBackend() if args.baseline == "torch" else CupyBackend()), CASES
@@ -287,7 +294,7 @@ def measure_case(mp, backend, kind, shape, k, args):
             return mp.linear_backward(x, W, g, k, unified=unified)
     if not args.no_check:
         check_case(backend, kind, arrays, k, sparse())
-    dense_s, sparse_s = best_of_alternating(dense, sparse, backend.synchronize, args.repeat)
+    dense_s, sparse_s = best_of_turns((dense, sparse), backend.synchronize, args.repeat)
     return dense_s * 1e3, sparse_s * 1e3
 
 

@@ -49,6 +49,32 @@ class InterfaceArray:
         return iface
 
 
+def small_launch_settings():
+    """Tiny blocks so small inputs span several of them; a short GIL switch interval.
+
+    A generator for a module-scoped fixture (the simulator runs each CUDA
+    thread as a Python thread and spends most of its time handing the GIL
+    over at barriers).
+    """
+    import sys
+
+    from meprop_numba._cuda import device as cuda_device
+    from meprop_numba._cuda import linear as cuda_linear
+
+    settings = ((cuda_device, "THREADS_PER_BLOCK", 8), (cuda_linear, "GEMM_TILE", 2),
+                (cuda_device, "MAX_GRID_ROWS", 3), (cuda_device, "COLUMN_CHUNK", 2))
+    saved = [(module, name, getattr(module, name)) for module, name, _ in settings]
+    switch_interval = sys.getswitchinterval()
+    for module, name, value in settings:
+        setattr(module, name, value)
+    if _cuda.is_simulator():
+        sys.setswitchinterval(1e-4)
+    yield
+    for module, name, value in saved:
+        setattr(module, name, value)
+    sys.setswitchinterval(switch_interval)
+
+
 # ------------------------------------------------------------------ PTX check
 def max_threads_for_registers(regs, registers_per_block=65536, granularity=256, limit=1024):
     """Largest block (whole warps) a kernel using `regs` registers per thread can launch with (sm_90 rules)."""
@@ -84,7 +110,7 @@ def kernel_table(fdt):
     """(name, dispatcher, numba signature, configured block size) of every kernel, for float dtype `fdt`."""
     from numba import types
 
-    from meprop_numba._cuda import device, linear, optim, topk
+    from meprop_numba._cuda import device, linear, mlp, optim, topk
 
     def arr(dt, nd, layout="C"):
         return types.Array(dt, nd, layout)
@@ -94,7 +120,7 @@ def kernel_table(fdt):
     bits, mask = (u32, u32) if fdt == np.float32 else (u64, u64)
     g2 = arr(f, 2, "A")
     common, selection = device.common_kernels(), topk._kernels()
-    bookkeeping, updates = linear._kernels(), optim._kernels()
+    bookkeeping, updates, layers = linear._kernels(), optim._kernels(), mlp._kernels(fdt)
     typed, tile = linear._typed_kernels(fdt), linear._tile()
     tiled = linear._tiled_kernels(fdt, tile)
     table = [
@@ -120,9 +146,15 @@ def kernel_table(fdt):
         (updates, "adagrad_update", (arr(f, 2), arr(f, 2), arr(i64, 1), i64, i64, arr(f, 2), f, f)),
         (typed, "per_example_dx", (g2, g2, arr(i64, 2), arr(f, 2))),
         (typed, "segment_values", (g2, arr(i64, 1), arr(i64, 1), arr(i64, 1), arr(f, 1), arr(f, 2))),
+        (layers, "relu_forward", (g2, arr(f, 2))),
+        (layers, "relu_backward", (g2, g2, arr(f, 2))),
+        (layers, "multiply", (g2, g2, arr(f, 2))),
+        (layers, "softmax_cross_entropy", (g2, arr(i64, 1, "A"), f, arr(f, 2), arr(f, 1), arr(i64, 1))),
     ]
     rows = [(name, kernels[name], sig, device._tpb()) for kernels, name, sig in table]
-    rows += [(name, tiled[name], (g2, g2, arr(i64, 1), arr(f, 2)), tile * tile) for name in ("gather_dx", "gather_values")]
+    rows.append(("gather_dx", tiled["gather_dx"], (g2, g2, arr(i64, 1), arr(f, 2)), tile * tile))
+    rows.append(("gather_values", tiled["gather_values"], (g2, g2, arr(i64, 1), arr(f, 3)), tile * tile))
+    rows.append(("forward_product", tiled["forward_product"], (g2, g2, arr(f, 1, "A"), arr(f, 2)), tile * tile))
     return rows
 
 

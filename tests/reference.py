@@ -171,6 +171,17 @@ class AdaGradReference:
         param[sel] -= self.lr * grad[sel] / (np.sqrt(self.sum_sq[sel]) + self.eps)
 
 
+def cross_entropy_reference(logits, labels):
+    """Direct (unshifted) softmax in float64 on modest logits: the mean loss and its gradient."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    B = len(labels)
+    loss = -np.mean(np.log(p[np.arange(B), labels]))
+    onehot = np.zeros_like(p)
+    onehot[np.arange(B), labels] = 1
+    return loss, (p - onehot) / B
+
+
 def densify(rows, values, shape):
     """Dense array of ``shape`` with ``values`` placed at ``rows``."""
     out = np.zeros(shape, dtype=np.float64)

@@ -23,7 +23,7 @@ from meprop_numba._cuda import topk as cuda_topk
 if not _cuda.cuda_available():  # pragma: no cover - the simulator is always there
     pytest.skip("no CUDA GPU and the CUDA simulator is off", allow_module_level=True)
 
-from cuda_helpers import InterfaceArray, dev, host  # noqa: E402
+from cuda_helpers import InterfaceArray, dev, host, small_launch_settings  # noqa: E402
 from reference import (  # noqa: E402
     AdaGradReference,
     AdamReference,
@@ -43,21 +43,8 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 @pytest.fixture(autouse=True, scope="module")
 def small_launches():
-    """Tiny blocks so small inputs span several of them; a short GIL switch interval
-    (the simulator runs each CUDA thread as a Python thread and spends most of its
-    time handing the GIL over at barriers)."""
-    settings = ((cuda_device, "THREADS_PER_BLOCK", 8), (cuda_linear, "GEMM_TILE", 2),
-                (cuda_device, "MAX_GRID_ROWS", 3), (cuda_device, "COLUMN_CHUNK", 2))
-    saved = [(module, name, getattr(module, name)) for module, name, _ in settings]
-    switch_interval = sys.getswitchinterval()
-    for module, name, value in settings:
-        setattr(module, name, value)
-    if SIMULATOR:
-        sys.setswitchinterval(1e-4)
-    yield
-    for module, name, value in saved:
-        setattr(module, name, value)
-    sys.setswitchinterval(switch_interval)
+    """Tiny blocks so small inputs span several of them (see ``small_launch_settings``)."""
+    yield from small_launch_settings()
 
 
 @pytest.fixture
@@ -162,6 +149,17 @@ def test_topk_rows_longer_than_many_tiles(threads):
     g = rng.normal(size=(2, 150)).astype(np.float32)
     g[0, 100:] = g[0, 7]  # one tied value far beyond the first tile, and in it
     np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), 9, False)), topk_reference(g, 9))
+
+
+@pytest.mark.slow
+def test_topk_digit_search_with_more_threads_than_histogram_bins(threads):
+    # 264 threads for 256 bins: the threads past the last bin own none, and the k-th digit is found
+    # by exactly one thread of the scan over the bins (small integers: many ties; digits far apart).
+    threads(264)
+    rng = np.random.default_rng(4)
+    g = rng.integers(-3, 4, size=(1, 40)).astype(np.float32)
+    g[0, :5] = [1e30, -1e-30, 2.0, 2.0, 7.0]
+    np.testing.assert_array_equal(host(_cuda.topk_indices(dev(g), 6, False)), topk_reference(g, 6))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -468,7 +466,7 @@ def test_kernels_compile_for_a_real_gpu_without_float64_in_float32_work(tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.split("\n")
     results = [line.split() for line in lines if line.startswith(("ok ", "FAIL "))]
-    assert len(results) == 2 * 24, proc.stdout
+    assert len(results) == 2 * 29, proc.stdout
     failures = [line for line in lines if line.startswith("FAIL")]
     assert not failures, "\n".join(failures)
     widened = [r for r in results if r[2] == "float32" and int(r[3]) > 0]
@@ -588,6 +586,25 @@ def test_grid_rows_beyond_max_grid_rows_are_looped_over(launches):
     _check_backward(x, W, g, np.ones(g.shape, bool), got, np.float64)
     tiled = [grid for name, grid, _ in launches if name in ("gather_dx", "gather_values")]
     assert tiled and all(grid[1] <= 3 for grid in tiled)
+
+
+def test_dw_of_a_shared_selection_sums_slices_of_the_batch(launches, monkeypatch):
+    # 2x2-thread blocks cover 8x8 outputs: dW (k=3 or 9 rows, m=5) takes one or two blocks, so the
+    # batch of 37 is cut into 37 // (4 tiles of 2) = 4 slices of 10, 10, 10 and 7 examples.
+    rng = np.random.default_rng(23)
+    x, W, g = (rng.normal(size=s) for s in ((37, 5), (9, 5), (37, 9)))
+    cases = ((3, True, selection_mask(g.shape, unified_topk_reference(g, 3))), (None, False, np.ones(g.shape, bool)))
+    sums = []
+    for target, slices in ((cuda_linear.VALUES_TARGET_BLOCKS, 4), (1, 1)):
+        monkeypatch.setattr(cuda_linear, "VALUES_TARGET_BLOCKS", target)
+        del launches[:]
+        for k, unified, mask in cases:
+            _check_backward(x, W, g, mask, _cuda.linear_backward(dev(x), dev(W), dev(g), k, None, unified),
+                            np.float64)
+        grids = [grid for name, grid, _ in launches if name == "gather_values"]
+        assert [grid[2] for grid in grids] == [slices, slices], grids
+        sums.append([name for name, _, _ in launches].count("sum_partials"))
+    assert sums[0] == sums[1] + 2  # one fixed-order sum of the slices per sliced call
 
 
 def test_launch_settings_beyond_the_hardware_are_refused(monkeypatch):

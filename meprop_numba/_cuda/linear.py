@@ -10,6 +10,11 @@ gather-products: shared-memory tiles filled by gathering the selected
 columns of ``g`` and rows of ``W``, and a ``GEMM_MICRO`` x ``GEMM_MICRO``
 register tile of outputs per thread.
 
+``VALUES_TARGET_BLOCKS``, ``VALUES_MIN_SLICE_TILES``
+    With few selected rows the ``dW`` product of a shared selection slices
+    the batch (each slice at least the second setting's tiles long) until
+    it has about the first setting's blocks, and sums the slices in a
+    fixed order (see :func:`batch_splits`).
 ``GEMM_TILE``
     Side of the square thread block of the tiled products (at most
     ``GEMM_MAX_TILE``); each thread computes ``GEMM_MICRO`` x ``GEMM_MICRO``
@@ -39,6 +44,10 @@ GEMM_TILE = 16
 GEMM_MAX_TILE = 16
 #: Each thread of a tiled product computes GEMM_MICRO x GEMM_MICRO outputs (compile-time).
 GEMM_MICRO = 4
+#: ``dW`` values of a shared selection: slice the batch until the product has this many blocks.
+VALUES_TARGET_BLOCKS = 1024
+#: ... each slice at least this many tiles of the batch long.
+VALUES_MIN_SLICE_TILES = 4
 
 # Slots of the status array of one call: NaN/Inf in g, len(rows), number of
 # (example, row) pairs, NaN/Inf in x, an index out of range, a repeated index.
@@ -55,9 +64,9 @@ def _tile():
 
 
 def tiled_shared_bytes(tile, itemsize):
-    """Static shared memory of a tiled product kernel built for `tile`."""
+    """Static shared memory of the largest tiled product kernel built for `tile` (two padded tiles)."""
     span = GEMM_MICRO * tile
-    return itemsize * tile * ((span + 1) + span)
+    return itemsize * tile * 2 * (span + 1)
 
 
 def _kernels():
@@ -342,8 +351,10 @@ def _tiled_kernels(dtype, tile):
             store_tile(dx, acc, b0, c0, ty, tx)
 
     @cuda.jit
-    def gather_values(g, x, rows, values):
-        # values = g[:, rows].T @ x, i.e. values[r, c] = sum_b g[b, rows[r]] * x[b, c]; same tiling.
+    def gather_values(g, x, rows, partial):
+        # partial[z] = g[B_z, rows].T @ x[B_z], i.e. partial[z, r, c] = sum_{b in B_z} g[b, rows[r]] * x[b, c],
+        # B_z the z-th of gridDim.z consecutive slices of the batch (whole tiles); same tiling.  With one
+        # slice, partial[0] is dW's values; with more, a fixed-order sum over z gives them.
         sh_a = cuda.shared.array((tile, padded), ftype)
         sh_b = cuda.shared.array((tile, span), ftype)
         acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
@@ -354,22 +365,65 @@ def _tiled_kernels(dtype, tile):
         batch = g.shape[0]
         m = x.shape[1]
         k = rows.shape[0]
+        per_slice = ((batch + tile - 1) // tile + cuda.gridDim.z - 1) // cuda.gridDim.z * tile
+        b_lo = cuda.blockIdx.z * per_slice
+        b_hi = b_lo + per_slice
+        if b_hi > batch:
+            b_hi = batch
+        out = partial[cuda.blockIdx.z]
         for ry in range(cuda.blockIdx.y, (k + span - 1) // span, cuda.gridDim.y):
             r0 = ry * span
             zero_tile(acc)
-            for p0 in range(0, batch, tile):
+            for p0 in range(b_lo, b_hi, tile):
                 for e in range(tid, span * tile, nthreads):
                     # sh_a[p, r] = g[p0 + p, rows[r0 + r]]: consecutive threads, consecutive selected columns.
                     r = e % span
                     p = e // span
                     b = p0 + p
-                    sh_a[p, r] = g[b, rows[r0 + r]] if (b < batch and r0 + r < k) else ftype(0)
+                    sh_a[p, r] = g[b, rows[r0 + r]] if (b < b_hi and r0 + r < k) else ftype(0)
                     # sh_b[p, c] = x[p0 + p, c0 + c]
-                    sh_b[p, r] = x[b, c0 + r] if (b < batch and c0 + r < m) else ftype(0)
+                    sh_b[p, r] = x[b, c0 + r] if (b < b_hi and c0 + r < m) else ftype(0)
                 cuda.syncthreads()
                 multiply_tiles(sh_a, sh_b, ty, tx, acc)
                 cuda.syncthreads()
-            store_tile(values, acc, r0, c0, ty, tx)
+            store_tile(out, acc, r0, c0, ty, tx)
+
+    @cuda.jit
+    def forward_product(x, W, bias, y):
+        # y = x @ W.T + bias (the forward of a linear layer); same tiling, both tiles staged
+        # transposed (sh_a[p, r] = x[b0 + r, p0 + p], sh_b[p, c] = W[c0 + c, p0 + p]) so that
+        # consecutive threads read consecutive inputs, and both padded against bank conflicts.
+        sh_a = cuda.shared.array((tile, padded), ftype)
+        sh_b = cuda.shared.array((tile, padded), ftype)
+        acc = cuda.local.array((GEMM_MICRO, GEMM_MICRO), ftype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tile + tx
+        c0 = cuda.blockIdx.x * span
+        batch = x.shape[0]
+        m = x.shape[1]
+        n = W.shape[0]
+        for by in range(cuda.blockIdx.y, (batch + span - 1) // span, cuda.gridDim.y):
+            b0 = by * span
+            zero_tile(acc)
+            for p0 in range(0, m, tile):
+                for e in range(tid, span * tile, nthreads):
+                    p = e % tile
+                    r = e // tile
+                    b = b0 + r
+                    inside = p0 + p < m
+                    sh_a[p, r] = x[b, p0 + p] if (b < batch and inside) else ftype(0)
+                    sh_b[p, r] = W[c0 + r, p0 + p] if (c0 + r < n and inside) else ftype(0)
+                cuda.syncthreads()
+                multiply_tiles(sh_a, sh_b, ty, tx, acc)
+                cuda.syncthreads()
+            for i in range(GEMM_MICRO):
+                r = b0 + ty + i * tile
+                if r < batch:
+                    for j in range(GEMM_MICRO):
+                        c = c0 + tx + j * tile
+                        if c < n:
+                            y[r, c] = acc[i, j] + bias[c]
 
     ns = dict(locals())
     _KERNELS[key] = ns
@@ -415,8 +469,33 @@ def _shared_backward(x, W, g, rows, need_dx, stream):
         dx = cuda.device_array((batch, m), dtype=g.dtype, stream=stream)
         _launch_tiled("gather_dx", g.dtype, _grid_2d(m, batch), (g, W, rows, dx), stream)
     values = cuda.device_array((k, m), dtype=g.dtype, stream=stream)
-    _launch_tiled("gather_values", g.dtype, _grid_2d(m, k), (g, x, rows, values), stream)
+    splits = batch_splits(batch, k, m)
+    partial = (values.reshape(1, k, m) if splits == 1
+               else cuda.device_array((splits, k, m), dtype=g.dtype, stream=stream))
+    grid = _grid_2d(m, k)
+    _launch_tiled("gather_values", g.dtype, lambda span: grid(span) + (splits,), (g, x, rows, partial), stream)
+    if splits > 1:
+        launch_1d(_topk._kernels()["sum_partials"], lambda tpb: _cols_grid(k * m, tpb),
+                  (partial.reshape(splits, k * m), values.reshape(k * m)), stream)
     return dx, values
+
+
+def batch_splits(batch, k, m):
+    """Slices of the batch that ``gather_values`` sums separately (then adds in a fixed order).
+
+    With few selected rows (k <= 64 is one row block) the product has few
+    blocks, each walking the whole batch; slicing the batch multiplies them
+    up to ``VALUES_TARGET_BLOCKS``, each slice at least
+    ``VALUES_MIN_SLICE_TILES`` tiles of the batch long.
+    """
+    tile = _tile()
+    span = GEMM_MICRO * tile
+    blocks = _cols_grid(m, span) * _rows_grid(_cols_grid(k, span))
+    target = int(VALUES_TARGET_BLOCKS)
+    if blocks >= target:
+        return 1
+    longest = max(1, batch // (VALUES_MIN_SLICE_TILES * tile))
+    return int(max(1, min(-(-target // blocks), longest, _device.GRID_ROWS_LIMIT)))
 
 
 def _library(arrays):

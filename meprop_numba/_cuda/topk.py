@@ -116,15 +116,31 @@ def _kernels(capacity=None):
                 if p == 0 or (key >> high) == (prefix >> high):
                     cuda.atomic.add(hist, int32((key >> shift) & (RADIX - 1)), 1)
             cuda.syncthreads()
-            if tid == 0:
-                remaining = state[1]
-                above = int64(0)
-                d = RADIX - 1
-                while d > 0 and above + hist[d] < remaining:
-                    above += hist[d]
-                    d -= 1
-                state[0] = prefix | (int64(d) << shift)
-                state[1] = remaining - above
+            # The k-th key's digit: the largest d with at least `remaining` keys at digit >= d (else 0).
+            # Each thread sums a run of bins (threads in order from the top digit down), one block scan
+            # gives the keys above each run, and the thread whose run holds that digit finds it.
+            remaining = state[1]
+            per = (RADIX + nthreads - 1) // nthreads
+            hi = RADIX - tid * per
+            lo = hi - per
+            if lo < 0:
+                lo = 0
+            local = 0
+            for d in range(lo, hi):
+                local += hist[d]
+            scan_buf[tid] = local
+            cuda.syncthreads()
+            block_inclusive_scan(scan_buf, tid, nthreads)
+            beyond = scan_buf[tid] - local  # keys at digits >= hi
+            for d in range(hi - 1, lo - 1, -1):
+                if beyond >= remaining:
+                    break
+                at_least = beyond + hist[d]
+                if at_least >= remaining or d == 0:
+                    state[0] = prefix | (int64(d) << shift)
+                    state[1] = remaining - beyond
+                    break
+                beyond = at_least
             cuda.syncthreads()
 
         threshold = state[0]

@@ -7,7 +7,7 @@ import numpy as np
 from .. import balanced_indices, random_indices, topk_indices
 from .._cpu import mlp as _mlp_kernels
 from .._cpu.topk import top_columns
-from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, unit_interval
+from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, is_cuda_array, unit_interval
 from ..backward import _linear_backward, _per_example_backward, _shared_products
 from ..topk import _balanced_host, _topk_host
 
@@ -49,6 +49,21 @@ def array_module(x):
 
         return cupy
     return np
+
+
+def _on_device(x):
+    """Whether the layers compute on `x` with the package's CUDA kernels.
+
+    True for numba device arrays and other CUDA-interface objects; CuPy
+    arrays go through CuPy's own operators (:func:`array_module`) instead.
+    """
+    return is_cuda_array(x) and array_module(x) is np
+
+
+def _cuda_mlp():
+    from .._cuda import mlp
+
+    return mlp
 
 
 def _float_dtype(dtype):
@@ -290,8 +305,73 @@ class Module:
         for (_, param), value in zip(named, values):
             param[...] = value
 
+    def to(self, device):
+        """Move every parameter to the GPU (``"cuda"``) or back to the host (``"cpu"``), in place.
+
+        The parameters become new arrays (numba device arrays on the GPU),
+        so build the optimizer after moving the model. Every layer then
+        computes on the device through the package's CUDA kernels when its
+        input is a device array, and :func:`~meprop_numba.training.train_step`
+        trains the model there unchanged. All arrays are copied before any
+        is rebound, so a failure leaves the module as it was.
+
+        Parameters
+        ----------
+        device : {'cuda', 'cpu'}
+            Where the parameters go.
+
+        Returns
+        -------
+        Module
+            The module itself.
+
+        Raises
+        ------
+        ValueError
+            If `device` is neither.
+        TypeError
+            If a sub-module keeps parameters other than in
+            ``_parameter_names`` (it cannot be moved).
+        RuntimeError
+            For ``"cuda"`` when no CUDA GPU (or the simulator) is available.
+
+        Examples
+        --------
+        >>> from meprop_numba.nn import MLP
+        >>> model = MLP(4, 8, 3, k=2, rng=0).to("cuda")  # doctest: +SKIP
+        >>> type(model.parameters()[0]).__name__  # doctest: +SKIP
+        'DeviceNDArray'
+        """
+        if device not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+        modules, stack = [], [self]
+        while stack:
+            module = stack.pop()
+            if type(module)._own_parameters is not Module._own_parameters:
+                raise TypeError(f"{type(module).__name__} keeps its parameters its own way and cannot be moved")
+            modules.append(module)
+            stack.extend(child for _, child in module.named_children())
+        if device == "cuda":
+            from .. import _cuda
+
+            def move(a):
+                return a if is_cuda_array(a) else _cuda.to_device(a)
+        else:
+            def move(a):
+                return _cuda_host(a) if is_cuda_array(a) else a
+        moved = [(module, name, move(value)) for module in modules for name, value in module._own_parameters()]
+        for module, name, value in moved:
+            setattr(module, name, value)
+        return self
+
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+
+def _cuda_host(a):
+    from .. import _cuda
+
+    return _cuda.as_device(a, "parameter").copy_to_host()
 
 
 class Linear(Module):
@@ -424,10 +504,25 @@ class Linear(Module):
         Returns
         -------
         ndarray, shape (..., out_features)
-            The output (for 2-D `x` a Fortran-ordered array).
+            The output (for 2-D `x` a Fortran-ordered array; a device array
+            for a CUDA `x`, see :meth:`Module.to`).
+
+        Raises
+        ------
+        TypeError
+            If `x` is a CUDA array and the parameters are on the host, or
+            the other way round.
         """
+        if (type(x) is not np.ndarray or type(self.weight) is not np.ndarray) and (
+                is_cuda_array(x) != is_cuda_array(self.weight)):
+            where = "the GPU" if is_cuda_array(self.weight) else "the host"
+            raise TypeError(f"x is a {'CUDA' if is_cuda_array(x) else 'host'} array but the layer's parameters are "
+                            f"on {where}; move the model with .to('cuda') / .to('cpu') or the input with "
+                            "meprop_numba.gpu.to_device / to_host")
         if train:
             self._x = x
+        if _on_device(x):
+            return _cuda_mlp().linear_forward(x, self.weight, self.bias)
         if x.ndim == 2:
             # (W @ x.T).T rather than x @ W.T: OpenBLAS is 1.2-1.5x slower when
             # the large operand is the transposed one (scripts/forward_gemm.py).
@@ -468,7 +563,7 @@ class Linear(Module):
                             "parameters; stop it with count_selections(False)")
         start = time.perf_counter()
         unified = self.selection == "unified"
-        if self.k is not None and self.error_feedback:
+        if self.k is not None and self.error_feedback and not is_cuda_array(grad_out):
             x, grad_out = np.ascontiguousarray(x), np.ascontiguousarray(grad_out)
         if self.k is not None and self.error_feedback and self._feedback_ready(x, grad_out):
             dx, dW, db, kept = self._feedback_backward(x, grad_out)
@@ -484,6 +579,9 @@ class Linear(Module):
         self.backward_seconds += time.perf_counter() - start
         self._x = None
         self._grads = [dW, db]
+        xp = array_module(grad_out)
+        if dx is not None and xp is not np and array_module(dx) is np:
+            dx = xp.asarray(dx)  # a CuPy input gets a CuPy dx (the kernels return numba arrays)
         return dx if self.input_grad else None
 
     def count_selections(self, enable=True):
@@ -572,7 +670,7 @@ class Linear(Module):
     def _feedback_ready(self, x, g):
         """Whether `g` (and `x`) can take the compiled error-feedback path; raises on NaN/Inf."""
         W = self.weight
-        if array_module(g) is not np or array_module(x) is not np:
+        if is_cuda_array(g) or is_cuda_array(x) or array_module(g) is not np or array_module(x) is not np:
             raise TypeError("error_feedback takes host (NumPy) arrays")
         ok = (type(g) is np.ndarray and type(x) is np.ndarray and g.ndim == 2 and x.ndim == 2
               and g.dtype == W.dtype and x.dtype == W.dtype and g.flags.c_contiguous
@@ -684,7 +782,9 @@ class ReLU(Module):
             ``max(x, 0)``, C-ordered for 2-D float input.
         """
         xp = array_module(x)
-        if xp is np and x.ndim == 2 and x.dtype in _FLOAT_DTYPES:
+        if _on_device(x):
+            y = _cuda_mlp().relu_forward(x)
+        elif xp is np and x.ndim == 2 and x.dtype in _FLOAT_DTYPES:
             # C order whatever the input's layout (Linear returns a transposed view).
             y = _mlp_kernels.relu_forward(x)
         else:
@@ -714,6 +814,8 @@ class ReLU(Module):
         if self._y is None:
             raise RuntimeError(_NO_TRAINING_FORWARD)
         y, self._y = self._y, None
+        if _on_device(y):
+            return _cuda_mlp().relu_backward(grad_out, y)
         if (type(grad_out) is np.ndarray and grad_out.dtype == y.dtype
                 and grad_out.shape == y.shape and grad_out.flags.c_contiguous):
             return _mlp_kernels.relu_backward(grad_out, y)
@@ -780,6 +882,11 @@ class Dropout(Module):
             return x
         keep = self.rng.random(x.shape) >= self.p
         self._scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        if _on_device(x):  # the mask is drawn on the host, from the model's generator
+            from .. import _cuda
+
+            self._scale = _cuda.to_device(self._scale)
+            return _cuda_mlp().multiply(x, self._scale)
         return x * self._scale
 
     def backward(self, grad_out):
@@ -798,7 +905,10 @@ class Dropout(Module):
         """
         if self._scale is None:
             return grad_out
-        grad = grad_out * self._scale
+        if _on_device(grad_out):
+            grad = _cuda_mlp().multiply(grad_out, self._scale)
+        else:
+            grad = grad_out * self._scale
         self._scale = None
         return grad
 

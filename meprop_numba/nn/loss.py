@@ -1,7 +1,7 @@
 """Softmax cross-entropy loss for classification."""
 import numpy as np
 
-from .._validation import float_array
+from .._validation import float_array, is_cuda_array, shape_dtype
 from .._cpu import mlp as _kernels
 from .layers import array_module
 
@@ -78,6 +78,9 @@ def softmax_cross_entropy(logits, labels):
     """
     logits = float_array(logits, "logits", 2)
     xp = array_module(logits)
+    on_device = is_cuda_array(logits) and xp is np
+    if on_device and is_cuda_array(labels):
+        return _device_loss(logits, labels)
     labels = xp.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
@@ -90,6 +93,8 @@ def softmax_cross_entropy(logits, labels):
     if int(labels.min()) < 0 or int(labels.max()) >= C:
         raise IndexError(f"labels must be in [0, {C}), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
+    if on_device:
+        return _device_loss(logits, labels)
     if xp is np:
         return _kernels.softmax_cross_entropy(np.ascontiguousarray(logits),
                                               labels.astype(np.int64, copy=False))
@@ -100,3 +105,18 @@ def softmax_cross_entropy(logits, labels):
     grad[rows, labels] -= 1
     grad *= logits.dtype.type(1.0 / B)
     return loss, grad
+
+
+def _device_loss(logits, labels):
+    """The loss on the device (numba device logits); device labels are range-checked there."""
+    from .._cuda import mlp
+
+    (B, _), _ = shape_dtype(logits)
+    (label_shape, label_dtype) = shape_dtype(labels)
+    if np.dtype(label_dtype).kind not in "iu":
+        raise TypeError(f"labels must have an integer dtype, got {label_dtype}")
+    if tuple(label_shape) != (B,):
+        raise ValueError(f"labels must have shape ({B},) to match logits, got {tuple(label_shape)}")
+    if B == 0:
+        raise ValueError("logits must hold at least one example")
+    return mlp.softmax_cross_entropy(logits, labels)

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._validation import choice, integer_k, unit_interval
-from .layers import SELECTIONS, Dropout, Linear, ReLU, Sequential, _float_dtype
+from .layers import SELECTIONS, Dropout, Linear, ReLU, Sequential, _float_dtype, _on_device
 
 __all__ = ["MLP"]
 
@@ -178,9 +178,16 @@ class MLP(Sequential):
         """
         x = np.asarray(x)
         out = np.empty(len(x), dtype=np.int64)
+        on_device = _on_device(self.linear_layers[0].weight)
         for start in range(0, len(x), batch_size):
             stop = start + batch_size
-            out[start:stop] = self.forward(x[start:stop].astype(self.dtype, copy=False)).argmax(axis=1)
+            xb = x[start:stop].astype(self.dtype, copy=False)
+            if on_device:  # a model moved to the GPU (Module.to): the batch goes there, the scores come back
+                from .._cuda import to_device
+
+                out[start:stop] = self.forward(to_device(xb)).copy_to_host().argmax(axis=1)
+            else:
+                out[start:stop] = self.forward(xb).argmax(axis=1)
         return out
 
     def accuracy(self, x, y, batch_size=1000):

@@ -73,30 +73,9 @@ def _backward_tensors(x, weight, grad, k, unified, indices, need_dx):
 
 
 def _backward_cuda(x, x2, weight, g2, k, unified, indices, need_dx):
-    """CUDA twin: the kernels read the tensors through ``__cuda_array_interface__``.
-
-    The kernels launch on the CUDA default stream, so PyTorch's current
-    stream is drained first when it is another one, and the results are
-    waited for before PyTorch's stream uses them.
-    """
-    from .. import _cuda
-
-    stream = torch.cuda.current_stream(x.device)
-    other_stream = stream != torch.cuda.default_stream(x.device)
-    if other_stream:
-        stream.synchronize()
-    with torch.cuda.device(x.device):
-        dx, dW, db = _backend.linear_backward(x2.contiguous(), weight.contiguous(), g2.contiguous(), k,
-                                              indices=None if indices is None else indices.cpu().numpy(),
-                                              unified=unified, need_dx=need_dx)
-        if other_stream:
-            _cuda.synchronize()
-
-    def tensor(a):
-        return torch.as_tensor(a, device=x.device)
-
-    dx = tensor(dx).reshape(x.shape) if need_dx else None
-    return dx, tensor(dW.rows), tensor(dW.values), tensor(db)
+    """CUDA twin: this package's kernels on PyTorch's current stream, through ``__cuda_array_interface__``."""
+    dx, rows, values, db = _backend.linear_backward_cuda(x2, weight, g2, k, unified, indices, need_dx)
+    return (dx.reshape(x.shape) if need_dx else None), rows, values, db
 
 
 def _dense_rows(rows, values, shape):

@@ -253,6 +253,9 @@ class Adam(_KernelOptimizer):
         The closure's loss, or None.
         """
         loss = self._closure_loss(closure)
+        if _backend.on_cuda(self.param_groups):
+            _backend.cuda_step(self)
+            return loss
         for group, p, P, rows, grad in self._work():
             M, V, step = self._state_views(p, group)
             step += 1
@@ -319,6 +322,9 @@ class SGD(_KernelOptimizer):
     def step(self, closure=None):
         """Update every parameter that has a gradient, in place (see :meth:`Adam.step`)."""
         loss = self._closure_loss(closure)
+        if _backend.on_cuda(self.param_groups):
+            _backend.cuda_step(self)
+            return loss
         for group, p, P, rows, grad in self._work():
             cast = P.dtype.type
             lr, mu = cast(group["lr"]), group["momentum"]
@@ -400,6 +406,9 @@ class AdaGrad(_KernelOptimizer):
     def step(self, closure=None):
         """Update every parameter that has a gradient, in place (see :meth:`Adam.step`)."""
         loss = self._closure_loss(closure)
+        if _backend.on_cuda(self.param_groups):
+            _backend.cuda_step(self)
+            return loss
         for group, p, P, rows, grad in self._work():
             S, step = self._state_views(p, group)
             step += 1
