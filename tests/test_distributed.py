@@ -57,6 +57,18 @@ def test_ranks_with_batch_B_train_as_one_process_with_batch_NB(trained, case):
         assert _max_diff(results[r][case]["weights"], single) < 1e-12
 
 
+@pytest.mark.parametrize("reduction", ["sparse", "dense"])
+def test_lstm_row_sparse_gradients_are_reduced_over_the_union_of_rows(trained, reduction):
+    world, results, _ = trained
+    case = results[0]["lstm", reduction]
+    assert _max_diff(case["weights"], case["single"]) < 1e-12
+    for r in range(1, world):
+        assert _max_diff(results[r]["lstm", reduction]["weights"], case["weights"]) < 1e-12
+    assert case["choices"] == {reduction: 2 * dist_worker.STEPS}  # weight_ih and weight_hh, every step
+    h, m3 = 8, dist_worker.SIZES[-1]
+    assert case["bytes"]["dense"] == dist_worker.STEPS * (2 * 4 * h + m3 * h + m3) * 8  # biases, output layer
+
+
 def test_replicas_stay_bitwise_equal_with_random_selection(trained):
     world, results, _ = trained
     for r in range(1, world):

@@ -21,8 +21,11 @@ or on its refusal of sparse gradients):
   :func:`choose_reduction`).  Per-example top-k depends on each example
   alone, so N ranks with batch B again give the gradients of one process
   with batch N*B; random selection draws on each rank's own generator.
-* Every other parameter (dense layers, the output layer, embeddings) is
-  all-reduced densely from a gradient hook as its gradient arrives.
+* Every other parameter is reduced from a gradient hook as its gradient
+  arrives: row-sparse COO gradients (a ``MePropLSTM(sparse_grad=True)``'s
+  weights, ``nn.Embedding(sparse=True)``) over the union of the ranks'
+  rows as above, dense ones (dense layers, the output layer, biases) by a
+  dense all-reduce.
 
 The collectives run synchronously inside the backward pass, in the same
 order on every rank, which requires every rank to run the same graph.
@@ -360,6 +363,12 @@ class MePropDataParallel(_Counted, nn.Module):
 
     def _dense_hook(self, pname):
         def hook(grad):
+            if grad.is_sparse and grad.sparse_dim() == 1 and grad.dim() == 2:  # row-sparse: MePropLSTM's
+                grad = grad.coalesce()                                         # weights, sparse embeddings
+                union, summed = reduce_union(self._comm, f"the gradient of {pname}", grad.indices()[0],
+                                             grad.values(), grad.shape[0], self.reduction)
+                return torch.sparse_coo_tensor(union.unsqueeze(0), summed.div_(self._comm.world), grad.shape,
+                                               is_coalesced=True)
             if grad.is_sparse:
                 grad = grad.to_dense()
             grad = grad.clone()
