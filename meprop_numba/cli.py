@@ -14,8 +14,14 @@ Every task in :data:`meprop_numba.tasks.TASKS` gets the same shared options
 (added here with the task's own defaults), its own options (from its
 plugin) and the same commands; nothing in this module names a task.
 
+Under ``torchrun`` (its ``RANK`` and ``WORLD_SIZE`` set) ``train`` runs
+data-parallel over a gloo process group
+(:mod:`meprop_numba.training.distributed`): ``--batch-size`` is per rank,
+the run's config records the global batch, rank 0 prints and writes.
+
 Exit status: 0 success, 1 a file could not be written, 2 unusable input
-(checked before any training), 3 training diverged, 130 interrupted.
+(checked before any training), 3 training diverged, 4 data-parallel: another
+rank stopped or a collective timed out, 130 interrupted.
 """
 import argparse
 import dataclasses
@@ -28,7 +34,7 @@ from .training.config import positive_int_arg
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_WRITE, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_WRITE, EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 def _add_shared_arguments(parser, task):
@@ -96,6 +102,9 @@ def _add_shared_arguments(parser, task):
     group.add_argument("--overwrite", action="store_true",
                        help="let a new run replace the checkpoints in --checkpoint-dir")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--dist-timeout", metavar="SECONDS", type=positive_float_arg, default=300.0,
+                       help="under torchrun: seconds a rank waits for the others in a collective "
+                            "before it stops with an error (default 300)")
 
 
 def build_parser(task="mlp"):
@@ -211,9 +220,17 @@ def _run_train(args):
     from . import get_num_threads
 
     task = TASKS[args.task]
-    saved = None
+    saved, parallel = None, None
     try:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # set by torchrun
+            if args.compare:
+                raise ValueError("--compare cannot run data-parallel (under torchrun)")
+            from .training.distributed import init_from_env
+
+            parallel = init_from_env(args.dist_timeout)
         config = task.config_from_args(args, _shared_fields(args))
+        if parallel is not None:  # --batch-size is per rank; the run trains on the global batch
+            config = dataclasses.replace(config, batch_size=config.batch_size * parallel.world_size)
         if args.resume:
             if not args.checkpoint_dir:
                 raise ValueError("--resume needs --checkpoint-dir")
@@ -231,9 +248,13 @@ def _run_train(args):
                              "yet; use --device cpu")
         check_outputs(args.out, args.checkpoint_dir, resume=args.resume,
                       overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         _error(exc)
         return EXIT_USAGE
+    except RuntimeError as exc:  # the process group could not be formed
+        _error(exc)
+        return EXIT_PEER
+    show = parallel is None or parallel.is_writer
     try:
         data = task.load_data(config, None if saved is None else saved["extra_state"])
         task.check_data(config, data)
@@ -244,8 +265,11 @@ def _run_train(args):
     with thread_limits(config.threads):
         blas = _blas_thread_count()
         kernel_threads = get_num_threads()
-    print(f"{task.describe(config, data)}\n{kernel_threads} kernel threads, BLAS threads "
-          f"{blas or 'default'}", flush=True)
+    if show:
+        ranks = "" if parallel is None else (f", {parallel.world_size} data-parallel ranks of batch "
+                                             f"{config.batch_size // parallel.world_size}")
+        print(f"{task.describe(config, data)}\n{kernel_threads} kernel threads, BLAS threads "
+              f"{blas or 'default'}{ranks}", flush=True)
     label = task.label(config)
     progress = not args.no_progress
     try:
@@ -265,7 +289,7 @@ def _run_train(args):
             return EXIT_OK
         results = fit(task, config, data, checkpoint_dir=args.checkpoint_dir,
                       resume=args.resume, overwrite=args.overwrite, out=args.out,
-                      progress=progress, log=_resume_log)
+                      progress=progress, log=_resume_log, parallel=parallel)
     except TrainingDiverged as exc:
         if exc.results and exc.results["epochs"]:
             print(epoch_table([(label, exc.results)], task.metric, task.component_timers))
@@ -280,8 +304,20 @@ def _run_train(args):
     except OSError as exc:
         _error(exc)
         return EXIT_WRITE
+    except RuntimeError as exc:
+        if parallel is None:
+            raise
+        _error(exc)
+        return EXIT_PEER
+    if not show:
+        return EXIT_OK
     print(epoch_table([(label, results)], task.metric, task.component_timers))
     print(summary_line(label, results, task.metric))
+    if parallel is not None:
+        sent = ", ".join(f"{kind} {size / 1e6:.3g}" for kind, size in sorted(parallel.bytes_sent.items()))
+        chosen = ", ".join(f"{n} {kind}" for kind, n in sorted(parallel.reductions.items())) or "none"
+        print(f"data parallel: rank 0 handed {sum(parallel.bytes_sent.values()) / 1e6:.3g} MB to "
+              f"collectives ({sent}); union reductions: {chosen}")
     if args.out:
         print(f"results written to {args.out}")
     if args.checkpoint_dir:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from meprop_numba.torch import MePropLinear
+from meprop_numba.torch import MePropLinear, MePropLSTM
 from meprop_numba.torch.distributed import MePropDataParallel, save_on_rank0
 
 B, STEPS, K = 6, 4, 5  # per-rank batch, SGD steps, meProp k
@@ -25,6 +25,20 @@ def make_model(selection, sparse_grad=True):
                          MePropLinear(m1, m2, k=K, selection=selection, sparse_grad=sparse_grad, dtype=torch.float64),
                          nn.Tanh(),
                          nn.Linear(m2, m3, dtype=torch.float64))
+
+
+class LSTMNet(nn.Module):
+    """A MePropLSTM with row-sparse weight gradients over the rows of x as (T, features) steps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = MePropLSTM(SIZES[0] // 3, 8, k=3, sparse_grad=True, dtype=torch.float64)
+        self.out = nn.Linear(8, SIZES[-1], dtype=torch.float64)
+
+    def forward(self, x):
+        output, _ = self.lstm(x.reshape(x.shape[0], 3, SIZES[0] // 3))
+        return self.out(output[:, -1])
 
 
 def data(world):
@@ -58,6 +72,12 @@ def main(scenario, outdir):
                                             "choices": dict(dp.reductions)}
             if rank == 0 and selection != "random":  # one process, batch world * B
                 result[selection, reduction]["single"] = train(make_model(selection), xs, ys)
+        for reduction in ("sparse", "dense"):
+            dp = MePropDataParallel(LSTMNet(), reduction=reduction)
+            result["lstm", reduction] = {"weights": train(dp, xs[:, mine], ys[:, mine]), "bytes": dict(dp.bytes_sent),
+                                         "choices": dict(dp.reductions)}
+            if rank == 0:
+                result["lstm", reduction]["single"] = train(LSTMNet(), xs, ys)
         dp = MePropDataParallel(make_model("unified", sparse_grad=False))
         result["unified_dense_grad"] = train(dp, xs[:, mine], ys[:, mine])
         result["wrote"] = save_on_rank0({"model": dp.state_dict()}, os.path.join(outdir, "checkpoint.pt"))

@@ -1,6 +1,11 @@
-"""Data-parallel meProp over gloo processes on 127.0.0.1 (meprop_numba.torch.distributed)."""
+"""Data-parallel meProp over gloo processes on 127.0.0.1: PyTorch models (meprop_numba.torch.distributed)
+and the package's own trainer (meprop_numba.training.distributed, through the command line)."""
+import dataclasses
+import json
 import os
 import sys
+
+import numpy as np
 
 import pytest
 from hypothesis import given, settings
@@ -10,9 +15,14 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
     pytest.skip("this PyTorch build has no torch.distributed gloo backend", allow_module_level=True)
 
+from meprop_numba.tasks import TASKS  # noqa: E402
 from meprop_numba.torch.distributed import MePropDataParallel, choose_reduction, launch_local  # noqa: E402
+from meprop_numba.training import fit  # noqa: E402
+from meprop_numba.training.checkpoint import load_checkpoint  # noqa: E402
+from meprop_numba.training.distributed import DataParallel, torchrun_world  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
+NATIVE_WORKER = os.path.join(os.path.dirname(__file__), "dist_native_worker.py")
 ENV = {"PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                       os.environ.get("PYTHONPATH", "")])}
 sys.path.insert(0, os.path.dirname(__file__))
@@ -45,6 +55,18 @@ def test_ranks_with_batch_B_train_as_one_process_with_batch_NB(trained, case):
     for r in range(world):
         assert results[r][case]["weights"].keys() == single.keys()
         assert _max_diff(results[r][case]["weights"], single) < 1e-12
+
+
+@pytest.mark.parametrize("reduction", ["sparse", "dense"])
+def test_lstm_row_sparse_gradients_are_reduced_over_the_union_of_rows(trained, reduction):
+    world, results, _ = trained
+    case = results[0]["lstm", reduction]
+    assert _max_diff(case["weights"], case["single"]) < 1e-12
+    for r in range(1, world):
+        assert _max_diff(results[r]["lstm", reduction]["weights"], case["weights"]) < 1e-12
+    assert case["choices"] == {reduction: 2 * dist_worker.STEPS}  # weight_ih and weight_hh, every step
+    h, m3 = 8, dist_worker.SIZES[-1]
+    assert case["bytes"]["dense"] == dist_worker.STEPS * (2 * 4 * h + m3 * h + m3) * 8  # biases, output layer
 
 
 def test_replicas_stay_bitwise_equal_with_random_selection(trained):
@@ -145,3 +167,145 @@ def test_one_rank_gives_the_layers_own_gradients_and_unwrap_restores_them(one_ra
     assert dict(net.bytes_sent) == sent  # the unwrapped model no longer communicates
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad.to_dense(), grads[False][name].to_dense(), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- the native trainer
+
+B = 10  # per-rank batch
+MODEL = dict(hidden=16, layers=2, k=4, dropout=0.0, error_feedback=0.0, max_train=120, dtype="float64",
+             eval_test=False)
+
+
+def _cli_args(selection, epochs):
+    return ["--task", "mlp", "--hidden", "16", "--layers", "2", "--k", "4", "--plain-meprop", "--max-train",
+            "120", "--dtype", "float64", "--no-eval-test", "--selection", selection, "--epochs", str(epochs),
+            "--dist-timeout", "60"]
+
+
+def _launch(world, args, timeout=300, fail_at_step=None):
+    pre = [] if fail_at_step is None else ["--fail-at-step", str(fail_at_step)]
+    return launch_local([NATIVE_WORKER, *pre, "train", *args], world, timeout=timeout, env=ENV)
+
+
+def _ok(runs):
+    for rank, run in enumerate(runs):
+        assert run.returncode == 0, f"rank {rank}: {run.stderr[-4000:]}"
+
+
+def _single(tmp_path, selection, epochs, batch_size):
+    """One process on the global batch, through fit (no process group)."""
+    task = TASKS["mlp"]
+    config = task.config_class(selection=selection, epochs=epochs, batch_size=batch_size, **MODEL)
+    directory = tmp_path / f"single-{selection}-{batch_size}"
+    results = fit(task, config, checkpoint_dir=directory, progress=False)
+    return results, load_checkpoint(directory / "last.npz")
+
+
+def _max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[name] - b[name]).max()) for name in a)
+
+
+@pytest.fixture(scope="module")
+def two_ranks_resumed(tmp_path_factory):
+    """Two ranks train epoch 1 of a unified run, then two ranks resume it to epoch 2."""
+    tmp = tmp_path_factory.mktemp("native2")
+    args = [*_cli_args("unified", 1), "--batch-size", str(B), "--checkpoint-dir", str(tmp / "run"),
+            "--out", str(tmp / "first.json")]
+    first = _launch(2, args)
+    _ok(first)
+    saved_first = load_checkpoint(tmp / "run" / "last.npz")
+    args = [*_cli_args("unified", 2), "--batch-size", str(B), "--checkpoint-dir", str(tmp / "run"),
+            "--resume", "--out", str(tmp / "resumed.json"), "--no-progress"]
+    resumed = _launch(2, args)
+    _ok(resumed)
+    return tmp, first, saved_first, resumed
+
+
+def test_two_ranks_of_batch_B_resumed_train_as_one_process_of_batch_2B(two_ranks_resumed, tmp_path):
+    tmp, _, saved_first, _ = two_ranks_resumed
+    single, saved = _single(tmp_path, "unified", 2, 2 * B)
+    mine = load_checkpoint(tmp / "run" / "last.npz")
+    assert saved_first["epoch"] == 1 and mine["epoch"] == 2
+    assert mine["config"]["batch_size"] == 2 * B  # the run records the global batch
+    assert mine["config"] == saved["config"]
+    assert _max_abs_diff(mine["params"], saved["params"]) < 1e-12
+    results = json.loads((tmp / "resumed.json").read_text())
+    for a, b in zip(results["epochs"], single["epochs"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)  # every rank's examples
+        assert a["dev_accuracy"] == b["dev_accuracy"]
+
+
+def test_rank_zero_alone_prints_shows_progress_and_writes(two_ranks_resumed):
+    tmp, first, _, resumed = two_ranks_resumed
+    for runs in (first, resumed):
+        assert "2 data-parallel ranks of batch 10" in runs[0].stdout
+        assert "best dev accuracy" in runs[0].stdout
+        assert runs[1].stdout == ""
+    assert "epoch 1/1" in first[0].stderr and "epoch 1/1" not in first[1].stderr  # the progress bar
+    assert "resuming from epoch 1" in resumed[0].stdout
+    assert sorted(p.name for p in (tmp / "run").iterdir()) == ["best.npz", "last.npz"]
+
+
+@pytest.mark.parametrize("selection, world", [
+    ("topk", 2),
+    pytest.param("topk", 3, marks=pytest.mark.slow),  # three ranks: the union reduction all-reduces
+    pytest.param("unified", 3, marks=pytest.mark.slow),  # (two unified ranks: with resume above)
+])
+def test_ranks_equal_one_process_on_the_global_batch(tmp_path, world, selection):
+    args = [*_cli_args(selection, 1), "--batch-size", str(B), "--checkpoint-dir", str(tmp_path / "run"),
+            "--no-progress"]
+    runs = _launch(world, args)
+    _ok(runs)
+    if selection == "topk":  # each rank keeps most of the 16 rows: gathered at 2 ranks, all-reduced at 3
+        steps = 120 // (world * B)
+        assert f"union reductions: {2 * steps} {'sparse' if world == 2 else 'dense'}" in runs[0].stdout
+    _, saved = _single(tmp_path, selection, 1, world * B)
+    assert _max_abs_diff(load_checkpoint(tmp_path / "run" / "last.npz")["params"], saved["params"]) < 1e-12
+
+
+def test_a_trainer_rank_that_raises_stops_the_others_with_a_clear_error(tmp_path):
+    args = [*_cli_args("unified", 2), "--batch-size", str(B), "--checkpoint-dir", str(tmp_path / "run"),
+            "--no-progress", "--dist-timeout", "30"]
+    runs = _launch(2, args, timeout=240, fail_at_step=8)  # in epoch 2 (6 steps an epoch)
+    assert runs[1].returncode not in (0, -9) and "rank failure on purpose" in runs[1].stderr
+    assert runs[0].returncode == 4, runs[0].stderr[-4000:]  # stopped by itself, not killed at the timeout
+    assert "meProp data parallel" in runs[0].stderr and "failed on rank 0 of 2" in runs[0].stderr
+    assert load_checkpoint(tmp_path / "run" / "last.npz")["epoch"] == 1  # the last good epoch is kept
+
+
+def test_torchrun_world_reads_the_environment():
+    assert torchrun_world({"RANK": "0", "WORLD_SIZE": "3"}) == (0, 3)
+    assert torchrun_world({"WORLD_SIZE": "3"}) is None
+    with pytest.raises(ValueError, match="RANK=3"):
+        torchrun_world({"RANK": "3", "WORLD_SIZE": "3"})
+    with pytest.raises(ValueError, match="integers"):
+        torchrun_world({"RANK": "a", "WORLD_SIZE": "3"})
+
+
+def test_data_parallel_refuses_what_it_cannot_split(one_rank_group):
+    task = TASKS["mlp"]
+    config = task.config_class(selection="unified", epochs=1, batch_size=20, **MODEL)
+    data = task.load_data(config)
+    parallel = DataParallel()
+    with pytest.raises(ValueError, match="reduction"):
+        DataParallel(reduction="ring")
+    with pytest.raises(ValueError, match="tuples of per-example arrays"):
+        parallel.shard({"x": np.zeros(4)})
+    with pytest.raises(ValueError, match="simplify"):
+        parallel.check(task, dataclasses.replace(config, simplify=0.1), data)
+    parallel.check(task, config, data)
+    x, y, flag = parallel.shard((np.arange(6.0), np.arange(6), True))
+    assert x.tolist() == list(range(6)) and flag is True  # one rank keeps the whole batch
+
+
+def test_one_rank_trains_as_without_data_parallel(one_rank_group, tmp_path):
+    task = TASKS["mlp"]
+    config = task.config_class(selection="unified", epochs=1, batch_size=20, **MODEL)
+    parallel = DataParallel()
+    with_dp = fit(task, config, progress=False, parallel=parallel)
+    without = fit(task, config, progress=False)
+    assert _max_abs_diff(with_dp["model"].state_dict(), without["model"].state_dict()) < 1e-12
+    n_steps = 120 // 20
+    assert parallel.bytes_sent["scores"] == n_steps * 2 * 16 * 8  # two hidden layers' column scores
+    assert sorted(parallel.bytes_sent) == ["broadcast", "dense", "other", "scores"]

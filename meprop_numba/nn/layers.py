@@ -432,6 +432,13 @@ class Linear(Module):
         many examples kept it in back propagation since counting started.
     counted_examples : int
         Examples back-propagated since counting started.
+    column_scores_hook : callable or None
+        With ``selection='unified'``: called in :meth:`backward` with the
+        float64 column scores ``sum_b |g[b, i]|`` (shape ``(out_features,)``)
+        and returning the scores to select from; data-parallel training
+        (:mod:`meprop_numba.training.distributed`) sums them over the ranks
+        so that every rank keeps the same k columns. None (default): the
+        layer's own scores.
 
     Raises
     ------
@@ -457,6 +464,7 @@ class Linear(Module):
     """
 
     _parameter_names = ("weight", "bias")
+    column_scores_hook = None
 
     def __init__(self, in_features, out_features, k=None, selection="topk", *,
                  dtype=np.float32, rng=None, input_grad=True, error_feedback=0.0):
@@ -567,6 +575,10 @@ class Linear(Module):
             x, grad_out = np.ascontiguousarray(x), np.ascontiguousarray(grad_out)
         if self.k is not None and self.error_feedback and self._feedback_ready(x, grad_out):
             dx, dW, db, kept = self._feedback_backward(x, grad_out)
+        elif self.k is not None and unified and self.column_scores_hook is not None:
+            scores = self.column_scores_hook(np.abs(grad_out).sum(axis=0, dtype=np.float64))
+            cols = np.sort(top_columns(scores, self.k))
+            dx, dW, db, kept = _linear_backward(x, W, grad_out, None, cols, True, self.input_grad)
         elif self.k is not None and self.selection == "random":
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
             dx, dW, db, kept = _linear_backward(x, W, grad_out, None, indices, False,
@@ -709,6 +721,8 @@ class Linear(Module):
             memory = np.zeros(W.shape[0], W.dtype)
         if self.selection == "unified":
             db, scores, total = _mlp_kernels.feedback_columns(grad_out, memory, beta)
+            if self.column_scores_hook is not None:
+                scores = self.column_scores_hook(scores)
             cols = np.sort(top_columns(scores, k))
             g_sel = _mlp_kernels.gather_feedback_columns(grad_out, memory, beta, cols)
             dx, dW, _ = _shared_products(x, W, cols, g_sel, db, self.input_grad)

@@ -21,8 +21,11 @@ or on its refusal of sparse gradients):
   :func:`choose_reduction`).  Per-example top-k depends on each example
   alone, so N ranks with batch B again give the gradients of one process
   with batch N*B; random selection draws on each rank's own generator.
-* Every other parameter (dense layers, the output layer, embeddings) is
-  all-reduced densely from a gradient hook as its gradient arrives.
+* Every other parameter is reduced from a gradient hook as its gradient
+  arrives: row-sparse COO gradients (a ``MePropLSTM(sparse_grad=True)``'s
+  weights, ``nn.Embedding(sparse=True)``) over the union of the ranks'
+  rows as above, dense ones (dense layers, the output layer, biases) by a
+  dense all-reduce.
 
 The collectives run synchronously inside the backward pass, in the same
 order on every rank, which requires every rank to run the same graph.
@@ -143,10 +146,45 @@ def _global_unified(comm, name, x, weight, g2, k, need_dx):
 
 def _union_rows(comm, name, x, weight, g2, k, selection, reduction, need_dx):
     """Per-example (or random) meProp backward, the ranks' rows reduced over their union."""
-    n, m = weight.shape
+    n = weight.shape[0]
     indices = _random_indices(g2, n, k) if selection == "random" else None
     dx, rows, values, db = _backward_tensors(x, weight, g2, k, False, indices, need_dx)
     db = comm.all_reduce(db.clone(), f"the bias gradient of {name}", "bias")
+    union, summed = reduce_union(comm, name, rows, values, n, reduction)
+    return dx, union, summed, db
+
+
+def reduce_union(comm, name, rows, values, n, reduction):
+    """Sum the ranks' row-sparse gradients ``(rows, values)`` over the union of their rows.
+
+    The row indices are all-gathered; then the rows themselves are
+    all-gathered (``'sparse'``) or the union's rows all-reduced
+    (``'dense'``), as `reduction` says or, for ``'auto'``, as
+    :func:`choose_reduction` finds cheaper.  Every rank must call it with
+    the same `name`, `n` and `reduction`, in the same order.
+
+    Parameters
+    ----------
+    comm : _Comm
+        The collectives (and their byte counters).
+    name : str
+        Names the gradient in error messages.
+    rows : torch.Tensor of int64, shape (r,)
+        This rank's sorted, distinct rows (r may differ between ranks, and be 0).
+    values : torch.Tensor, shape (r, m)
+        Their gradient rows.
+    n : int
+        Rows of the full matrix.
+    reduction : {'auto', 'sparse', 'dense'}
+
+    Returns
+    -------
+    union : torch.Tensor of int64
+        The sorted union of every rank's rows.
+    summed : torch.Tensor, shape (len(union), m)
+        The sum over the ranks of their rows (not divided by the world size).
+    """
+    m = values.shape[1]
     count = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
     counts = [int(c) for c in comm.all_gather(count, f"the row counts of {name}", "index")]
     padded = rows.new_full((max(1, max(counts)),), n)
@@ -160,13 +198,32 @@ def _union_rows(comm, name, x, weight, g2, k, selection, reduction, need_dx):
         block = values.new_zeros((n, m)).index_copy_(0, rows, values)
         block = block.index_select(0, union) if union.shape[0] < n else block
         comm.all_reduce(block, f"the union rows of {name}", "rows")
-        return dx, union, block, db
+        return union, block
     block = values.new_zeros((max(1, max(counts)), m))
     block[:rows.shape[0]] = values
     blocks = comm.all_gather(block, f"the gathered rows of {name}", "rows")
     summed = values.new_zeros((union.shape[0], m)).index_add_(
         0, torch.searchsorted(union, all_rows), torch.cat([b[:c] for b, c in zip(blocks, counts)]))
-    return dx, union, summed, db
+    return union, summed
+
+
+class _Counted:
+    """The byte and choice counters of a holder of a :class:`_Comm` (``self._comm``)."""
+
+    @property
+    def bytes_sent(self):
+        """Bytes this rank has handed to collectives, by kind (see the class docstring)."""
+        return self._comm.bytes
+
+    @property
+    def ring_bytes(self):
+        """The collectives' bytes as a ring algorithm sends them from this rank, by kind."""
+        return self._comm.ring_bytes
+
+    @property
+    def reductions(self):
+        """How often the union reduction chose ``'sparse'`` and ``'dense'``."""
+        return self._comm.choices
 
 
 class _ReducedLinear(torch.autograd.Function):
@@ -199,7 +256,7 @@ class _ReducedLinear(torch.autograd.Function):
         return dx, dW, (db if need_db else None), None, None, None
 
 
-class MePropDataParallel(nn.Module):
+class MePropDataParallel(_Counted, nn.Module):
     """Data-parallel training of a model with meProp layers, reducing only the kept rows.
 
     Wrap the model on every rank after ``torch.distributed.init_process_group``;
@@ -304,23 +361,14 @@ class MePropDataParallel(nn.Module):
         for name, layer in self._meprop:
             layer.forward = self._layer_forward(name, layer)
 
-    @property
-    def bytes_sent(self):
-        """Bytes this rank has handed to collectives, by kind (see the class docstring)."""
-        return self._comm.bytes
-
-    @property
-    def ring_bytes(self):
-        """The collectives' bytes as a ring algorithm sends them from this rank, by kind."""
-        return self._comm.ring_bytes
-
-    @property
-    def reductions(self):
-        """How often the per-example reduction chose ``'sparse'`` and ``'dense'``."""
-        return self._comm.choices
-
     def _dense_hook(self, pname):
         def hook(grad):
+            if grad.is_sparse and grad.sparse_dim() == 1 and grad.dim() == 2:  # row-sparse: MePropLSTM's
+                grad = grad.coalesce()                                         # weights, sparse embeddings
+                union, summed = reduce_union(self._comm, f"the gradient of {pname}", grad.indices()[0],
+                                             grad.values(), grad.shape[0], self.reduction)
+                return torch.sparse_coo_tensor(union.unsqueeze(0), summed.div_(self._comm.world), grad.shape,
+                                               is_coalesced=True)
             if grad.is_sparse:
                 grad = grad.to_dense()
             grad = grad.clone()

@@ -189,7 +189,7 @@ def _all_finite(arrays):
     return True
 
 
-def train_step(model, optimizer, loss, batch, timers=None):
+def train_step(model, optimizer, loss, batch, timers=None, reduce_grads=None):
     """One training step: forward and loss, divergence check, backward, update.
 
     Parameters
@@ -206,6 +206,11 @@ def train_step(model, optimizer, loss, batch, timers=None):
     timers : dict, optional
         Seconds are added to its ``"forward"``, ``"backward"`` and
         ``"optimizer"`` entries.
+    reduce_grads : callable, optional
+        Applied to ``model.grads()`` before the optimizer (data-parallel
+        training averages them over the ranks:
+        :meth:`~meprop_numba.training.distributed.DataParallel.reduce_grads`);
+        its time counts as backward.
 
     Returns
     -------
@@ -244,8 +249,9 @@ def train_step(model, optimizer, loss, batch, timers=None):
         raise TrainingDiverged(f"loss is {value}")
     try:
         model.backward(grad)
+        grads = model.grads() if reduce_grads is None else reduce_grads(model.grads())
         t2 = time.perf_counter()
-        optimizer.step(model.grads())
+        optimizer.step(grads)
     except ValueError as exc:
         if ("NaN or Inf" in str(exc) or not _all_finite([grad])
                 or not _all_finite(model.parameters())):
@@ -539,7 +545,7 @@ def _summarise(results, metric, timer_names):
 
 
 def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite=False,
-        out=None, progress=True, log=None):
+        out=None, progress=True, log=None, parallel=None):
     """Train `task`'s model as `config` describes; the one training loop.
 
     Parameters
@@ -569,6 +575,11 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
         A progress bar per epoch (tqdm).
     log : callable, optional
         Called with one line of text per event (resume, epochs).
+    parallel : meprop_numba.training.distributed.DataParallel, optional
+        Train data-parallel: every rank calls :func:`fit` alike, takes its
+        slice of each ``config.batch_size`` batch and averages the
+        gradients with the others; rank 0 alone writes `checkpoint_dir`,
+        `out` and the progress bar.
 
     Returns
     -------
@@ -629,10 +640,13 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
         raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: trained on other "
                               "data (its vocabularies or shapes differ from this data's)")
     task.check_data(config, data)
+    if parallel is not None:
+        parallel.check(task, config, data)
+    writer = parallel is None or parallel.is_writer
     if config.simplify is not None:  # refused before any earlier checkpoint is touched
         _simplifier(config, task.build_model(config, extra_state, np.random.default_rng(0)),
                     None, None)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and writer:
         os.makedirs(checkpoint_dir, exist_ok=True)
         if not resume:
             clean_temporary_files(checkpoint_dir)
@@ -642,10 +656,11 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
     # Overflow on the way to a divergence is reported by the divergence stop,
     # not by NumPy warnings.
     with thread_limits(config.threads), np.errstate(over="ignore", invalid="ignore"):
-        return _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, log)
+        return _fit(task, config, data, extra_state, state, checkpoint_dir,
+                    out if writer else None, progress and writer, log if writer else None, parallel)
 
 
-def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, log):
+def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, log, parallel=None):
     metric = task.metric
     timer_names = (*TIMERS, *task.component_timers, "train", "eval")
     model_rng, data_rng = run_generators(config.seed)
@@ -689,8 +704,12 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
         start_epoch = int(state["epoch"])
         if log is not None:
             log(f"resuming from epoch {start_epoch} of {last_path}")
+    if parallel is not None:
+        parallel.attach(model)
 
     def save(path, epoch, **extra):
+        if parallel is not None and not parallel.is_writer:
+            return
         if simplifier is not None:
             extra["simplify"] = simplifier.state_dict()
         save_checkpoint(path, task=task.name, params=model.state_dict(),
@@ -741,7 +760,10 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             bar = _progress_bar(n_steps, f"{label} epoch {epoch}/{config.epochs}", progress)
             epoch_start = time.perf_counter()
             for step, batch in enumerate(task.batches(config, data, data_rng), start=1):
-                loss_sum += train_step(model, optimizer, task.loss, batch, timers)
+                if parallel is not None:
+                    batch = parallel.shard(batch)
+                loss_sum += train_step(model, optimizer, task.loss, batch, timers,
+                                       None if parallel is None else parallel.reduce_grads)
                 if simplifier is not None:
                     simplifier.after_step(epoch - 1, step - 1, n_steps)
                 if bar is not None:
@@ -755,6 +777,8 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             if not _all_finite(model.parameters()):
                 raise TrainingDiverged("a parameter became NaN or Inf")
             after = task.component_seconds(model)
+            if parallel is not None:  # every rank's slices: the global batches' mean loss
+                loss_sum = parallel.average(loss_sum, "the epoch's training loss")
             record = {"epoch": epoch, "train_loss": loss_sum / max(step, 1)}
             record.update({k: v for k, v in row.items() if k not in ("epoch", "step", "eval_s")})
             record.update({f"{name}_s": timers[name] for name in TIMERS})
