@@ -18,6 +18,7 @@ from meprop_numba.data.conllu import Sentence, read_conllu
 from meprop_numba.nn import softmax_cross_entropy
 from meprop_numba.tasks.parse import (ParserModel, ParseVocabulary, Treebank, attachment_scores,
                                       is_projective, oracle, parse)
+from meprop_numba.tasks.parse.model import PRECOMPUTE_MIN_BATCH
 from meprop_numba.tasks.parse.task import ParseConfig, ParseTask
 from meprop_numba.training.config import build_optimizer
 
@@ -230,12 +231,14 @@ def _features(rng, B, n_words=12, n_pos=7, n_labels=5):
                            rng.integers(0, n_labels, (B, 12))], axis=1).astype(np.int32)
 
 
-@pytest.mark.parametrize("activation", ["cube", "relu"])
-def test_model_gradient_matches_finite_differences(activation):
+@pytest.mark.parametrize("activation, batch", [("cube", 4), ("relu", 4),
+                                               ("cube", PRECOMPUTE_MIN_BATCH)])
+def test_model_gradient_matches_finite_differences(activation, batch):
+    # A batch of PRECOMPUTE_MIN_BATCH takes the hidden scores through the per-slot tables.
     rng = np.random.default_rng(1)
     model = ParserModel(12, 7, 5, 9, dim=3, hidden=11, k=None, activation=activation,
                         dtype=np.float64, rng=0)
-    f, y = _features(rng, 4), rng.integers(0, 9, 4)
+    f, y = _features(rng, batch), rng.integers(0, 9, batch)
     _, g = softmax_cross_entropy(model.forward(f, train=True), y)
     model.backward(g)
     for p, grad in zip(model.params(), model.grads()):
@@ -248,6 +251,32 @@ def test_model_gradient_matches_finite_differences(activation):
             minus = softmax_cross_entropy(model.forward(f), y)[0]
             p[idx] = old
             assert (plus - minus) / 2e-6 == pytest.approx(grad[idx], abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [PRECOMPUTE_MIN_BATCH - 1, PRECOMPUTE_MIN_BATCH, 700])
+def test_model_scores_match_the_plain_network(dtype, batch):
+    rng = np.random.default_rng(5)
+    model = ParserModel(40, 9, 6, 11, dim=5, hidden=30, k=7, dtype=dtype, rng=2)
+    f = _features(rng, batch, n_words=40, n_pos=9, n_labels=6)
+    x = np.concatenate([model.word_embedding.weight[f[:, :18]].reshape(batch, -1),
+                        model.pos_embedding.weight[f[:, 18:36]].reshape(batch, -1),
+                        model.label_embedding.weight[f[:, 36:]].reshape(batch, -1)], axis=1)
+    h = x @ model.hidden.weight.T + model.hidden.bias
+    expected = (h ** 3) @ model.output.weight.T + model.output.bias
+    scale = np.abs(h ** 3).sum(axis=1, keepdims=True) * np.abs(model.output.weight).max()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    scores = model.forward(f, train=True)
+    assert scores.dtype == dtype
+    assert np.all(np.abs(scores - expected) <= tol * (scale + 1))
+    model.backward(np.ones_like(scores))  # the hidden layer kept its input for the backward
+    dW = model.grads()[3].to_dense()
+    g_h = 3 * h ** 2 * (np.ones_like(scores) @ model.output.weight)
+    kept = np.argsort(-np.abs(g_h), axis=1, kind="stable")[:, :7]
+    mask = np.zeros_like(g_h, dtype=bool)
+    np.put_along_axis(mask, kept, True, axis=1)
+    assert np.allclose(dW, np.where(mask, g_h, 0).T @ x, rtol=1e-3 if dtype == np.float32 else 1e-9,
+                       atol=1e-3 if dtype == np.float32 else 1e-9)
 
 
 def _train(k, steps=4, dtype=np.float32):

@@ -35,3 +35,18 @@ def sum_rows_by_id(ids, grad, skip):
         for c in range(dim):
             out[c] += src[c]
     return rows, values
+
+
+@njit(**JIT_OPTIONS)
+def sum_rows_of_ids(table, ids):
+    """out[b] = sum_j table[ids[b, j]] for ``ids`` (B, J) int64 and ``table`` (V, n); out is (B, n)."""
+    B, J = ids.shape
+    n = table.shape[1]
+    out = np.zeros((B, n), dtype=table.dtype)
+    for b in range(B):
+        o = out[b]
+        for j in range(J):
+            row = table[ids[b, j]]
+            for c in range(n):
+                o[c] += row[c]
+    return out
