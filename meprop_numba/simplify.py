@@ -92,14 +92,18 @@ def prunable_layers(model):
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a meprop_numba.nn.Sequential (such as an MLP), "
                         f"got {type(model).__name__}")
-    pairs = []
-    previous = None
-    for layer in model.layers:
-        if isinstance(layer, Linear):
+    return _linear_pairs(model.layers, Linear, _ELEMENTWISE)
+
+
+def _linear_pairs(modules, linear, elementwise):
+    """Each `linear` module followed, through `elementwise` modules only, by another one."""
+    pairs, previous = [], None
+    for module in modules:
+        if isinstance(module, linear):
             if previous is not None:
-                pairs.append((previous, layer))
-            previous = layer
-        elif not isinstance(layer, _ELEMENTWISE):
+                pairs.append((previous, module))
+            previous = module
+        elif not isinstance(module, elementwise):
             previous = None  # a module that mixes features: neurons before it cannot be removed
     return pairs
 
@@ -589,7 +593,7 @@ class Simplifier:
     """
 
     def __init__(self, model, optimizer=None, p=0.1, *, min_size=1, schedule=None):
-        units = prunable_units(model)
+        units = self._units_of(model)
         if not units:
             raise ValueError("model has no hidden linear layer to simplify")
         self.p = unit_interval(p, "p")
@@ -670,7 +674,7 @@ class Simplifier:
             As :func:`remove_neurons`; nothing changes then.
         """
         before = sum(self.hidden_sizes)
-        remove_neurons(self.model, keeps, self.optimizer)
+        self._remove_neurons(self.model, keeps, self.optimizer)
         self.removed += before - sum(self.hidden_sizes)
 
     def after_step(self, epoch, batch, batches_per_epoch):
@@ -754,6 +758,10 @@ class Simplifier:
 
     def __repr__(self):
         return f"Simplifier(p={self.p}, hidden_sizes={self.hidden_sizes}, removed={self.removed})"
+
+    # The model family's units and removal (the PyTorch twin overrides both).
+    _units_of = staticmethod(prunable_units)
+    _remove_neurons = staticmethod(remove_neurons)
 
 
 def _shrink_arrays(cuts):

@@ -294,6 +294,23 @@ class Module:
         return self.forward(*args, **kwargs)
 
 
+def add_selection_counts(counts, kept, g):
+    """Add to `counts` (n,), per output neuron, the examples that kept a non-zero entry of `g` (B, n).
+
+    `kept` is the selection back propagation made: (B, k) per example,
+    (k,) shared by the minibatch, or None (every entry). Model
+    simplification's counting (:meth:`Linear.count_selections` and the
+    PyTorch layers' twin) in one place.
+    """
+    if kept is None:
+        counts += np.count_nonzero(g, axis=0)
+    elif kept.ndim == 1:
+        counts[kept] += np.count_nonzero(g[:, kept], axis=0)
+    else:
+        nonzero = np.take_along_axis(g, kept, axis=1) != 0
+        counts += np.bincount(kept[nonzero], minlength=counts.shape[0])
+
+
 class Linear(Module):
     """Fully connected layer ``y = x @ W.T + b`` with meProp back propagation.
 
@@ -533,17 +550,10 @@ class Linear(Module):
                                  else None)
 
     def _count(self, kept, g):
-        counts = self.selection_counts
-        if counts.shape != (self.out_features,):  # the layer was shrunk: start again
-            counts = self.selection_counts = np.zeros(self.out_features, dtype=np.int64)
+        if self.selection_counts.shape != (self.out_features,):  # the layer was shrunk: start again
+            self.selection_counts = np.zeros(self.out_features, dtype=np.int64)
             self.counted_examples = 0
-        if kept is None:
-            counts += np.count_nonzero(g, axis=0)
-        elif kept.ndim == 1:
-            counts[kept] += np.count_nonzero(g[:, kept], axis=0)
-        else:
-            nonzero = np.take_along_axis(g, kept, axis=1) != 0
-            counts += np.bincount(kept[nonzero], minlength=counts.shape[0])
+        add_selection_counts(self.selection_counts, kept, g)
         self.counted_examples += g.shape[0]
 
     def select(self, g):
