@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import balanced_indices, random_indices, topk_indices
 from .._cpu import mlp as _mlp_kernels
+from .._cpu.linear import count_kept_nonzero as _count_kept_nonzero
 from .._cpu.topk import top_columns
 from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, unit_interval
 from ..backward import _linear_backward, _per_example_backward, _shared_products
@@ -307,8 +308,7 @@ def add_selection_counts(counts, kept, g):
     elif kept.ndim == 1:
         counts[kept] += np.count_nonzero(g[:, kept], axis=0)
     else:
-        nonzero = np.take_along_axis(g, kept, axis=1) != 0
-        counts += np.bincount(kept[nonzero], minlength=counts.shape[0])
+        _count_kept_nonzero(counts, np.ascontiguousarray(kept, dtype=np.int64), np.ascontiguousarray(g))
 
 
 class Linear(Module):
