@@ -19,10 +19,11 @@ configured, :func:`shrink_to` the recorded widths, then
 ``load_state_dict``. A layer left with k or fewer neurons back-propagates
 densely (its k becomes None), which :func:`shrink_to` reproduces.
 
-The LSTM counts its selections too
-(:meth:`meprop_numba.nn.LSTM.count_selections`); removing LSTM units is
-not implemented yet (the layer keeps one width for every layer and
-direction).
+Other models say which of their units can be removed by a
+``prunable_units()`` method returning :class:`LinearUnits` /
+:class:`LSTMUnits` (the POS tagger does): an LSTM unit is removed from its
+four gates (rows of W_x, W_h and b), from W_h's columns and from the
+input columns of what reads it (the next layer, or the output layer).
 
 Examples
 --------
@@ -51,8 +52,10 @@ import numpy as np
 
 from ._validation import integer_k, kept_indices, unit_interval
 from .nn.layers import Dropout, Linear, ReLU, Sequential
+from .nn.lstm import LSTM
 
-__all__ = ["PruneSchedule", "Simplifier", "prunable_layers", "remove_neurons", "shrink_to"]
+__all__ = ["LSTMUnits", "LinearUnits", "PruneSchedule", "Simplifier", "prunable_layers",
+           "prunable_units", "remove_neurons", "shrink_to"]
 
 #: Modules that act entry by entry, so a removed neuron's output is removed with it.
 _ELEMENTWISE = (ReLU, Dropout)
@@ -89,16 +92,237 @@ def prunable_layers(model):
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a meprop_numba.nn.Sequential (such as an MLP), "
                         f"got {type(model).__name__}")
-    pairs = []
-    previous = None
-    for layer in model.layers:
-        if isinstance(layer, Linear):
+    return _linear_pairs(model.layers, Linear, _ELEMENTWISE)
+
+
+def _linear_pairs(modules, linear, elementwise):
+    """Each `linear` module followed, through `elementwise` modules only, by another one."""
+    pairs, previous = [], None
+    for module in modules:
+        if isinstance(module, linear):
             if previous is not None:
-                pairs.append((previous, layer))
-            previous = layer
-        elif not isinstance(layer, _ELEMENTWISE):
+                pairs.append((previous, module))
+            previous = module
+        elif not isinstance(module, elementwise):
             previous = None  # a module that mixes features: neurons before it cannot be removed
     return pairs
+
+
+class LinearUnits:
+    """The output neurons of a :class:`~meprop_numba.nn.Linear` layer read by another one.
+
+    One group of prunable units (see :func:`prunable_units`): removing
+    neuron j deletes row j of ``layer.weight`` and ``layer.bias`` and
+    column j of ``reader.weight``.
+
+    Parameters
+    ----------
+    layer, reader : meprop_numba.nn.Linear
+        The layer whose outputs are the units, and the layer whose inputs
+        they are (through element-wise modules only).
+
+    Raises
+    ------
+    TypeError
+        If either is not a Linear.
+    ValueError
+        If the reader's inputs are not the layer's outputs.
+
+    Examples
+    --------
+    >>> from meprop_numba.nn import Linear
+    >>> from meprop_numba.simplify import LinearUnits
+    >>> LinearUnits(Linear(3, 5, rng=0), Linear(5, 2, rng=0)).width
+    5
+    """
+
+    def __init__(self, layer, reader):
+        for name, value in (("layer", layer), ("reader", reader)):
+            if not isinstance(value, Linear):
+                raise TypeError(f"{name} must be a meprop_numba.nn.Linear, got {type(value).__name__}")
+        if reader.in_features != layer.out_features:
+            raise ValueError(f"reader has {reader.in_features} inputs, layer {layer.out_features} outputs")
+        self.layer, self.reader = layer, reader
+
+    @property
+    def width(self):
+        """Number of units."""
+        return self.layer.out_features
+
+    def _counts(self):
+        """(counts per unit or None, examples counted) since counting started."""
+        return self.layer.selection_counts, self.layer.counted_examples
+
+    def _set_counts(self, counts, seen):
+        """Restore counts saved from :meth:`counts`."""
+        self.layer.selection_counts, self.layer.counted_examples = counts, seen
+
+    def _start_counting(self):
+        """Count from zero."""
+        self.layer.count_selections()
+
+    def _cuts(self, keep):
+        """((module, attribute), axis, kept indices) of every array that loses entries."""
+        return [((self.layer, "weight"), 0, keep), ((self.layer, "bias"), 0, keep),
+                ((self.reader, "weight"), 1, keep)]
+
+    def _finish(self):
+        """After the arrays were replaced: drop caches; a layer left with k or fewer is dense."""
+        for module in (self.layer, self.reader):
+            module._x, module._grads = None, [None, None]
+        if self.layer.k is not None and self.layer.k >= self.layer.out_features:
+            self.layer.k = None
+
+
+class LSTMUnits:
+    """The hidden units of one layer and direction of an :class:`~meprop_numba.nn.LSTM`.
+
+    Removing unit j deletes its four gate rows (i, f, g, o at j) of W_x,
+    W_h and b, column j of W_h, and its input column in what reads the
+    layer's output: every direction's W_x of the next layer, or, for the
+    last layer, ``reader.weight``.
+
+    Parameters
+    ----------
+    lstm : meprop_numba.nn.LSTM
+        The LSTM holding the units.
+    index : int
+        Layer times directions plus direction (the order of
+        ``lstm.parameters()``, three arrays each).
+    reader : meprop_numba.nn.Linear or None
+        What reads the last layer's output (its input columns follow the
+        LSTM's output features); None makes the last layer not prunable.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If `lstm` is not an LSTM, `index` is out of range, or the last
+        layer has no `reader` of the LSTM's output size.
+
+    Examples
+    --------
+    >>> from meprop_numba.nn import LSTM, Linear
+    >>> from meprop_numba.simplify import LSTMUnits
+    >>> lstm = LSTM(3, 4, bidirectional=True, rng=0)
+    >>> [u.width for u in LSTMUnits.of(lstm, Linear(8, 2, rng=0))]
+    [4, 4]
+    """
+
+    def __init__(self, lstm, index, reader=None):
+        if not isinstance(lstm, LSTM):
+            raise TypeError(f"lstm must be a meprop_numba.nn.LSTM, got {type(lstm).__name__}")
+        n = lstm.num_layers * lstm.num_directions
+        self.index = integer_k(index + 1, n, "index + 1") - 1
+        self.layer, self.direction = divmod(self.index, lstm.num_directions)
+        if self.layer == lstm.num_layers - 1:
+            if not isinstance(reader, Linear) or reader.in_features != lstm.output_size:
+                raise ValueError("the last LSTM layer's units need the Linear layer reading the "
+                                 f"LSTM's {lstm.output_size} output features as reader")
+        self.lstm, self.reader = lstm, reader
+
+    @classmethod
+    def of(cls, lstm, reader):
+        """Every layer and direction of `lstm`, whose last layer `reader` reads.
+
+        Parameters
+        ----------
+        lstm : meprop_numba.nn.LSTM
+            The LSTM holding the units.
+        reader : meprop_numba.nn.Linear
+            The layer reading the LSTM's output.
+
+        Returns
+        -------
+        list of LSTMUnits
+            One per layer and direction, in the order of ``lstm.parameters()``.
+        """
+        return [cls(lstm, i, reader) for i in range(lstm.num_layers * lstm.num_directions)]
+
+    @property
+    def width(self):
+        """Number of units."""
+        return self.lstm.hidden_sizes[self.index]
+
+    def _counts(self):
+        """(counts per unit or None, valid steps counted) since counting started."""
+        counts = self.lstm.selection_counts
+        return (None if counts is None else counts[self.index]), self.lstm.counted_steps
+
+    def _set_counts(self, counts, seen):
+        """Restore counts saved from :meth:`counts` (the steps are shared by the layer)."""
+        if self.lstm.selection_counts is None:
+            self.lstm.count_selections()
+        self.lstm.selection_counts[self.index] = counts
+        self.lstm.counted_steps = seen
+
+    def _start_counting(self):
+        """Count from zero (every layer and direction of the LSTM)."""
+        self.lstm.count_selections()
+
+    def _cuts(self, keep):
+        """((container, key), axis, kept indices) of every array that loses entries."""
+        lstm, h = self.lstm, self.width
+        params = lstm._params
+        base = 3 * self.index
+        rows = np.concatenate([gate * h + keep for gate in range(4)])
+        cuts = [((params, base), 0, rows), ((params, base + 1), 0, rows),
+                ((params, base + 1), 1, keep), ((params, base + 2), 0, rows)]
+        # Input columns of the reader: this direction's block of the layer's output.
+        sizes = lstm.hidden_sizes
+        first = self.layer * lstm.num_directions
+        offset = sum(sizes[first:self.index])
+        total = sum(sizes[first:first + lstm.num_directions])
+        columns = np.concatenate([np.arange(offset), offset + keep, np.arange(offset + h, total)])
+        if self.layer + 1 < lstm.num_layers:
+            following = 3 * (first + lstm.num_directions)
+            cuts += [((params, following + 3 * d), 1, columns) for d in range(lstm.num_directions)]
+        else:
+            cuts.append(((self.reader, "weight"), 1, columns))
+        return cuts
+
+    def _finish(self):
+        """After the arrays were replaced: drop caches and restart any counting."""
+        self.lstm._replace_parameters({})
+        if self.reader is not None:
+            self.reader._x, self.reader._grads = None, [None, None]
+
+
+def prunable_units(model):
+    """The groups of hidden units of `model` that simplification may remove.
+
+    Parameters
+    ----------
+    model : meprop_numba.nn.Module
+        A :class:`~meprop_numba.nn.Sequential` (such as an MLP: one
+        :class:`LinearUnits` per pair of :func:`prunable_layers`), or a
+        model with a ``prunable_units()`` method (such as the POS tagger:
+        :class:`LSTMUnits`).
+
+    Returns
+    -------
+    list of LinearUnits or LSTMUnits
+        The groups, in the order of ``hidden_sizes`` and of the keeps of
+        :func:`remove_neurons`.
+
+    Raises
+    ------
+    TypeError
+        If `model` is neither.
+
+    Examples
+    --------
+    >>> from meprop_numba.nn import MLP
+    >>> from meprop_numba.simplify import prunable_units
+    >>> [u.width for u in prunable_units(MLP(8, 6, 2, rng=0))]
+    [6, 6]
+    """
+    if isinstance(model, Sequential):
+        return [LinearUnits(a, b) for a, b in prunable_layers(model)]
+    method = getattr(model, "prunable_units", None)
+    if method is None:
+        raise TypeError(f"model must be a meprop_numba.nn.Sequential or have a prunable_units() "
+                        f"method, got {type(model).__name__}")
+    return list(method())
 
 
 def remove_neurons(model, keeps, optimizer=None):
@@ -147,29 +371,49 @@ def remove_neurons(model, keeps, optimizer=None):
     >>> model.hidden_sizes, model.linear_layers[0].k, model.linear_layers[1].weight.shape
     ([3, 8], None, (8, 3))
     """
-    pairs = prunable_layers(model)
+    units = prunable_units(model)
     keeps = list(keeps)
-    if len(keeps) != len(pairs):
+    if len(keeps) != len(units):
         raise ValueError(f"keeps must give one index array per prunable layer "
-                         f"({len(pairs)}), got {len(keeps)}")
-    keeps = [kept_indices(keep, layer.out_features, f"keeps[{i}]")
-             for i, ((layer, _), keep) in enumerate(zip(pairs, keeps))]
-    cuts, targets = [], []
-    for (layer, reader), keep in zip(pairs, keeps):
-        if keep.size == layer.out_features:
+                         f"({len(units)}), got {len(keeps)}")
+    keeps = [kept_indices(keep, unit.width, f"keeps[{i}]")
+             for i, (unit, keep) in enumerate(zip(units, keeps))]
+    # Every array's kept entries per axis, in its current coordinates: an
+    # array read by two groups (the next LSTM layer's inputs from both
+    # directions) keeps what both keep.
+    masks, locations = {}, {}
+    for unit, keep in zip(units, keeps):
+        if keep.size == unit.width:
             continue  # everything stays: leave the arrays (and training) untouched
-        cuts += [(layer.weight, keep, 0), (layer.bias, keep, 0), (reader.weight, keep, 1)]
-        targets += [(layer, "weight"), (layer, "bias"), (reader, "weight")]
-    if not cuts:
+        for location, axis, kept in unit._cuts(keep):
+            array = _get(location)
+            mask = masks.setdefault((id(array), axis), np.ones(array.shape[axis], dtype=bool))
+            cut = np.zeros_like(mask)
+            cut[kept] = True
+            mask &= cut
+            locations[id(array)] = location
+    if not masks:
         return
+    cuts = [(_get(locations[a]), np.flatnonzero(mask), axis) for (a, axis), mask in masks.items()]
     arrays = optimizer.shrink(cuts) if optimizer is not None else _shrink_arrays(cuts)
-    for (module, name), array in zip(targets, arrays):
-        setattr(module, name, array)
-    for layer, reader in pairs:
-        for module in (layer, reader):
-            module._x, module._grads = None, [None, None]
-        if layer.k is not None and layer.k >= layer.out_features:
-            layer.k = None
+    new = {id(param): array for (param, _, _), array in zip(cuts, arrays)}
+    for key, array in new.items():  # the last result of each array holds all its cuts
+        _set(locations[key], array)
+    for unit in units:
+        unit._finish()
+
+
+def _get(location):
+    container, key = location
+    return container[key] if isinstance(container, list) else getattr(container, key)
+
+
+def _set(location, array):
+    container, key = location
+    if isinstance(container, list):
+        container[key] = array
+    else:
+        setattr(container, key, array)
 
 
 def shrink_to(model, hidden_sizes):
@@ -206,13 +450,13 @@ def shrink_to(model, hidden_sizes):
     >>> [(name, p.shape) for name, p in model.named_parameters()][2:4]
     [('2.weight', (3, 5)), ('2.bias', (3,))]
     """
-    pairs = prunable_layers(model)
+    units = prunable_units(model)
     sizes = list(hidden_sizes)
-    if len(sizes) != len(pairs):
-        raise ValueError(f"hidden_sizes must give one width per prunable layer ({len(pairs)}), "
+    if len(sizes) != len(units):
+        raise ValueError(f"hidden_sizes must give one width per prunable layer ({len(units)}), "
                          f"got {len(sizes)}")
-    keeps = [np.arange(integer_k(n, layer.out_features, f"hidden_sizes[{i}]"))
-             for i, (n, (layer, _)) in enumerate(zip(sizes, pairs))]
+    keeps = [np.arange(integer_k(n, unit.width, f"hidden_sizes[{i}]"))
+             for i, (n, unit) in enumerate(zip(sizes, units))]
     remove_neurons(model, keeps)
 
 
@@ -320,15 +564,16 @@ class Simplifier:
 
     Attributes
     ----------
-    pairs : list of (Linear, Linear)
-        The prunable layers and the layers reading their outputs.
+    units : list of LinearUnits or LSTMUnits
+        The groups of prunable units (:func:`prunable_units`).
     removed : int
         Neurons removed so far, all layers together.
 
     Raises
     ------
     TypeError
-        If `model` is not a Sequential, or `schedule` not a PruneSchedule.
+        If `model` has no prunable units (:func:`prunable_units`), or
+        `schedule` is not a PruneSchedule.
     ValueError
         If `model` has no prunable layer, or `p` or `min_size` is out of
         range.
@@ -348,8 +593,8 @@ class Simplifier:
     """
 
     def __init__(self, model, optimizer=None, p=0.1, *, min_size=1, schedule=None):
-        pairs = prunable_layers(model)
-        if not pairs:
+        units = self._units_of(model)
+        if not units:
             raise ValueError("model has no hidden linear layer to simplify")
         self.p = unit_interval(p, "p")
         self.min_size = integer_k(min_size, np.iinfo(np.int64).max, "min_size")
@@ -358,15 +603,15 @@ class Simplifier:
         if not isinstance(schedule, PruneSchedule):
             raise TypeError(f"schedule must be a PruneSchedule, got {type(schedule).__name__}")
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
-        self.pairs = pairs
+        self.units = units
         self.removed = 0
-        for layer, _ in pairs:
-            layer.count_selections()
+        for unit in units:
+            unit._start_counting()
 
     @property
     def hidden_sizes(self):
         """Current width of each prunable layer."""
-        return [layer.out_features for layer, _ in self.pairs]
+        return [unit.width for unit in self.units]
 
     def survivors(self):
         """The neurons each layer would keep if :meth:`prune` ran now.
@@ -379,9 +624,9 @@ class Simplifier:
             `min_size` of them; every neuron when nothing was counted).
         """
         keeps = []
-        for layer, _ in self.pairs:
-            counts, seen = layer.selection_counts, layer.counted_examples
-            n = layer.out_features
+        for unit in self.units:
+            counts, seen = unit._counts()
+            n = unit.width
             if counts is None or counts.shape != (n,) or seen == 0:
                 keeps.append(np.arange(n, dtype=np.int64))
                 continue
@@ -407,11 +652,11 @@ class Simplifier:
             not hold the model's parameters; nothing changes then.
         """
         keeps = self.survivors()
-        removed = [np.setdiff1d(np.arange(layer.out_features), keep)
-                   for (layer, _), keep in zip(self.pairs, keeps)]
+        removed = [np.setdiff1d(np.arange(unit.width), keep)
+                   for unit, keep in zip(self.units, keeps)]
         self.remove(keeps)
-        for layer, _ in self.pairs:
-            layer.count_selections()
+        for unit in self.units:
+            unit._start_counting()
         return removed
 
     def remove(self, keeps):
@@ -420,7 +665,7 @@ class Simplifier:
         Parameters
         ----------
         keeps : sequence of array_like of int
-            Per prunable layer (in the order of :attr:`pairs`), the strictly
+            Per prunable layer (in the order of :attr:`units`), the strictly
             increasing indices of the neurons that stay.
 
         Raises
@@ -429,7 +674,7 @@ class Simplifier:
             As :func:`remove_neurons`; nothing changes then.
         """
         before = sum(self.hidden_sizes)
-        remove_neurons(self.model, keeps, self.optimizer)
+        self._remove_neurons(self.model, keeps, self.optimizer)
         self.removed += before - sum(self.hidden_sizes)
 
     def after_step(self, epoch, batch, batches_per_epoch):
@@ -464,8 +709,8 @@ class Simplifier:
             rebuilds the model with :func:`shrink_to` from ``hidden_sizes``.
         """
         return {"hidden_sizes": self.hidden_sizes,
-                "counts": [np.array(layer.selection_counts, copy=True) for layer, _ in self.pairs],
-                "examples": [int(layer.counted_examples) for layer, _ in self.pairs],
+                "counts": [np.array(unit._counts()[0], copy=True) for unit in self.units],
+                "examples": [int(unit._counts()[1]) for unit in self.units],
                 "removed": int(self.removed)}
 
     def load_state_dict(self, state):
@@ -491,28 +736,32 @@ class Simplifier:
             raise ValueError(f"state is for hidden sizes {list(state['hidden_sizes'])}, the model has "
                              f"{self.hidden_sizes}; shrink_to them first")
         counts, examples = list(state["counts"]), list(state["examples"])
-        if len(counts) != len(self.pairs) or len(examples) != len(self.pairs):
-            raise ValueError(f"state holds {len(counts)} layers, the model {len(self.pairs)}")
+        if len(counts) != len(self.units) or len(examples) != len(self.units):
+            raise ValueError(f"state holds {len(counts)} layers, the model {len(self.units)}")
         checked = []
-        for i, ((layer, _), c, e) in enumerate(zip(self.pairs, counts, examples)):
+        for i, (unit, c, e) in enumerate(zip(self.units, counts, examples)):
             c = np.asarray(c)
             if c.dtype.kind not in "iu":
                 raise TypeError(f"state['counts'][{i}] must hold integers, got {c.dtype}")
-            if c.shape != (layer.out_features,):
+            if c.shape != (unit.width,):
                 raise ValueError(f"state['counts'][{i}] has shape {c.shape}, "
-                                 f"the layer {layer.out_features} neurons")
+                                 f"the layer {unit.width} neurons")
             if isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 0 or (c < 0).any():
                 raise ValueError(f"state layer {i}: counts and examples must be >= 0")
             checked.append((np.array(c, dtype=np.int64), int(e)))
         removed = state["removed"]
         if isinstance(removed, bool) or not isinstance(removed, numbers.Integral) or removed < 0:
             raise ValueError(f"state['removed'] must be a non-negative integer, got {removed!r}")
-        for (layer, _), (c, e) in zip(self.pairs, checked):
-            layer.selection_counts, layer.counted_examples = c, e
+        for unit, (c, e) in zip(self.units, checked):
+            unit._set_counts(c, e)
         self.removed = int(removed)
 
     def __repr__(self):
         return f"Simplifier(p={self.p}, hidden_sizes={self.hidden_sizes}, removed={self.removed})"
+
+    # The model family's units and removal (the PyTorch twin overrides both).
+    _units_of = staticmethod(prunable_units)
+    _remove_neurons = staticmethod(remove_neurons)
 
 
 def _shrink_arrays(cuts):

@@ -1,24 +1,27 @@
-"""meSimp on the MLP: meProp with and without model simplification, same seed, same data.
+"""meSimp on the MLP: dense, meProp alone and meProp with simplification, several seeds.
 
-Trains the 784-500-500-10 MLP (float32, lazy Adam, per-example top-k) twice
-through the one training loop (:func:`meprop_numba.training.fit`): meProp
-alone, and meProp with ``simplify=p`` (the released schedule: prunes after
-each of ``parts`` parts of an epoch in even cycles of ``cycle`` epochs).
-Model selection uses the dev split only (the last 5,000 training images);
-the test split is never evaluated. Then times the forward pass (inference)
-of the two final models on the dev images in alternating blocks.
+Trains the 784-500-500-10 MLP (float32, lazy Adam, per-example top-k)
+through the one training loop (:func:`meprop_numba.training.fit`) in three
+arms per seed: dense back propagation, meProp alone, and meProp with
+``simplify=p`` (the released schedule: prunes after each of ``parts`` parts
+of an epoch in even cycles of ``cycle`` epochs). The dev split (the last
+5,000 training images) is evaluated after every epoch; the test split is
+read once per arm and seed, on the final model, and never used to choose
+anything. Each finished run is appended to the JSON file at once, so an
+interrupted study keeps its finished runs (``--resume`` skips them).
 
-Prints, as Markdown: per epoch the dev accuracy, the hidden sizes and the
-whole-step training time of both arms, the final sizes, and the inference
-ratio. The per-epoch times come from the loop (wall time, the arms one after
-the other, so the machine's load moves them); the final models' training
-step and forward pass are also timed in alternating blocks of CPU time,
-the ratios to quote. One thread for numba and BLAS.
+Then times, on the last seed's final models, the forward pass (inference)
+and the training step in alternating blocks of CPU time, the ratios to
+quote. The per-epoch times come from the loop (wall time, the arms one
+after the other, so the machine's load moves them). One thread for numba
+and BLAS. ``scripts/simplify_plot.py`` draws the hidden sizes and dev
+accuracy over training from the JSON file.
 
 Usage (the results in docs/results_simplify.md)::
 
     python scripts/simplify_study.py --data-dir ../shared/data/fashion-mnist \\
-        --epochs 10 --cycle 5 --k 160 --p 0.1 --batch 100 --seed 0
+        --epochs 20 --cycle 5 --k 160 --p 0.1 --batch 100 --seeds 0 1 2 \\
+        --json docs/simplify_study.json
 """
 import argparse
 import json
@@ -38,6 +41,9 @@ from meprop_numba.tasks import TASKS  # noqa: E402
 from meprop_numba.training import fit  # noqa: E402
 
 
+ARMS = ("dense", "meprop", "mesimp")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST IDX files")
@@ -47,9 +53,11 @@ def parse_args(argv=None):
     parser.add_argument("--k", type=int, default=160)
     parser.add_argument("--p", type=float, default=0.1)
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--resume", action="store_true", help="skip the runs already in --json")
     parser.add_argument("--max-train", type=int, default=None, help="first N training images only")
-    parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--json", required=True, help="the results, one entry per finished run")
     return parser.parse_args(argv)
 
 
@@ -87,53 +95,83 @@ def _step_ratio(dense, small, x, y, batch, blocks=7):
     return float(np.median(times[0][1:])), float(np.median(times[1][1:]))
 
 
+def _config(task, args, arm, seed):
+    base = dict(dataset="fashion-mnist", data_dir=args.data_dir, hidden=500, layers=2,
+                k=None if arm == "dense" else args.k, selection="topk", epochs=args.epochs,
+                batch_size=args.batch, seed=seed, threads=1, eval_test=False,
+                max_train=args.max_train)
+    if arm == "mesimp":
+        base.update(simplify=args.p, simplify_cycle=args.cycle, simplify_parts=args.parts)
+    return task.config_class(**base)
+
+
+def _mean_sd(values):
+    values = np.asarray(values, dtype=float) * 100
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+
+
 def main():
     args = parse_args()
     task = TASKS["mlp"]
-    base = dict(dataset="fashion-mnist", data_dir=args.data_dir, hidden=500, layers=2, k=args.k,
-                selection="topk", epochs=args.epochs, batch_size=args.batch, seed=args.seed,
-                threads=1, eval_test=False, max_train=args.max_train)
-    plain_config = task.config_class(**base)
-    simp_config = task.config_class(**base, simplify=args.p, simplify_cycle=args.cycle,
-                                    simplify_parts=args.parts)
-    data = task.load_data(plain_config)
-    load = os.getloadavg()[0]
-    plain = fit(task, plain_config, data, progress=False)
-    simp = fit(task, simp_config, data, progress=False)
-    x_dev = data.x_dev.astype(np.float32)
-    t_plain, t_simp = _forward_ratio(plain["model"], simp["model"], x_dev)
-    x_train = data.x_train[:30 * args.batch].astype(np.float32)
-    s_plain, s_simp = _step_ratio(plain["model"], simp["model"], x_train,
-                                  data.y_train[:30 * args.batch], args.batch)
-    load = (load + os.getloadavg()[0]) / 2
+    runs = []
+    if args.resume and os.path.exists(args.json):
+        with open(args.json) as f:
+            runs = json.load(f)["runs"]
+    data = task.load_data(_config(task, args, "meprop", args.seeds[0]))
+    models = {}
+    for seed in args.seeds:
+        for arm in args.arms:
+            if any(r["arm"] == arm and r["seed"] == seed for r in runs):
+                continue
+            load = os.getloadavg()[0]
+            result = fit(task, _config(task, args, arm, seed), data, progress=False)
+            model = result.pop("model")
+            result.update(arm=arm, seed=seed, load_average=(load + os.getloadavg()[0]) / 2,
+                          final_dev_accuracy=task.evaluate(model, data, "dev")["accuracy"],
+                          test_accuracy=task.evaluate(model, data, "test")["accuracy"],
+                          final_hidden_sizes=list(model.hidden_sizes))
+            runs.append(result)
+            models[arm] = model
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+            print(f"seed {seed} {arm}: dev {100 * result['final_dev_accuracy']:.2f} test "
+                  f"{100 * result['test_accuracy']:.2f} sizes {result['final_hidden_sizes']}",
+                  flush=True)
 
-    print(f"MLP 784-500-500-10 on Fashion-MNIST ({len(data.y_train)} training images, "
-          f"{len(data.y_dev)} dev), k={args.k} topk, batch {args.batch}, lazy Adam, seed {args.seed}, "
-          f"one thread; simplify p={args.p}, cycles of {args.cycle} epochs, {args.parts} parts; "
-          f"load average about {load:.1f} on {os.cpu_count()} CPUs\n")
-    print("| epoch | meProp dev acc | meSimp dev acc | meSimp hidden sizes | meProp step time (s/epoch) "
-          "| meSimp step time (s/epoch) | ratio |")
+    print(f"\nMLP 784-500-500-10 on Fashion-MNIST ({len(data.y_train)} training images, "
+          f"{len(data.y_dev)} dev, {len(data.y_test)} test), {args.epochs} epochs, k={args.k} topk, "
+          f"batch {args.batch}, lazy Adam, seeds {args.seeds}, one thread; simplify p={args.p}, "
+          f"cycles of {args.cycle} epochs, {args.parts} parts\n")
+    print("| arm | final hidden sizes | best dev acc | final dev acc | test acc (final model) "
+          "| step time, first epoch (s) | step time, last epoch (s) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for a, b in zip(plain["epochs"], simp["epochs"]):
-        ratio = a["train_s"] / b["train_s"]
-        print(f"| {a['epoch']} | {100 * a['dev_accuracy']:.2f} | {100 * b['dev_accuracy']:.2f} | "
-              f"{'-'.join(map(str, b['hidden_sizes']))} | {a['train_s']:.1f} | {b['train_s']:.1f} | "
-              f"{ratio:.2f}x |")
-    sizes = simp["model"].hidden_sizes
-    print(f"\nbest dev accuracy: meProp {100 * plain['best_dev_accuracy']:.2f}% (epoch "
-          f"{plain['best_epoch']}), meSimp {100 * simp['best_dev_accuracy']:.2f}% (epoch "
-          f"{simp['best_epoch']}); final hidden sizes {sizes}")
-    print(f"inference (forward over the {len(x_dev)} dev images, batches of 1000): 500-500 "
-          f"{t_plain * 1e3:.1f} ms, {sizes[0]}-{sizes[1]} {t_simp * 1e3:.1f} ms: {t_plain / t_simp:.2f}x")
-    print(f"training step (forward, backward, lazy Adam; batch {args.batch}, the final models, "
-          f"alternating blocks, CPU time): 500-500 {s_plain * 1e3:.2f} ms, {sizes[0]}-{sizes[1]} "
-          f"{s_simp * 1e3:.2f} ms: {s_plain / s_simp:.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meprop": {k: v for k, v in plain.items() if k != "model"},
-                       "mesimp": {k: v for k, v in simp.items() if k != "model"},
-                       "forward_s": {"meprop": t_plain, "mesimp": t_simp},
-                       "step_s": {"meprop": s_plain, "mesimp": s_simp}}, f, indent=2)
+    for arm in ARMS:
+        done = [r for r in runs if r["arm"] == arm]
+        if not done:
+            continue
+        sizes = "; ".join("-".join(map(str, r["final_hidden_sizes"])) for r in done)
+        first = np.mean([r["epochs"][0]["train_s"] for r in done])
+        last = np.mean([r["epochs"][-1]["train_s"] for r in done])
+        print(f"| {arm} | {sizes} | {_mean_sd([r['best_dev_accuracy'] for r in done])} | "
+              f"{_mean_sd([r['final_dev_accuracy'] for r in done])} | "
+              f"{_mean_sd([r['test_accuracy'] for r in done])} | {first:.1f} | {last:.1f} |")
+    loads = ", ".join(f"{r['load_average']:.1f}" for r in runs)
+    print(f"\n(mean ± sd over {len(args.seeds)} seeds; load averages during the runs: {loads})")
+
+    if "meprop" in models and "mesimp" in models:
+        dense, small = models["meprop"], models["mesimp"]
+        sizes = small.hidden_sizes
+        x_dev = data.x_dev.astype(np.float32)
+        t_plain, t_simp = _forward_ratio(dense, small, x_dev)
+        x_train = data.x_train[:30 * args.batch].astype(np.float32)
+        s_plain, s_simp = _step_ratio(dense, small, x_train, data.y_train[:30 * args.batch],
+                                      args.batch)
+        print(f"inference (forward over the {len(x_dev)} dev images, batches of 1000): 500-500 "
+              f"{t_plain * 1e3:.1f} ms, {sizes[0]}-{sizes[1]} {t_simp * 1e3:.1f} ms: "
+              f"{t_plain / t_simp:.2f}x")
+        print(f"training step (forward, backward, lazy Adam; batch {args.batch}, the final models, "
+              f"alternating blocks, CPU time): 500-500 {s_plain * 1e3:.2f} ms, "
+              f"{sizes[0]}-{sizes[1]} {s_simp * 1e3:.2f} ms: {s_plain / s_simp:.2f}x")
 
 
 if __name__ == "__main__":

@@ -454,3 +454,35 @@ def test_cli_trains_and_predicts_conllu(toy_treebank, tmp_path, capsys):
     bad.write_text("1 Dogs dog NOUN NNS _ 0 root _ _\n", encoding="utf-8")
     assert cli.main(["predict", "--checkpoint-dir", str(ckpt), str(bad)]) != 0
     assert f"{bad}:1:" in capsys.readouterr().err
+
+
+def test_simplify_removes_hidden_neurons_exactly_and_resumes_bit_identically(toy_treebank, tmp_path):
+    import copy
+
+    from meprop_numba.simplify import remove_neurons
+    from meprop_numba.training import fit, load_model
+
+    model = ParserModel(12, 7, 5, 9, dim=3, hidden=11, k=4, dtype=np.float64, rng=0)
+    keep = np.array([0, 2, 3, 7, 10])
+    masked = copy.deepcopy(model)
+    masked.output.weight[:, np.setdiff1d(np.arange(11), keep)] = 0
+    remove_neurons(model, [keep])
+    f = _features(np.random.default_rng(2), 6)
+    np.testing.assert_allclose(model.forward(f), masked.forward(f), rtol=1e-12, atol=1e-12)
+    assert model.hidden.weight.shape[0] == 5 and model.output.weight.shape == (9, 5)
+
+    task = ParseTask()
+
+    def config(epochs):
+        return ParseConfig(data_dir=str(toy_treebank), hidden=16, dim=4, k=4, batch_size=4,
+                           min_word_freq=1, epochs=epochs, simplify=0.6, simplify_cycle=1,
+                           simplify_parts=2).validate()
+    data = task.load_data(config(1))
+    full = fit(task, config(3), data, checkpoint_dir=tmp_path / "full", progress=False)
+    assert full["epochs"][0]["hidden_sizes"] != [16], "the case must exercise a removal"
+    fit(task, config(1), data, checkpoint_dir=tmp_path / "cut", progress=False)
+    resumed = fit(task, config(3), data, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
+    for a, b in zip(full["model"].params(), resumed["model"].params()):
+        assert a.tobytes() == b.tobytes()
+    best, _, state = load_model(task, tmp_path / "full", "best")
+    assert task.evaluate(best, data, "dev")["las"] == state["best"]["dev_las"]

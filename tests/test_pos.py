@@ -375,10 +375,29 @@ def test_ewt_short_training_learns():
     assert results["best_dev_accuracy"] > 0.5
 
 
-def test_simplify_is_refused_for_the_tagger_before_any_checkpoint_changes(treebank, tmp_path):
-    base = pos.POSConfig(data_dir=str(treebank), hidden=8, k=2, epochs=1, batch_size=2, lr=0.01)
-    _fit(base, checkpoint_dir=str(tmp_path))
-    before = (tmp_path / "last.npz").read_bytes()
-    with pytest.raises(ValueError, match="simplify"):
-        _fit(dataclasses.replace(base, simplify=0.1), checkpoint_dir=str(tmp_path), overwrite=True)
-    assert (tmp_path / "last.npz").read_bytes() == before
+def test_simplify_shrinks_the_lstm_on_schedule_and_resumes_bit_identically(treebank, tmp_path):
+    over = dict(data_dir=str(treebank), hidden=16, k=2, lr=0.02, min_word_freq=1, epochs=3,
+                simplify=0.5, simplify_cycle=1, simplify_parts=3)
+    full = _fit(pos.POSConfig(**over), checkpoint_dir=tmp_path / "full")
+    sizes = [e["hidden_sizes"] for e in full["epochs"]]
+    assert sizes[0] != [16], "the case must exercise a removal"
+    assert sizes[1] == sizes[0]  # epoch 2: an odd cycle, no prune
+    assert full["model"].lstm.hidden_sizes == sizes[2]
+    assert full["model"].output.weight.shape[1] == sizes[2][0]
+    _fit(pos.POSConfig(**{**over, "epochs": 1}), checkpoint_dir=tmp_path / "cut")
+    resumed = _fit(pos.POSConfig(**over), checkpoint_dir=tmp_path / "cut", resume=True)
+    for (name, a), (_, b) in zip(full["model"].named_parameters(),
+                                 resumed["model"].named_parameters()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    best, config, state = load_model(POS_TASK, tmp_path / "full", "best")
+    data = POS_TASK.load_data(config, state["extra_state"])
+    assert POS_TASK.evaluate(best, data, "dev")["accuracy"] == state["best"]["dev_accuracy"]
+
+
+def test_simplify_with_p_zero_tags_exactly_as_without(treebank):
+    base = dict(data_dir=str(treebank), hidden=16, k=2, lr=0.02, min_word_freq=1, epochs=2)
+    plain = _fit(pos.POSConfig(**base))
+    simp = _fit(pos.POSConfig(**base, simplify=0.0, simplify_cycle=1, simplify_parts=3))
+    assert simp["model"].lstm.hidden_sizes == [16]
+    for a, b in zip(plain["model"].parameters(), simp["model"].parameters()):
+        np.testing.assert_array_equal(a, b)

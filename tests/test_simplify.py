@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import meprop_numba as mp
 from meprop_numba.nn import MLP, Dropout, Linear, Module, ReLU, Sequential, softmax_cross_entropy
-from meprop_numba.simplify import PruneSchedule, Simplifier, prunable_layers, shrink_to
+from meprop_numba.simplify import (PruneSchedule, Simplifier, prunable_layers, prunable_units,
+                                   remove_neurons, shrink_to)
 
 from reference import AdamReference, selection_mask, snapshot, topk_reference, unified_topk_reference
 
@@ -48,11 +49,13 @@ def test_counts_equal_the_reference_topk_selections(seed, B, n, data, dtype):
     expected = np.zeros(n, dtype=np.int64)
     for _ in range(3):
         x = rng.standard_normal((B, 5)).astype(dtype)
-        # Continuous gradients: no ties, so the reference's tie rule is not needed.
+        # Continuous gradients with exact zeros (ReLUs that were off): the
+        # non-zero entries never tie, and a kept zero does not count.
         g = rng.uniform(-1, 1, (B, n)).astype(dtype)
+        g[rng.random((B, n)) < 0.4] = 0
         layer.forward(x, train=True)
         layer.backward(g)
-        expected += selection_mask((B, n), topk_reference(g, k)).sum(axis=0)
+        expected += (selection_mask((B, n), topk_reference(g, k)) & (g != 0)).sum(axis=0)
     np.testing.assert_array_equal(layer.selection_counts, expected)
     assert layer.counted_examples == 3 * B
 
@@ -64,9 +67,10 @@ def test_unified_counts_each_shared_column_once_per_example():
     expected = np.zeros(12, dtype=np.int64)
     for B in (3, 7):
         g = rng.uniform(-1, 1, (B, 12))
+        g[0, :] = 0  # an example whose gradient is zero counts for no column
         layer.forward(rng.standard_normal((B, 5)), train=True)
         layer.backward(g)
-        expected[unified_topk_reference(g, 4)] += B
+        expected[unified_topk_reference(g, 4)] += B - 1
     np.testing.assert_array_equal(layer.selection_counts, expected)
     assert layer.counted_examples == 10
 
@@ -85,14 +89,39 @@ def test_random_counts_follow_the_drawn_selections():
     np.testing.assert_array_equal(np.flatnonzero(layer.selection_counts), layer.grads()[0].rows)
 
 
-def test_dense_counts_every_neuron_and_stop_drops_the_counts():
+def test_dense_counts_every_non_zero_entry_and_stop_drops_the_counts():
     layer = Linear(3, 4, dtype=np.float64, rng=0)
     layer.count_selections()
     layer.forward(np.ones((5, 3)), train=True)
-    layer.backward(np.ones((5, 4)))
-    np.testing.assert_array_equal(layer.selection_counts, [5, 5, 5, 5])
+    g = np.ones((5, 4))
+    g[:3, 1] = 0
+    layer.backward(g)
+    np.testing.assert_array_equal(layer.selection_counts, [5, 2, 5, 5])
     layer.count_selections(False)
     assert layer.selection_counts is None and layer.counted_examples == 0
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 16), data=st.data())
+def test_a_narrowed_layer_counts_as_if_its_removed_neurons_had_zero_gradients(seed, n, data):
+    # The meSimp authors mask neurons instead of removing them: masked
+    # entries stay in the top-k as zeros. Counting only non-zero kept entries
+    # makes the physically narrowed layer count the survivors identically.
+    k = data.draw(st.integers(1, n))
+    keep = np.sort(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True)))
+    rng = np.random.default_rng(seed)
+    g = rng.uniform(-1, 1, (7, n))
+    g[rng.random((7, n)) < 0.3] = 0
+    g_masked = np.zeros_like(g)
+    g_masked[:, keep] = g[:, keep]
+    wide = Linear(4, n, k=k, dtype=np.float64, rng=0)
+    narrow = Linear(4, keep.size, k=k if k < keep.size else None, dtype=np.float64, rng=0)
+    x = rng.standard_normal((7, 4))
+    for layer, grad in ((wide, g_masked), (narrow, g[:, keep])):
+        layer.count_selections()
+        layer.forward(x, train=True)
+        layer.backward(np.ascontiguousarray(grad))
+    np.testing.assert_array_equal(narrow.selection_counts, wide.selection_counts[keep])
 
 
 def test_counting_changes_no_gradient():
@@ -135,8 +164,8 @@ def test_prune_removes_the_neurons_kept_by_fewer_than_p_of_the_examples():
     simplifier = Simplifier(model, opt, p=0.2)
     for x, y in _batches(5, 4):
         _train_step(model, opt, x, y)
-    counts = [layer.selection_counts.copy() for layer, _ in simplifier.pairs]
-    seen = [layer.counted_examples for layer, _ in simplifier.pairs]
+    counts = [layer.selection_counts.copy() for layer in (u.layer for u in simplifier.units)]
+    seen = [layer.counted_examples for layer in (u.layer for u in simplifier.units)]
     removed = simplifier.prune()
     for c, n, r in zip(counts, seen, removed):
         assert n == 64
@@ -144,13 +173,13 @@ def test_prune_removes_the_neurons_kept_by_fewer_than_p_of_the_examples():
     assert model.hidden_sizes == [20 - len(r) for r in removed]
     assert sum(len(r) for r in removed) > 0, "the case must exercise a removal"
     assert all(layer.counted_examples == 0 and not layer.selection_counts.any()
-               for layer, _ in simplifier.pairs)
+               for layer in (u.layer for u in simplifier.units))
 
 
 def test_min_size_keeps_the_most_often_kept_neurons():
     layer_model = MLP(4, 6, 2, layers=1, k=1, dtype=np.float64, rng=0)
     simplifier = Simplifier(layer_model, p=0.9, min_size=2)
-    hidden = simplifier.pairs[0][0]
+    hidden = simplifier.units[0].layer
     hidden.selection_counts[:] = [3, 0, 5, 1, 0, 4]
     hidden.counted_examples = 100
     simplifier.prune()
@@ -171,13 +200,13 @@ def test_shrinking_preserves_the_function_of_the_masked_network():
     keeps = simplifier.survivors()
     assert any(k.size < 16 for k in keeps)
     before = [(layer.weight.copy(), layer.bias.copy(), reader.weight.copy())
-              for layer, reader in simplifier.pairs]
+              for layer, reader in ((u.layer, u.reader) for u in simplifier.units)]
     masked = _masked_copy(model, keeps)
     simplifier.prune()
     x = np.random.default_rng(9).standard_normal((30, 12))
     np.testing.assert_allclose(model.forward(x), masked.forward(x), rtol=1e-12, atol=1e-12)
     # The arrays are the surviving entries themselves, in order.
-    layers = simplifier.pairs
+    layers = [(u.layer, u.reader) for u in simplifier.units]
     (W0, b0, R0), (W1, b1, R1) = before
     np.testing.assert_array_equal(layers[0][0].weight, W0[keeps[0]])
     np.testing.assert_array_equal(layers[0][0].bias, b0[keeps[0]])
@@ -397,3 +426,143 @@ def test_lstm_counts_units_kept_in_any_of_their_four_gates(scope, k, bidirection
     assert lstm.counted_steps == steps
     for d, (got, want) in enumerate(zip(lstm.selection_counts, expected)):
         np.testing.assert_array_equal(got, want, err_msg=f"layer/direction {d}")
+
+
+# ------------------------------------------------------------------ LSTM units
+
+def _tagger(layers=1, bidirectional=False, hidden=8, k=2, scope="per_gate", seed=0):
+    from meprop_numba.tasks.pos import POSTagger
+
+    return POSTagger(20, [5] * 7, 5, word_dim=6, feature_dim=3, hidden=hidden, layers=layers,
+                     bidirectional=bidirectional, k=k, scope=scope, dtype=np.float64, rng=seed)
+
+
+def _tag_batches(seed, count, B=3, T=6):
+    from meprop_numba.tasks.pos import Batch
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        lengths = rng.integers(1, T + 1, B)
+        lengths[0] = T
+        mask = np.arange(T)[None, :] < lengths[:, None]
+        words = np.where(mask, rng.integers(2, 20, (B, T)), 0)
+        feats = np.where(mask[:, :, None], rng.integers(1, 5, (B, T, 7)), 0)
+        tags = np.where(mask, rng.integers(1, 5, (B, T)), 0)
+        out.append(Batch(words, feats, tags, lengths))
+    return out
+
+
+def _tag_step(model, opt, batch):
+    mask = batch.mask
+    _, grad = softmax_cross_entropy(model.forward(batch, train=True), batch.tags[mask])
+    model.backward(grad)
+    opt.step(model.grads())
+
+
+def _masked_tagger(model, keeps):
+    """The tagger with every removed LSTM unit silenced: its output never read again.
+
+    A removed unit's state still evolves, but nothing reads it: its column
+    of its own W_h (the recurrence), of the next layer's W_x or of the
+    output layer is set to zero.
+    """
+    masked = copy.deepcopy(model)
+    lstm, dirs = masked.lstm, masked.lstm.num_directions
+    h = lstm.hidden_size
+    for i, keep in enumerate(keeps):
+        dropped = np.setdiff1d(np.arange(h), keep)
+        lstm._params[3 * i + 1][:, dropped] = 0
+        layer, direction = divmod(i, dirs)
+        columns = direction * h + dropped
+        if layer + 1 < lstm.num_layers:
+            for d in range(dirs):
+                lstm._params[3 * ((layer + 1) * dirs + d)][:, columns] = 0
+        else:
+            masked.output.weight[:, columns] = 0
+    return masked
+
+
+@settings(deadline=None, max_examples=12)
+@given(layers=st.integers(1, 2), bidirectional=st.booleans(), data=st.data(),
+       scope=st.sampled_from(["per_gate", "concat"]))
+def test_removing_lstm_units_preserves_the_function_of_the_masked_tagger(layers, bidirectional,
+                                                                          data, scope):
+    model = _tagger(layers, bidirectional, scope=scope, k=3)
+    n = len(prunable_units(model))
+    keeps = [np.sort(data.draw(st.lists(st.integers(0, 7), min_size=1, max_size=8, unique=True)))
+             for _ in range(n)]
+    masked = _masked_tagger(model, keeps)
+    remove_neurons(model, keeps)
+    assert model.lstm.hidden_sizes == [k.size for k in keeps]
+    for batch in _tag_batches(1, 2):
+        np.testing.assert_allclose(model.forward(batch), masked.forward(batch), rtol=1e-12,
+                                   atol=1e-12)
+    # The shrunk tagger still trains (k clamps to a narrowed direction's width).
+    opt = mp.Adam(model.parameters(), lr=1e-2)
+    _tag_step(model, opt, _tag_batches(2, 1)[0])
+    assert all(np.isfinite(p).all() for p in model.parameters())
+
+
+def test_lstm_optimizer_state_follows_the_surviving_gate_rows_and_columns():
+    model = _tagger(layers=2, bidirectional=True)
+    opt = mp.Adam(model.parameters(), lr=1e-2)
+    for batch in _tag_batches(3, 3):
+        _tag_step(model, opt, batch)
+    assert len(model.lstm.parameters()) + len(model.output.parameters()) == 14
+    first = len(model.word_embedding.parameters()) + len(model.feature_embedding.parameters())
+    before = [{name: a.copy() for name, a in opt.state[first + j].items()} for j in range(14)]
+    keeps = [np.array([0, 3, 4]), np.arange(8), np.array([1, 2, 6, 7]), np.array([5])]
+    remove_neurons(model, keeps, opt)
+    h = 8
+    gate_rows = [np.concatenate([g * h + k for g in range(4)]) for k in keeps]
+    out0 = np.concatenate([keeps[0], h + keeps[1]])   # layer 0's output columns kept
+    out1 = np.concatenate([keeps[2], h + keeps[3]])
+    expect_rows = [gate_rows[0], gate_rows[0], gate_rows[0], gate_rows[1], gate_rows[1], gate_rows[1],
+                   gate_rows[2], gate_rows[2], gate_rows[2], gate_rows[3], gate_rows[3], gate_rows[3]]
+    for j, state in enumerate(before[:12]):
+        for name, array in state.items():
+            want = array[expect_rows[j]]
+            if j % 3 == 1:   # W_h: its own units' columns
+                want = want[:, keeps[j // 3]]
+            if j in (6, 9):  # layer 1's W_x: layer 0's kept outputs
+                want = want[:, out0]
+            np.testing.assert_array_equal(opt.state[first + j][name], want, err_msg=f"{j} {name}")
+    for name, array in before[12].items():  # the output layer's weight: columns of layer 1
+        np.testing.assert_array_equal(opt.state[first + 12][name], array[:, out1])
+    for name, array in before[13].items():
+        np.testing.assert_array_equal(opt.state[first + 13][name], array)
+    assert all(a is b for a, b in zip(opt.params, model.parameters()))
+
+
+def test_lstm_prune_with_p_zero_removes_nothing_and_training_stays_bit_identical():
+    batches = _tag_batches(4, 4)
+    models = []
+    for p in (None, 0.0):
+        model = _tagger(seed=5)
+        opt = mp.Adam(model.parameters(), lr=1e-2)
+        simplifier = None if p is None else Simplifier(model, opt, p=p)
+        for batch in batches:
+            _tag_step(model, opt, batch)
+            if simplifier is not None:
+                assert [r.size for r in simplifier.prune()] == [0]
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lstm_prune_removes_the_units_kept_at_fewer_than_p_of_the_steps():
+    model = _tagger(hidden=10, k=1, seed=7)
+    opt = mp.Adam(model.parameters(), lr=1e-2)
+    simplifier = Simplifier(model, opt, p=0.3)
+    for batch in _tag_batches(8, 3):
+        _tag_step(model, opt, batch)
+    counts, seen = simplifier.model.lstm.selection_counts[0], simplifier.model.lstm.counted_steps
+    counts = counts.copy()
+    assert seen == sum(int(b.lengths.sum()) for b in _tag_batches(8, 3))
+    [removed] = simplifier.prune()
+    np.testing.assert_array_equal(removed, np.flatnonzero(counts < 0.3 * seen))
+    assert removed.size > 0, "the case must exercise a removal"
+    assert model.lstm.hidden_sizes == [10 - removed.size]
+    assert model.output.weight.shape == (5, 10 - removed.size)
+    assert not model.lstm.selection_counts[0].any() and model.lstm.counted_steps == 0

@@ -199,3 +199,20 @@ def shared_backward(x, W, g, cols):
                 dx[b, t] += c * W[i, t]
                 values[j, t] += c * x[b, t]
     return dx, values, _column_sums(g)
+
+
+@njit(**JIT_OPTIONS)
+def count_kept_nonzero(counts, kept, g):
+    """counts[j] += the rows b with j in kept[b] and g[b, j] != 0 (per-example (B, k) selections).
+
+    Model simplification's counting (host only: a counted layer's
+    gradients come back to the host anyway). `kept` holds valid, distinct
+    column indices of `g` per row.
+    """
+    B, K = kept.shape
+    zero = g.dtype.type(0)
+    for b in range(B):
+        for j in range(K):
+            i = kept[b, j]
+            if g[b, i] != zero:
+                counts[i] += 1

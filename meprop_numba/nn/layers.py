@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import balanced_indices, random_indices, topk_indices
 from .._cpu import mlp as _mlp_kernels
+from .._cpu.linear import count_kept_nonzero as _count_kept_nonzero
 from .._cpu.topk import top_columns
 from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, is_cuda_array, unit_interval
 from ..backward import _linear_backward, _per_example_backward, _shared_products
@@ -374,6 +375,22 @@ def _cuda_host(a):
     return _cuda.as_device(a, "parameter").copy_to_host()
 
 
+def add_selection_counts(counts, kept, g):
+    """Add to `counts` (n,), per output neuron, the examples that kept a non-zero entry of `g` (B, n).
+
+    `kept` is the selection back propagation made: (B, k) per example,
+    (k,) shared by the minibatch, or None (every entry). Model
+    simplification's counting (:meth:`Linear.count_selections` and the
+    PyTorch layers' twin) in one place.
+    """
+    if kept is None:
+        counts += np.count_nonzero(g, axis=0)
+    elif kept.ndim == 1:
+        counts[kept] += np.count_nonzero(g[:, kept], axis=0)
+    else:
+        _count_kept_nonzero(counts, np.ascontiguousarray(kept, dtype=np.int64), np.ascontiguousarray(g))
+
+
 class Linear(Module):
     """Fully connected layer ``y = x @ W.T + b`` with meProp back propagation.
 
@@ -429,7 +446,8 @@ class Linear(Module):
         the top-k selection) since creation; the training loop reads it.
     selection_counts : numpy.ndarray of int64 or None
         While counting (:meth:`count_selections`): per output neuron, how
-        many examples kept it in back propagation since counting started.
+        many examples kept its gradient entry, non-zero, in back
+        propagation since counting started.
     counted_examples : int
         Examples back-propagated since counting started.
     column_scores_hook : callable or None
@@ -587,7 +605,7 @@ class Linear(Module):
             dx, dW, db, kept = _linear_backward(x, W, grad_out, self.k, None, unified, self.input_grad,
                                                 balanced=self.selection == "balanced" and self.k is not None)
         if self.selection_counts is not None:
-            self._count(kept, x.shape[0])
+            self._count(kept, grad_out)
         self.backward_seconds += time.perf_counter() - start
         self._x = None
         self._grads = [dW, db]
@@ -601,12 +619,16 @@ class Linear(Module):
 
         While counting, every :meth:`backward` adds to
         :attr:`selection_counts`, per output neuron, the number of examples
-        of the minibatch that kept it: with ``selection='topk'`` or
-        ``'random'`` the examples whose k entries include it; with
-        ``'unified'`` the k shared columns count once for every example of
-        the minibatch; dense back propagation (``k=None``) counts every
-        neuron for every example. :attr:`counted_examples` adds the
-        minibatch size. Model simplification
+        of the minibatch that kept its gradient entry and found it non-zero:
+        with ``selection='topk'`` or ``'random'`` the examples whose k
+        entries include it; with ``'unified'`` the examples of the
+        minibatch at the k shared columns; dense back propagation
+        (``k=None``) keeps every entry. A zero entry (a ReLU that was off)
+        updates nothing and does not count, so whether it was kept (a tie
+        among zeros) does not matter, and a layer narrowed to k or fewer
+        neurons counts exactly as if the removed neurons were still there
+        with zero gradients. :attr:`counted_examples` adds the minibatch
+        size. Model simplification
         (:class:`meprop_numba.simplify.Simplifier`) reads both. Counting
         uses the selection the backward pass makes anyway, so it changes no
         result (host arrays only).
@@ -637,18 +659,12 @@ class Linear(Module):
         self.selection_counts = (np.zeros(self.out_features, dtype=np.int64) if enable
                                  else None)
 
-    def _count(self, kept, batch):
-        counts = self.selection_counts
-        if counts.shape != (self.out_features,):  # the layer was shrunk: start again
-            counts = self.selection_counts = np.zeros(self.out_features, dtype=np.int64)
+    def _count(self, kept, g):
+        if self.selection_counts.shape != (self.out_features,):  # the layer was shrunk: start again
+            self.selection_counts = np.zeros(self.out_features, dtype=np.int64)
             self.counted_examples = 0
-        if kept is None:
-            counts += batch
-        elif kept.ndim == 1:
-            counts[kept] += batch
-        else:
-            counts += np.bincount(kept.ravel(), minlength=counts.shape[0])
-        self.counted_examples += batch
+        add_selection_counts(self.selection_counts, kept, g)
+        self.counted_examples += g.shape[0]
 
     def select(self, g):
         """The entries of an output gradient `g` that this layer's backward keeps.

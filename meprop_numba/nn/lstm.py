@@ -107,6 +107,9 @@ class LSTM(Module):
         After a meProp backward: per layer and direction the (T, B, K) int64
         selected entries of ``dL/da_t`` (-1 at padded steps), in that
         direction's processing order.
+    hidden_sizes : list of int
+        Units of each layer and direction (fewer than `hidden_size` after
+        model simplification, :mod:`meprop_numba.simplify`).
     selection_counts : list of ndarray or None
         While counting (:meth:`count_selections`): per layer and direction
         (the order of :meth:`parameters`), per hidden unit, the valid steps
@@ -188,9 +191,18 @@ class LSTM(Module):
 
     # ------------------------------------------------------------------ helpers
     @property
+    def hidden_sizes(self):
+        """Units of each layer and direction (the order of :meth:`parameters`).
+
+        All equal to `hidden_size` unless model simplification removed
+        units (:mod:`meprop_numba.simplify`).
+        """
+        return [W_h.shape[1] for W_h in self._params[1::3]]
+
+    @property
     def output_size(self):
-        """Features per step of the output: hidden_size times the directions."""
-        return self.hidden_size * self.num_directions
+        """Features per step of the output: the last layer's units, all directions."""
+        return sum(self.hidden_sizes[-self.num_directions:])
 
     def _weights(self, layer, direction):
         base = 3 * (layer * self.num_directions + direction)
@@ -252,7 +264,6 @@ class LSTM(Module):
         lengths = _check_batch(x.shape[2], self.input_size, B, T, lengths, "x")
         rev = _reverse_index(lengths, T) if self.bidirectional else None
         padded = bool(lengths.min() < T)
-        h = self.hidden_size
         layer_in = np.ascontiguousarray(x.transpose(1, 0, 2))  # time-major (T, B, d)
         cache = []
         for layer in range(self.num_layers):
@@ -260,6 +271,7 @@ class LSTM(Module):
             layer_cache = []
             for direction in range(self.num_directions):
                 _, W_x, W_h, b = self._weights(layer, direction)
+                h = W_h.shape[1]
                 X = layer_in if direction == 0 else _time_gather(layer_in, rev)
                 xw = (X.reshape(T * B, -1) @ W_x.T).reshape(T, B, 4 * h)
                 xw += b
@@ -310,7 +322,6 @@ class LSTM(Module):
         if dout.shape != (B, T, self.output_size):
             raise ValueError(f"dout must have shape {(B, T, self.output_size)}, got {dout.shape}")
         start = time.perf_counter()
-        h = self.hidden_size
         d_layer = np.ascontiguousarray(dout.transpose(1, 0, 2))
         if padded:
             d_layer[np.arange(T)[:, None] >= lengths[None, :]] = 0  # padding sends no gradient
@@ -318,11 +329,14 @@ class LSTM(Module):
         selected = [None] * (len(self._params) // 3)
         for layer in range(self.num_layers - 1, -1, -1):
             d_in = None
+            offset = 0
             for direction in range(self.num_directions):
                 base, W_x, W_h, _ = self._weights(layer, direction)
+                h = W_h.shape[1]
                 X, H, C, TC, G = cache[layer][direction]
                 dH = d_layer if self.num_directions == 1 else np.ascontiguousarray(
-                    d_layer[:, :, direction * h:(direction + 1) * h])
+                    d_layer[:, :, offset:offset + h])
+                offset += h
                 if direction == 1:
                     dH = _time_gather(dH, rev)
                 if self.k is None:
@@ -379,13 +393,13 @@ class LSTM(Module):
         (7, True)
         """
         self.counted_steps = 0
-        self.selection_counts = ([np.zeros(self.hidden_size, dtype=np.int64)
-                                  for _ in range(len(self._params) // 3)] if enable else None)
+        self.selection_counts = ([np.zeros(h, dtype=np.int64) for h in self.hidden_sizes]
+                                 if enable else None)
 
     def _count(self, selected, lengths):
-        h = self.hidden_size
         steps = int(lengths.sum())
         for counts, sel in zip(self.selection_counts, selected):
+            h = counts.shape[0]
             if sel is None:  # dense BPTT: every unit at every step
                 counts += steps
                 continue
@@ -408,6 +422,16 @@ class LSTM(Module):
         dX = (flat @ W_x).reshape(T, B, -1)
         return dX, gW_x, gW_h, g_b
 
+    def _replace_parameters(self, arrays):
+        """Rebind parameters to smaller arrays (model simplification); `arrays` maps index -> array."""
+        for index, array in arrays.items():
+            self._params[index] = array
+        self._grads = [None] * len(self._params)
+        self._workspaces = {}
+        self._cache = None
+        if self.selection_counts is not None:
+            self.count_selections()
+
     def _workspace(self, base):
         # The row-sparse gradient values live in buffers reused by every
         # backward: fresh multi-megabyte arrays per sentence cost more in page
@@ -427,7 +451,9 @@ class LSTM(Module):
         if self.selection == "random":
             K.seed_random(int(self.rng.integers(2**62)))
         ws_x, ws_h, da_bits, mask = self._workspace(base)
-        g_b, sel, vals = K.meprop_bptt(dH, W_h, lengths, C, TC, G, self.k, per_gate,
+        # A direction narrowed by simplification to k or fewer units keeps them all.
+        k = min(self.k, W_h.shape[1] if per_gate else W_h.shape[0])
+        g_b, sel, vals = K.meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate,
                                        _SELECTIONS[self.selection], da_bits, mask)
         dX, rows_x, rows_h = K.meprop_weight_grads(X, H, W_x, sel, vals, ws_x, ws_h)
         n = rows_x.shape[0]

@@ -33,6 +33,7 @@ from ..nn.embedding import Embedding
 from ..nn.layers import Linear, Module
 from ..nn.loss import softmax_cross_entropy
 from ..nn.lstm import LSTM
+from ..simplify import LSTMUnits
 from ..training.config import RunConfig, check_k, check_positive_int, k_arg, positive_int_arg
 from .base import Task
 from .pos_features import N_FEATURES, PAD_ID, UNK_ID, EncodedSentence, FeatureVocabularies
@@ -499,6 +500,16 @@ class POSTagger(Module):
         self.word_embedding.backward(dx[:, :, :self.word_dim])
         self.feature_embedding.backward(
             dx[:, :, self.word_dim:].reshape(B, T, N_FEATURES, self.feature_dim))
+
+    def prunable_units(self):
+        """The LSTM's hidden units, every layer and direction, for model simplification.
+
+        Returns
+        -------
+        list of meprop_numba.simplify.LSTMUnits
+            The last layer's units are read by the output layer.
+        """
+        return LSTMUnits.of(self.lstm, self.output)
 
     def predict(self, batch):
         """Predicted tag id of every real token (row-major order); padding id 0 is never predicted.

@@ -5,12 +5,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import _backend
 
 #: Which output-gradient entries the backward keeps (the package's one vocabulary).
 SELECTIONS = ("topk", "unified", "random")
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+#: weight -> callable(kept, grad) given each backward's selection (model simplification's counting,
+#: :mod:`meprop_numba.torch.simplify`); the arrays are NumPy, `kept` as ``linear_backward`` selects.
+selection_counters = WeakTensorKeyDictionary()
 
 
 def _check_k(k, out_features):
@@ -49,7 +53,7 @@ def _random_indices(grad, n, k):
     return keys.topk(k, dim=1).indices
 
 
-def _backward_tensors(x, weight, grad, k, unified, indices, need_dx):
+def _backward_tensors(x, weight, grad, k, unified, indices, need_dx, counter=None):
     """meProp backward of ``F.linear(x, weight, b)`` by :func:`meprop_numba.linear_backward`.
 
     Returns ``(dx or None, rows, values, db)`` as tensors: ``dW`` is zero
@@ -66,8 +70,13 @@ def _backward_tensors(x, weight, grad, k, unified, indices, need_dx):
     if x.is_cuda:
         return _backward_cuda(x, x2, weight.detach(), g2, k, unified, indices, need_dx)
     idx = None if indices is None else indices.cpu().numpy()
-    dx, dW, db = _backend.linear_backward(x2.numpy(), weight.detach().numpy(), g2.numpy(), k, indices=idx,
-                                          unified=unified, need_dx=need_dx)
+    if counter is not None:
+        dx, dW, db, kept = _backend.linear_backward_selected(x2.numpy(), weight.detach().numpy(), g2.numpy(),
+                                                             k, idx, unified, need_dx)
+        counter(kept, g2.numpy())
+    else:
+        dx, dW, db = _backend.linear_backward(x2.numpy(), weight.detach().numpy(), g2.numpy(), k, indices=idx,
+                                              unified=unified, need_dx=need_dx)
     dx = torch.from_numpy(dx).reshape(x.shape) if need_dx else None
     return dx, torch.from_numpy(dW.rows), torch.from_numpy(dW.values), torch.from_numpy(db)
 
@@ -92,6 +101,7 @@ class _SparseGradLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, k, selection):
         ctx.save_for_backward(x, weight)
         ctx.k, ctx.selection = k, selection
+        ctx.counter = selection_counters.get(weight)
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -100,7 +110,7 @@ class _SparseGradLinear(torch.autograd.Function):
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         indices = _random_indices(grad, weight.shape[0], ctx.k) if ctx.selection == "random" else None
         dx, rows, values, db = _backward_tensors(x, weight, grad, ctx.k, ctx.selection == "unified", indices,
-                                                 need_dx)
+                                                 need_dx, ctx.counter)
         dW = None
         if need_dw:
             dW = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape, is_coalesced=True,

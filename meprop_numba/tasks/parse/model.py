@@ -182,6 +182,19 @@ class ParserModel(Module):
         self.label_embedding.backward(dx[:, p:].reshape(B, N_LABEL_SLOTS, d))
         return None
 
+    def prunable_units(self):
+        """The hidden layer's neurons, for model simplification (:mod:`meprop_numba.simplify`).
+
+        Returns
+        -------
+        list of meprop_numba.simplify.LinearUnits
+            The hidden layer, read by the output layer through the
+            element-wise activation and dropout.
+        """
+        from ...simplify import LinearUnits
+
+        return [LinearUnits(self.hidden, self.output)]
+
     def params(self):
         """The parameter arrays, in a fixed order.
 
