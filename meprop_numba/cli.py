@@ -258,6 +258,8 @@ def _run_train(args):
     try:
         data = task.load_data(config, None if saved is None else saved["extra_state"])
         task.check_data(config, data)
+        if parallel is not None:
+            parallel.check(task, config, data)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         _error(f"cannot use the data: {exc}")
         return EXIT_USAGE

@@ -274,6 +274,15 @@ def test_a_trainer_rank_that_raises_stops_the_others_with_a_clear_error(tmp_path
     assert load_checkpoint(tmp_path / "run" / "last.npz")["epoch"] == 1  # the last good epoch is kept
 
 
+def test_the_trainer_refuses_what_it_cannot_train_data_parallel_before_training(tmp_path):
+    args = [*_cli_args("unified", 1), "--batch-size", str(B), "--simplify", "0.1", "--checkpoint-dir",
+            str(tmp_path / "run")]
+    (run,) = _launch(1, args, timeout=120)
+    assert run.returncode == 2, run.stderr[-4000:]
+    assert "simplify: model simplification cannot be trained data-parallel" in run.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_torchrun_world_reads_the_environment():
     assert torchrun_world({"RANK": "0", "WORLD_SIZE": "3"}) == (0, 3)
     assert torchrun_world({"WORLD_SIZE": "3"}) is None

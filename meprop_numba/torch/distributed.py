@@ -150,11 +150,11 @@ def _union_rows(comm, name, x, weight, g2, k, selection, reduction, need_dx):
     indices = _random_indices(g2, n, k) if selection == "random" else None
     dx, rows, values, db = _backward_tensors(x, weight, g2, k, False, indices, need_dx)
     db = comm.all_reduce(db.clone(), f"the bias gradient of {name}", "bias")
-    union, summed = reduce_union(comm, name, rows, values, n, reduction)
+    union, summed = _reduce_union(comm, name, rows, values, n, reduction)
     return dx, union, summed, db
 
 
-def reduce_union(comm, name, rows, values, n, reduction):
+def _reduce_union(comm, name, rows, values, n, reduction):
     """Sum the ranks' row-sparse gradients ``(rows, values)`` over the union of their rows.
 
     The row indices are all-gathered; then the rows themselves are
@@ -365,7 +365,7 @@ class MePropDataParallel(_Counted, nn.Module):
         def hook(grad):
             if grad.is_sparse and grad.sparse_dim() == 1 and grad.dim() == 2:  # row-sparse: MePropLSTM's
                 grad = grad.coalesce()                                         # weights, sparse embeddings
-                union, summed = reduce_union(self._comm, f"the gradient of {pname}", grad.indices()[0],
+                union, summed = _reduce_union(self._comm, f"the gradient of {pname}", grad.indices()[0],
                                              grad.values(), grad.shape[0], self.reduction)
                 return torch.sparse_coo_tensor(union.unsqueeze(0), summed.div_(self._comm.world), grad.shape,
                                                is_coalesced=True)

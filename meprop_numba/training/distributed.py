@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..sparse import RowSparse
-from ..torch.distributed import _REDUCTIONS, _Comm, _Counted, reduce_union
+from ..torch.distributed import _REDUCTIONS, _Comm, _Counted, _reduce_union
 
 __all__ = ["DataParallel", "init_from_env", "torchrun_world"]
 
@@ -140,6 +140,9 @@ class DataParallel(_Counted):
     loop calls :meth:`check`, :meth:`attach`, :meth:`shard` and
     :meth:`reduce_grads` (see the module docstring for what each sends).
     Rank 0 alone writes checkpoints, the results JSON and the progress bar.
+    The trained model's unified layers keep their
+    :attr:`~meprop_numba.nn.Linear.column_scores_hook`; set it to None to
+    train the model on one process afterwards.
 
     Parameters
     ----------
@@ -340,7 +343,7 @@ class DataParallel(_Counted):
             if isinstance(g, RowSparse) and name not in self._same_rows:
                 rows = torch.from_numpy(np.array(g.rows, dtype=np.int64))  # the rows are frozen: a copy
                 values = np.require(g.values, requirements=("C", "W"))  # shared unless read-only
-                union, summed = reduce_union(self._comm, f"the gradient of {name}", rows,
+                union, summed = _reduce_union(self._comm, f"the gradient of {name}", rows,
                                              torch.from_numpy(values), g.shape[0], self.reduction)
                 out[i] = (None if union.shape[0] == 0 else
                           RowSparse._trusted(union.numpy(), summed.numpy() / g.values.dtype.type(world),
