@@ -55,6 +55,13 @@ class ParserModel(Module):
         If `activation` is unknown, or a layer rejects its size, `k` or
         `selection` (``k > hidden`` included).
 
+    Notes
+    -----
+    For batches of at least ``PRECOMPUTE_MIN_BATCH`` configurations the
+    forward pass takes the 30 tag and label slots' share of the hidden
+    layer from per-slot tables of the current weights (exact up to
+    rounding) and multiplies only the 18 word slots.
+
     Examples
     --------
     >>> import numpy as np
