@@ -15,6 +15,29 @@ def _torch():
     return torch
 
 
+def _mlp_runs(selection):
+    """``(x, y, {kind: (model, optimizer)})``: the dense and the converted 784-500-500-10 MLP.
+
+    Per example k=20 trains on batches of 10, unified k=20 on batches of 50;
+    the dense side is ``nn.Linear`` + ``torch.optim.Adam`` with its defaults.
+    """
+    torch = _torch()
+    from meprop_numba.torch import convert, optim
+
+    batch = 10 if selection == "topk" else 50
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(batch, 784, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    runs = {}
+    for kind in ("dense", "meprop"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 500),
+                                    torch.nn.ReLU(), torch.nn.Linear(500, 10))
+        if kind == "meprop":
+            convert(model, k=20, selection=selection)
+        runs[kind] = (model, (optim.Adam if kind == "meprop" else torch.optim.Adam)(model.parameters()))
+    return x, y, runs
+
+
 class MLPTrainingStep:
     """784-500-500-10 MLP: zero_grad, forward, cross entropy, backward, optimizer step.
 
@@ -26,22 +49,9 @@ class MLPTrainingStep:
 
     def setup(self, selection):
         torch = _torch()
-        from meprop_numba.torch import convert, optim
-
-        batch = 10 if selection == "topk" else 50
-        gen = torch.Generator().manual_seed(1)
-        x, y = torch.rand(batch, 784, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+        x, y, runs = _mlp_runs(selection)
         self.steps = {}
-        for kind in ("dense", "meprop"):
-            torch.manual_seed(0)
-            model = torch.nn.Sequential(torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 500),
-                                        torch.nn.ReLU(), torch.nn.Linear(500, 10))
-            if kind == "meprop":
-                convert(model, k=20, selection=selection)
-                opt = optim.Adam(model.parameters())
-            else:
-                opt = torch.optim.Adam(model.parameters())
-
+        for kind, (model, opt) in runs.items():
             def step(model=model, opt=opt):
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -95,3 +105,36 @@ class WideLayerBackward:
         return best_time(lambda: self.backward("dense")) / best_time(lambda: self.backward("meprop"))
 
     track_forward_backward_speedup.unit = "x"
+
+
+class OptimizerStep:
+    """The optimizer step alone, on the gradients of one 784-500-500-10 training step.
+
+    Lazy :class:`meprop_numba.torch.optim.Adam` on ``convert(model, k=20)``'s
+    row-sparse gradients (its per-step checks of every parameter and
+    gradient included) against ``torch.optim.Adam`` (defaults) on the dense
+    model's gradients.
+    """
+
+    params = (["topk", "unified"],)
+    param_names = ["selection"]
+
+    def setup(self, selection):
+        torch = _torch()
+        x, y, runs = _mlp_runs(selection)
+        self.opts = {}
+        for kind, (model, opt) in runs.items():
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()  # warm-up: JIT and optimizer state
+            self.opts[kind] = opt
+
+    def time_dense(self, selection):
+        self.opts["dense"].step()
+
+    def time_meprop(self, selection):
+        self.opts["meprop"].step()
+
+    def track_step_speedup(self, selection):
+        return best_time(self.opts["dense"].step) / best_time(self.opts["meprop"].step)
+
+    track_step_speedup.unit = "x"

@@ -53,11 +53,13 @@ def float_array(a, name, ndim):
     ValueError
         If the number of dimensions is not `ndim`.
     """
-    if is_cuda_array(a):
+    host = type(a) is np.ndarray  # the common case, decided without probing for a CUDA interface
+    if not host and is_cuda_array(a):
         shape, dtype = shape_dtype(a)
     else:
-        if type(a) is not np.ndarray:
+        if not host:
             a = np.asarray(a)
+            host = True
         shape, dtype = a.shape, a.dtype
     if dtype != _FLOAT_DTYPES[0] and dtype != _FLOAT_DTYPES[1]:
         raise TypeError(
@@ -65,7 +67,7 @@ def float_array(a, name, ndim):
         )
     if len(shape) != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got an array of shape {tuple(shape)}")
-    if not is_cuda_array(a) and not a.flags.c_contiguous:
+    if host and not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
     return a
 

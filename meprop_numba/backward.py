@@ -98,8 +98,9 @@ def _linear_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
     unified = flag(unified, "unified")
     need_dx = flag(need_dx, "need_dx")
     balanced = flag(balanced, "balanced")
-    on_gpu = is_cuda_array(g)
-    if on_gpu != is_cuda_array(x) or on_gpu != is_cuda_array(W):
+    host = type(x) is np.ndarray and type(W) is np.ndarray and type(g) is np.ndarray  # float_array's output
+    on_gpu = not host and is_cuda_array(g)
+    if not host and (on_gpu != is_cuda_array(x) or on_gpu != is_cuda_array(W)):
         raise TypeError("x, W and g must be all host (NumPy) arrays or all CUDA arrays")
     if on_gpu:
         same_dtype((x, W, g), ("x", "W", "g"))

@@ -13,6 +13,7 @@ adding, reshaping or freezing a parameter afterwards makes the next
 :meth:`~Optimizer.step` raise before anything changes.  Steps from several
 threads are applied whole, one at a time (see the threads how-to).
 """
+import math
 import numbers
 import threading
 from collections.abc import Mapping
@@ -93,6 +94,7 @@ class Optimizer:
     def __getstate__(self):
         state = self.__dict__.copy()
         del state["_lock"]
+        state.pop("_flat", None)  # views of the arrays: a copy must make its own
         return state
 
     def __setstate__(self, state):
@@ -117,14 +119,15 @@ class Optimizer:
         in float32 (``lr=1e39``, ``eps=1e-46``); such a value is refused
         here, naming its argument, before any parameter changes.
         """
-        key = tuple(getattr(self, a) for a in self._hyper_attrs) + (self.lazy,)
+        key = tuple([getattr(self, a) for a in self._hyper_attrs] + [self.lazy])
         if key != self._checked[0]:
             self._validate()
             self.lazy = flag(self.lazy, "lazy")
-            self._checked = (tuple(getattr(self, a) for a in self._hyper_attrs) + (self.lazy,), None)
+            self._checked = (tuple([getattr(self, a) for a in self._hyper_attrs] + [self.lazy]), None)
         elif self._checked[1] is not None and not self._hyper_uses_step:
             return self._checked[1]
         hyper = self._hyper(t)
+        rules = self._hyper_rules
         cast_hyper = {}
         for dtype, cast, largest, tiny in self._casts:
             h = {}
@@ -132,8 +135,8 @@ class Optimizer:
                 val = float(val)
                 # Checked as Python floats: a cast beyond the largest value would warn.
                 c = cast(val) if abs(val) <= largest else None
-                cf = float(c) if c is not None else float("inf")
-                arg, rule, what = self._hyper_rules[key]
+                cf = float(c) if c is not None else _INF
+                arg, rule, what = rules[key]
                 if not (0.0 < cf < _INF if rule == "positive" else 0.0 <= cf < 1.0):
                     need = "finite and > 0" if rule == "positive" else "in [0, 1)"
                     raise ValueError(
@@ -147,9 +150,13 @@ class Optimizer:
         return cast_hyper
 
     def _check_owned(self):
-        """Raise unless params and state are still the arrays, shapes and dtypes built with."""
+        """Raise unless params and state are still the arrays, shapes and dtypes built with.
+
+        Run at every step, so written as plain loops: NumPy arrays are
+        recognised by type before any probe for a CUDA interface.
+        """
         params = self.params
-        if not isinstance(params, list) or len(params) != len(self._params):
+        if type(params) is not list or len(params) != len(self._params):
             n = len(params) if isinstance(params, list) else type(params).__name__
             raise ValueError(
                 f"params holds {n} arrays but this optimizer was built with {len(self._params)}; "
@@ -159,24 +166,28 @@ class Optimizer:
                 raise ValueError(
                     f"params[{j}] was replaced after the optimizer was built; update the array in "
                     "place (p[...] = new) or build a new optimizer")
-            if is_cuda_array(p):
-                ok = shape_dtype(p) == (shape, dtype)
-            else:
+            if type(p) is np.ndarray:
                 ok = p.shape == shape and p.dtype == dtype
-                if ok and not (p.flags.writeable and p.flags.c_contiguous):
-                    raise ValueError(f"params[{j}] is no longer a writeable C-contiguous array")
+                if ok:
+                    flags = p.flags
+                    if not (flags.writeable and flags.c_contiguous):
+                        raise ValueError(f"params[{j}] is no longer a writeable C-contiguous array")
+            else:
+                ok = shape_dtype(p) == (shape, dtype)
             if not ok:
                 now = shape_dtype(p)
                 raise ValueError(f"params[{j}] now has shape {now[0]} and dtype {now[1]}; it was built "
                                  f"with shape {shape} and dtype {dtype}")
         state = self.state
-        if not isinstance(state, list) or len(state) != len(self._state) or any(
-                not isinstance(st, dict) or len(st) != len(mine) or any(st.get(s) is not a for s, a in mine)
-                for st, mine in zip(state, self._state)):
+        if type(state) is not list or len(state) != len(self._state):
             raise ValueError("the optimizer state was replaced; restore a state with load_state_dict")
-        for j, mine in enumerate(self._state):
+        for j, (st, mine) in enumerate(zip(state, self._state)):
+            if type(st) is not dict or len(st) != len(mine):
+                raise ValueError("the optimizer state was replaced; restore a state with load_state_dict")
             shape, dtype = self._layout[j]
             for s, a in mine:
+                if st.get(s) is not a:
+                    raise ValueError("the optimizer state was replaced; restore a state with load_state_dict")
                 if type(a) is np.ndarray:
                     bad = a.shape != shape or a.dtype != dtype or not a.flags.writeable
                 else:
@@ -200,7 +211,16 @@ class Optimizer:
             if type(gr) is np.ndarray and type(p) is np.ndarray:
                 # The common host case, checked without the generic helpers.
                 if gr.shape == p.shape and gr.dtype == p.dtype and gr.flags.c_contiguous:
-                    finite(gr, f"grads[{j}]")
+                    _finite_named(gr, j)
+                    checked.append(gr)
+                    continue
+            if type(gr) is RowSparse and type(p) is np.ndarray:
+                # The common host case: the rows were checked (and frozen) when gr was built,
+                # against gr's shape; the values are the caller's array and may have changed.
+                values = gr._values
+                if (gr._shape == p.shape and type(values) is np.ndarray and values.dtype == p.dtype
+                        and values.shape == (gr._rows.shape[0], p.shape[1]) and values.flags.c_contiguous):
+                    _finite_named(values, j)
                     checked.append(gr)
                     continue
             name = f"grads[{j}]"
@@ -264,21 +284,30 @@ class Optimizer:
             grads = self._check_grads(grads)
             t = self.step_count + 1
             cast_hyper = self._cast_hyper(t)
-            hyper = self._hyper(t)
+            hyper = None
             self.step_count = t
-            for p, gr, st in zip(self._params, grads, self.state):
+            flat = self.__dict__.get("_flat")
+            if flat is None:  # 1-D views of each parameter and its state, made once (see shrink)
+                flat = self._flat = [(p.reshape(-1), {s: a.reshape(-1) for s, a in st.items()})
+                                     if type(p) is np.ndarray else None for p, st in zip(self._params, self.state)]
+            for p, gr, st, pst in zip(self._params, grads, self.state, flat):
                 if gr is None:
                     continue
-                if is_cuda_array(p):
+                if pst is None:  # a CUDA array
+                    hyper = self._hyper(t) if hyper is None else hyper
                     self._update_gpu(p, gr, st, hyper)
                     continue
                 h = cast_hyper[p.dtype]
-                if isinstance(gr, RowSparse) and not self.lazy:
-                    gr = gr.to_dense()
-                if isinstance(gr, RowSparse):
-                    self._update_rows(p, gr.rows, np.ascontiguousarray(gr.values), st, h)
+                sparse = isinstance(gr, RowSparse)
+                if sparse and not self.lazy:
+                    gr, sparse = gr.to_dense(), False
+                if sparse:
+                    values = gr.values
+                    if not values.flags.c_contiguous:
+                        values = np.ascontiguousarray(values)
+                    self._update_rows(p, gr.rows, values, st, h)
                 else:
-                    self._update_flat(p.reshape(-1), gr.reshape(-1), {s: a.reshape(-1) for s, a in st.items()}, h)
+                    self._update_flat(pst[0], gr.reshape(-1), pst[1], h)
 
     def shrink(self, cuts):
         """Keep only some rows or columns of parameters, and of their state: all cuts, or none.
@@ -370,6 +399,7 @@ class Optimizer:
             self._layout = tuple(layout)
             self.state = states
             self._state = tuple(tuple(st.items()) for st in states)
+            self.__dict__.pop("_flat", None)
             return [params[j] for j, _, _ in plan]
 
     def state_dict(self):
@@ -481,6 +511,14 @@ class Optimizer:
                 cast[s] = a
             arrays.append(cast)
         return int(step), arrays
+
+
+def _finite_named(a, j):
+    """:func:`finite` for ``grads[j]``, the name built only for the error."""
+    try:
+        finite(a, "grads")
+    except ValueError:
+        finite(a, f"grads[{j}]")  # raises again, naming the entry
 
 
 def _same_hyper(theirs, mine):
@@ -672,7 +710,7 @@ class Adam(Optimizer):
 
     def _hyper(self, t):
         b1, b2 = self.betas
-        c2 = np.sqrt(1.0 - b2**t)
+        c2 = math.sqrt(1.0 - b2**t)  # a Python float: np.sqrt's scalar costs more and rounds the same
         return {"step_size": self.lr * c2 / (1.0 - b1**t), "b1": b1, "b2": b2, "eps_hat": self.eps * c2}
 
     def _update_flat(self, p, g, st, h):

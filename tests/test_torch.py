@@ -497,6 +497,48 @@ def test_optimizer_checks_every_gradient_before_changing_anything():
     assert torch.equal(a, torch.zeros(3, 2))
 
 
+@pytest.mark.parametrize("make", [optim.Adam, lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), optim.AdaGrad])
+@pytest.mark.parametrize("rows", [[3], [-1], [0, 7], [-2, 1]])
+def test_optimizer_refuses_gradient_rows_outside_the_parameter(make, rows):
+    # A COO tensor built without invariant checks may hold any index; before the check
+    # a row past the end was written outside the parameter and -1 updated the last row.
+    a = torch.nn.Parameter(torch.zeros(3, 2))
+    b = torch.nn.Parameter(torch.zeros(3, 2))
+    opt = make([a, b])
+    a.grad = torch.ones(3, 2)
+    b.grad = torch.sparse_coo_tensor(torch.tensor([rows]), torch.ones(len(rows), 2), (3, 2), check_invariants=False)
+    before = {k: v.clone() for k, v in opt.state[a].items()}
+    with pytest.raises(IndexError, match=r"\[0, 3\)"):
+        opt.step()
+    assert torch.equal(a, torch.zeros(3, 2)) and torch.equal(b, torch.zeros(3, 2))
+    assert all(torch.equal(v, before[k]) for k, v in opt.state[a].items())
+
+
+def test_optimizer_rechecks_a_parameter_whose_tensor_was_replaced():
+    p = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = optim.Adam([p])
+    p.grad = torch.ones(4, 4)
+    opt.step()
+    p.data = torch.zeros(4, 4).T  # same object, same shape, not contiguous any more
+    p.grad = torch.ones(4, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.step()
+    p.data = torch.zeros(4, 4, dtype=torch.float64)  # same object, another dtype
+    p.grad = torch.ones(4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.step()
+    assert torch.equal(p, torch.zeros(4, 4, dtype=torch.float64))
+    p.data = torch.full((4, 4), 2.0)  # new storage, same layout: updated there, like torch.optim.Adam
+    p.grad = torch.ones(4, 4)
+    reference = torch.nn.Parameter(torch.full((4, 4), 2.0))
+    ref_opt = torch.optim.Adam([reference])
+    ref_opt.load_state_dict(opt.state_dict())
+    reference.grad = torch.ones(4, 4)
+    opt.step()
+    ref_opt.step()
+    assert torch.allclose(p.detach(), reference.detach())
+
+
 def test_optimizer_refuses_parameters_it_cannot_update():
     p = torch.nn.Parameter(torch.zeros(3, 4).T)  # not contiguous
     p.grad = torch.ones(4, 3)

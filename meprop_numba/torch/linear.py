@@ -2,6 +2,7 @@
 import fnmatch
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +35,10 @@ def _check_inputs(x, weight):
             f"MePropLinear's sparse backward takes float32 or float64 input and weight of one dtype, "
             f"got input {x.dtype} and weight {weight.dtype}; cast the model (.float()) or set k=None"
         )
+    if x.is_cpu and weight.is_cpu:  # the common case, without building device objects
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError(_AUTOCAST_ERROR)
+        return
     device = x.device.type
     if device not in ("cpu", "cuda", "meta") or weight.device != x.device:
         raise TypeError(
@@ -41,10 +46,11 @@ def _check_inputs(x, weight):
             f"{x.device} and weight on {weight.device}"
         )
     if device != "meta" and torch.is_autocast_enabled(device):
-        raise RuntimeError(
-            "MePropLinear does not run under autocast (its backward has float32/float64 kernels only); "
-            "leave it outside the autocast region or set k=None"
-        )
+        raise RuntimeError(_AUTOCAST_ERROR)
+
+
+_AUTOCAST_ERROR = ("MePropLinear does not run under autocast (its backward has float32/float64 kernels only); "
+                   "leave it outside the autocast region or set k=None")
 
 
 def _random_indices(grad, n, k):
@@ -60,25 +66,41 @@ def _backward_tensors(x, weight, grad, k, unified, indices, need_dx, counter=Non
     outside the sorted distinct `rows`, ``dW[rows] = values``.
     """
     n, m = weight.shape
-    x2 = x.detach().reshape(-1, m)
-    g2 = grad.detach().reshape(-1, n)
-    if x2.shape[0] == 0:
-        rows = torch.zeros(0, dtype=torch.int64, device=x.device)
-        return (torch.zeros_like(x) if need_dx else None), rows, weight.new_zeros((0, m)), weight.new_zeros(n)
     if indices is not None:
         k = None
     if x.is_cuda:
-        return _backward_cuda(x, x2, weight.detach(), g2, k, unified, indices, need_dx)
+        x2 = x.detach().reshape(-1, m)
+        if x2.shape[0] == 0:
+            return _empty_backward(x, weight, need_dx)
+        return _backward_cuda(x, x2, weight.detach(), grad.detach().reshape(-1, n), k, unified, indices, need_dx)
+    x2, g2 = _host_view(x, m), _host_view(grad, n)
+    if x2.shape[0] == 0:
+        return _empty_backward(x, weight, need_dx)
     idx = None if indices is None else indices.cpu().numpy()
+    w = weight.numpy(force=True)
     if counter is not None:
-        dx, dW, db, kept = _backend.linear_backward_selected(x2.numpy(), weight.detach().numpy(), g2.numpy(),
-                                                             k, idx, unified, need_dx)
-        counter(kept, g2.numpy())
+        dx, dW, db, kept = _backend.linear_backward_selected(x2, w, g2, k, idx, unified, need_dx)
+        counter(kept, g2)
     else:
-        dx, dW, db = _backend.linear_backward(x2.numpy(), weight.detach().numpy(), g2.numpy(), k, indices=idx,
-                                              unified=unified, need_dx=need_dx)
-    dx = torch.from_numpy(dx).reshape(x.shape) if need_dx else None
-    return dx, torch.from_numpy(dW.rows), torch.from_numpy(dW.values), torch.from_numpy(db)
+        dx, dW, db = _backend.linear_backward(x2, w, g2, k, indices=idx, unified=unified, need_dx=need_dx)
+    if need_dx:
+        dx = torch.from_numpy(dx)
+        if x.dim() != 2:
+            dx = dx.reshape(x.shape)
+    # dW.rows is read-only (torch warns on such arrays): the index tensor takes a copy of it.
+    return dx, torch.from_numpy(np.array(dW.rows)), torch.from_numpy(dW.values), torch.from_numpy(db)
+
+
+def _host_view(t, width):
+    """The CPU tensor `t` as a 2-D NumPy view ``(-1, width)`` (a copy only where a reshape needs one)."""
+    a = t.numpy(force=True)  # detaches in one call; shares memory with a CPU tensor (copies only conj/neg views)
+    return a if a.ndim == 2 else a.reshape(-1, width)
+
+
+def _empty_backward(x, weight, need_dx):
+    rows = torch.zeros(0, dtype=torch.int64, device=x.device)
+    m = weight.shape[1]
+    return (torch.zeros_like(x) if need_dx else None), rows, weight.new_zeros((0, m)), weight.new_zeros(weight.shape[0])
 
 
 def _backward_cuda(x, x2, weight, g2, k, unified, indices, need_dx):
@@ -260,10 +282,11 @@ class MePropLinear(nn.Linear):
         """
         if self._k is None or not self.training or not torch.is_grad_enabled():
             return F.linear(input, self.weight, self.bias)
-        _check_inputs(input, self.weight)
+        weight = self.weight
+        _check_inputs(input, weight)
         if self.sparse_grad and not torch.compiler.is_compiling():
-            return _SparseGradLinear.apply(input, self.weight, self.bias, self._k, self.selection)
-        return linear_op(input, self.weight, self.bias, self._k, self.selection)
+            return _SparseGradLinear.apply(input, weight, self.bias, self._k, self.selection)
+        return linear_op(input, weight, self.bias, self._k, self.selection)
 
     def extra_repr(self):
         """Describe the layer: ``nn.Linear``'s description followed by the meProp settings.

@@ -47,29 +47,54 @@ def _betas(betas):
     return (_backend.unit_interval(betas[0], "betas[0]"), _backend.unit_interval(betas[1], "betas[1]"))
 
 
-def _grad_arrays(p, g, name):
-    """``(rows, values)`` of a row-sparse gradient or ``(None, flat)`` of a dense one, after every check."""
-    if g.dtype != p.dtype or g.device != p.device:
-        raise TypeError(f"the gradient of {name} is {g.dtype} on {g.device}, expected {p.dtype} on {p.device}")
-    layout = g.layout
-    if layout == torch.sparse_coo:
-        if p.dim() != 2 or g.sparse_dim() != 1:
-            raise ValueError(f"the gradient of {name} is sparse in {g.sparse_dim()} dimension(s); "
+def _name(i, j, p):
+    return f"param_groups[{i}]['params'][{j}] (shape {tuple(p.shape)})"
+
+
+def _grad_arrays(p, P, g, i, j):
+    """``(rows, values)`` of a row-sparse gradient or ``(None, flat)`` of a dense one, after every check.
+
+    `P` is the NumPy view of the CPU parameter `p` (``param_groups[i]['params'][j]``).
+    """
+    if g.dtype != p.dtype or not g.is_cpu:
+        raise TypeError(f"the gradient of {_name(i, j, p)} is {g.dtype} on {g.device}, "
+                        f"expected {p.dtype} on {p.device}")
+    if g.is_sparse:
+        if P.ndim != 2 or g.sparse_dim() != 1:
+            raise ValueError(f"the gradient of {_name(i, j, p)} is sparse in {g.sparse_dim()} dimension(s); "
                              "only row-sparse gradients (sparse_dim 1) of 2-D parameters are taken")
-        rows = g._indices()[0].numpy()
-        # The autograd engine drops the coalesced flag of the gradients it stores; rows
-        # already sorted and distinct need no coalescing (a sort, 10x the cost of this test).
-        if not g.is_coalesced() and rows.shape[0] > 1 and not (rows[1:] > rows[:-1]).all():
+        rows = g._indices().numpy()[0]
+        # The autograd engine drops the coalesced flag of the gradients it stores, and a
+        # tensor built with check_invariants=False may claim it falsely: the order is
+        # tested here (10x cheaper than coalescing), and only unordered rows are coalesced.
+        if rows.shape[0] > 1 and not (rows[1:] > rows[:-1]).all():
             g = g.coalesce()  # sorted, distinct rows; repeats (accumulated gradients) summed
-            rows = g._indices()[0].numpy()
-        values = g._values().contiguous().numpy()
-        _backend.finite(values, f"the gradient of {name}")
+            rows = g._indices().numpy()[0]
+        values = g._values().numpy()
+        if rows.shape[0] and (rows[0] < 0 or rows[-1] >= P.shape[0]):
+            raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows[0]} to {rows[-1]}, "
+                             f"outside [0, {P.shape[0]})")
+        if values.shape[1:] != P.shape[1:] or values.shape[0] != rows.shape[0]:
+            raise ValueError(f"the gradient of {_name(i, j, p)} has values of shape {values.shape} for "
+                             f"{rows.shape[0]} rows, expected rows of {P.shape[1]}")
+        if not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values)
+        _finite(values, p, i, j)
         return rows, values
-    if layout != torch.strided:
-        raise TypeError(f"the gradient of {name} has layout {layout}; expected dense or sparse COO")
-    flat = g.detach().contiguous().numpy().reshape(-1)
-    _backend.finite(flat, f"the gradient of {name}")
+    if g.layout != torch.strided:
+        raise TypeError(f"the gradient of {_name(i, j, p)} has layout {g.layout}; expected dense or sparse COO")
+    flat = (g.detach() if g.requires_grad else g).numpy().reshape(-1)  # a copy only if not contiguous
+    if flat.shape[0] != P.size:
+        raise ValueError(f"the gradient of {_name(i, j, p)} has {flat.shape[0]} elements, expected {P.size}")
+    _finite(flat, p, i, j)
     return None, flat
+
+
+def _finite(a, p, i, j):
+    try:
+        _backend.finite(a, "the gradient")
+    except ValueError:
+        _backend.finite(a, f"the gradient of {_name(i, j, p)}")  # raises again, naming the parameter
 
 
 #: Options of torch's optimizers these leave out, with the value that means "off".  They
@@ -97,52 +122,69 @@ class _KernelOptimizer(torch.optim.Optimizer):
         super().__init__(params, dict(defaults, **{key: _TORCH_ONLY[key] for key in self._torch_options}))
 
     def _work(self):
-        """(group, param, P, rows, grad) for every parameter with a gradient, all checked."""
+        """``(group, param, P, rows, grad)`` for every parameter with a gradient, all checked.
+
+        `P` is the parameter's NumPy view, flat (1-D) where the gradient is dense.
+        """
         work = []
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 g = p.grad
-                if g is None:
-                    continue
-                name = f"param_groups[{i}]['params'][{j}] (shape {tuple(p.shape)})"
-                P = self._param_view(p, name)
-                work.append((group, p, P) + _grad_arrays(p, g, name))
+                if g is not None:
+                    P, flat = self._param_view(p, i, j)
+                    rows, grad = _grad_arrays(p, P, g, i, j)
+                    work.append((group, p, P if rows is not None else flat, rows, grad))
         return work
 
-    def _param_view(self, p, name):
+    def _param_view(self, p, i, j):
+        """``(view, flat view)`` of `p` in NumPy, re-made and re-checked whenever its storage or layout changed."""
         cache = self.__dict__.setdefault("_view_cache", {})
         entry = cache.get(id(p))
-        if entry is not None and entry[0] is p and entry[1] == p.data_ptr():
+        # Identity alone is not enough: `p.data = ...` keeps the object and changes the tensor.
+        signature = (p.data_ptr(), p.dtype, p.shape, p.stride())
+        if entry is not None and entry[0] is p and entry[1] == signature:
             return entry[2]
         if p.dtype not in _NUMPY_DTYPES:
-            raise TypeError(f"{name} has dtype {p.dtype}; these optimizers update float32/float64 parameters")
+            raise TypeError(f"{_name(i, j, p)} has dtype {p.dtype}; these optimizers update float32/float64 "
+                            "parameters")
         if p.device.type != "cpu":
-            raise TypeError(f"{name} is on {p.device}; these optimizers update CPU tensors")
+            raise TypeError(f"{_name(i, j, p)} is on {p.device}; these optimizers update CPU tensors")
         if not p.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (it is updated in place through a NumPy view)")
+            raise ValueError(f"{_name(i, j, p)} must be contiguous (it is updated in place through a NumPy view)")
         P = p.detach().numpy()
-        cache[id(p)] = (p, p.data_ptr(), P)
-        return P
+        cache[id(p)] = (p, signature, (P, P.reshape(-1)))
+        self.__dict__.get("_state_cache", {}).pop(id(p), None)  # its state is re-checked against it
+        return cache[id(p)][2]
 
-    def _state_views(self, p, group):
-        """NumPy views of `p`'s state tensors in ``_state_names`` order, made on first use."""
+    def _state_views(self, p, group, flat):
+        """NumPy views of `p`'s state tensors in ``_state_names`` order (1-D if `flat`), made on first use.
+
+        They are re-made (and the tensors re-checked against the parameter)
+        whenever a state tensor is another object or its storage moved.
+        """
         state = self.state[p]
         if not state:
             self._init_state(state, p, group)
-        if "step" in state and not torch.is_tensor(state["step"]):
-            state["step"] = torch.tensor(float(state["step"]))  # older torch checkpoints
-        tensors = tuple(state[s] for s in self._state_names)
+        tensors = tuple([state[s] for s in self._state_names])
         cache = self.__dict__.setdefault("_state_cache", {})
         entry = cache.get(id(p))
-        if entry is not None and entry[0] is p and all(a is b for a, b in zip(entry[1], tensors)):
-            return entry[2]
+        if entry is not None and entry[0] is p:
+            for a, b, ptr in zip(entry[1], tensors, entry[2]):
+                if a is not b or b.data_ptr() != ptr:
+                    break
+            else:
+                return entry[3 + flat]
+        if "step" in state and not torch.is_tensor(state["step"]):
+            state["step"] = torch.tensor(float(state["step"]))  # older torch checkpoints
+            tensors = tuple([state[s] for s in self._state_names])
         for s, t in zip(self._state_names[:self._param_shaped], tensors):
             if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device or not t.is_contiguous():
                 raise ValueError(f"optimizer state {s!r} is {t.dtype} {tuple(t.shape)} on {t.device}, "
                                  f"expected a contiguous {p.dtype} {tuple(p.shape)} like its parameter")
         views = tuple(t.numpy() for t in tensors)
-        cache[id(p)] = (p, tensors, views)
-        return views
+        cache[id(p)] = (p, tensors, tuple(t.data_ptr() for t in tensors), views,
+                        tuple(v.reshape(-1) for v in views))
+        return cache[id(p)][3 + flat]
 
     def load_state_dict(self, state_dict):
         """Load a state from :meth:`state_dict` (or torch's optimizer of the same kind).
@@ -256,17 +298,20 @@ class Adam(_KernelOptimizer):
         if _backend.on_cuda(self.param_groups):
             _backend.cuda_step(self)
             return loss
+        key = args = None
         for group, p, P, rows, grad in self._work():
-            M, V, step = self._state_views(p, group)
+            M, V, step = self._state_views(p, group, rows is None)
             step += 1
-            t = float(step)
+            t = float(step[0] if rows is None else step)
             b1, b2 = group["betas"]
-            c2 = math.sqrt(1.0 - b2**t)
-            cast = P.dtype.type
-            args = (cast(group["lr"] * c2 / (1.0 - b1**t)), cast(b1), cast(b2), cast(group["eps"] * c2),
-                    _TINY[P.dtype])
+            if key != (t, group["lr"], b1, b2, group["eps"], P.dtype):  # parameters stepped together share them
+                key = (t, group["lr"], b1, b2, group["eps"], P.dtype)
+                c2 = math.sqrt(1.0 - b2**t)
+                cast = P.dtype.type
+                args = (cast(group["lr"] * c2 / (1.0 - b1**t)), cast(b1), cast(b2), cast(group["eps"] * c2),
+                        _TINY[P.dtype])
             if rows is None:
-                K.adam_flat(P.reshape(-1), M.reshape(-1), V.reshape(-1), grad, *args)
+                K.adam_flat(P, M, V, grad, *args)
             else:
                 K.adam_rows(P, M, V, rows, grad, *args)
         return loss
@@ -330,16 +375,16 @@ class SGD(_KernelOptimizer):
             lr, mu = cast(group["lr"]), group["momentum"]
             if mu == 0:
                 if rows is None:
-                    K.sgd_flat(P.reshape(-1), grad, lr)
+                    K.sgd_flat(P, grad, lr)
                 else:
                     K.sgd_rows(P, rows, grad, lr)
                 continue
-            if self.state[p].get("momentum_buffer") is None:
-                self.state[p].pop("momentum_buffer", None)  # torch stores None without momentum
-            (V,) = self._state_views(p, group)
+            if self.state[p].get("momentum_buffer", 0) is None:
+                self.state[p].pop("momentum_buffer")  # torch stores None without momentum
+            (V,) = self._state_views(p, group, rows is None)
             tiny = _TINY[P.dtype]
             if rows is None:
-                K.momentum_flat(P.reshape(-1), V.reshape(-1), grad, lr, cast(mu), tiny)
+                K.momentum_flat(P, V, grad, lr, cast(mu), tiny)
             else:
                 K.momentum_rows(P, V, rows, grad, lr, cast(mu), tiny)
         return loss
@@ -410,12 +455,12 @@ class AdaGrad(_KernelOptimizer):
             _backend.cuda_step(self)
             return loss
         for group, p, P, rows, grad in self._work():
-            S, step = self._state_views(p, group)
+            S, step = self._state_views(p, group, rows is None)
             step += 1
             cast = P.dtype.type
-            lr = cast(group["lr"] / (1.0 + (float(step) - 1.0) * group["lr_decay"]))
+            lr = cast(group["lr"] / (1.0 + (float(step[0] if rows is None else step) - 1.0) * group["lr_decay"]))
             if rows is None:
-                K.adagrad_flat(P.reshape(-1), S.reshape(-1), grad, lr, cast(group["eps"]))
+                K.adagrad_flat(P, S, grad, lr, cast(group["eps"]))
             else:
                 K.adagrad_rows(P, S, rows, grad, lr, cast(group["eps"]))
         return loss
