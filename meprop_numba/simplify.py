@@ -669,6 +669,11 @@ class Simplifier:
             Per prunable layer (in the order of :attr:`units`), the strictly
             increasing indices of the neurons that stay.
 
+        Returns
+        -------
+        None
+            The model (and optimizer) hold the smaller arrays.
+
         Raises
         ------
         ValueError
@@ -721,6 +726,11 @@ class Simplifier:
         ----------
         state : dict
             As returned by :meth:`state_dict` for a model of the same widths.
+
+        Returns
+        -------
+        None
+            The counts (and removed total) are those of `state`.
 
         Raises
         ------
