@@ -3,8 +3,9 @@
 meProp's back propagation keeps, per example, the k output-gradient entries
 of largest magnitude. A hidden neuron that is kept for few examples learns
 little; meSimp (Sun et al., arXiv 1711.06528) counts, per hidden neuron,
-the examples that kept it, and at every prune removes the neurons kept by
-fewer than a fraction `p` of the examples seen since the previous prune.
+the examples that kept it (with a non-zero gradient entry), and at every
+prune removes the neurons kept by fewer than a fraction `p` of the
+examples seen since the previous prune.
 Removal is permanent and the counts restart after each prune.
 
 Here removal is physical: the neuron's row of its layer's weight and bias
@@ -668,6 +669,11 @@ class Simplifier:
             Per prunable layer (in the order of :attr:`units`), the strictly
             increasing indices of the neurons that stay.
 
+        Returns
+        -------
+        None
+            The model (and optimizer) hold the smaller arrays.
+
         Raises
         ------
         ValueError
@@ -720,6 +726,11 @@ class Simplifier:
         ----------
         state : dict
             As returned by :meth:`state_dict` for a model of the same widths.
+
+        Returns
+        -------
+        None
+            The counts (and removed total) are those of `state`.
 
         Raises
         ------

@@ -12,7 +12,9 @@
 2. Inference: the forward pass of the dense 784-500-500-10 against the same
    model shrunk to the given hidden sizes (what simplification leaves),
    again alternating, batch 1000 (evaluation) and the training batch.
-3. With ``--torch-epoch``: the whole training epoch (forward, backward,
+3. With ``--torch-epoch``: the counting overhead of the PyTorch layers
+   (:mod:`meprop_numba.torch.simplify`, MePropLinear + the lazy Adam, the
+   same alternating blocks), and the whole training epoch (forward, backward,
    lazy Adam) of the shrunk model against PyTorch CPU dense 784-500-500-10
    (``torch.nn.Linear`` + ``torch.optim.Adam``, the MLP speed table's
    comparison, ``scripts/compare_torch.py``), and of meProp alone at
@@ -189,6 +191,39 @@ def epoch_vs_torch(args, k, selection, rng):
     return [(float(np.median(t)), min(t)) for t in times]
 
 
+def torch_counting_overhead(k, args, rng):
+    """Median CPU seconds of a PyTorch MePropLinear training step without and with counting."""
+    import torch
+
+    from meprop_numba.torch import convert, optim
+    from meprop_numba.torch.simplify import Simplifier
+
+    torch.set_num_threads(1)
+    x = torch.from_numpy(rng.random((args.batch * args.steps, 784), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, args.batch * args.steps))
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(convert(torch.nn.Sequential(
+            torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 500), torch.nn.ReLU(),
+            torch.nn.Linear(500, 10)), k=k))
+    opts = [optim.Adam(m.parameters(), lr=1e-3) for m in models]
+    Simplifier(models[1], opts[1])
+
+    def block(i):
+        def run():
+            for s in range(args.steps):
+                sl = slice(s * args.batch, (s + 1) * args.batch)
+                opts[i].zero_grad()
+                torch.nn.functional.cross_entropy(models[i](x[sl]), y[sl]).backward()
+                opts[i].step()
+        return run
+
+    _alternate([block(0), block(1)], 2)
+    plain, counted = _alternate([block(0), block(1)], args.blocks)
+    return plain / args.steps, counted / args.steps
+
+
 def main():
     args = parse_args()
     mp.set_num_threads(1)
@@ -208,6 +243,10 @@ def main():
               f"{t_dense / t_small:.2f}x")
     if not args.torch_epoch:
         return
+    for k in args.k:
+        plain, counted = torch_counting_overhead(k, args, rng)
+        print(f"PyTorch MePropLinear k={k}: step {plain * 1e3:.3f} ms without counting, "
+              f"{counted * 1e3:.3f} ms with: overhead {100 * (counted / plain - 1):+.2f}%")
     sizes = "-".join(map(str, args.hidden))
     print(f"\nwhole training epoch ({args.examples} random examples, batch {args.batch}, {args.epochs} "
           f"alternating epochs per contender, CPU seconds median / best; load average "

@@ -6,16 +6,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import _backend
 
 #: Which output-gradient entries the backward keeps (the package's one vocabulary).
 SELECTIONS = ("topk", "unified", "random")
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-#: weight -> callable(kept, grad) given each backward's selection (model simplification's counting,
-#: :mod:`meprop_numba.torch.simplify`); the arrays are NumPy, `kept` as ``linear_backward`` selects.
-selection_counters = WeakTensorKeyDictionary()
+#: id(weight) -> (weight, callable(kept, grad)) given each backward's selection (model
+#: simplification's counting, :mod:`meprop_numba.torch.simplify`); NumPy arrays, `kept` as
+#: ``linear_backward`` selects. A plain dict: the lookup runs in every training forward.
+selection_counters = {}
 
 
 def _check_k(k, out_features):
@@ -123,7 +123,8 @@ class _SparseGradLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, k, selection):
         ctx.save_for_backward(x, weight)
         ctx.k, ctx.selection = k, selection
-        ctx.counter = selection_counters.get(weight)
+        entry = selection_counters.get(id(weight))
+        ctx.counter = entry[1] if entry is not None and entry[0] is weight else None
         return F.linear(x, weight, bias)
 
     @staticmethod

@@ -113,7 +113,7 @@ class _Units:
     def _start_counting(self):
         self.counts, self.seen = np.zeros(self.width, dtype=np.int64), 0
         if self._hook is None:
-            selection_counters[self.layer.weight] = self._add
+            selection_counters[id(self.layer.weight)] = (self.layer.weight, self._add)
             self._hook = self.layer.register_forward_hook(self._dense_hook)
 
     def stop(self):
@@ -121,7 +121,7 @@ class _Units:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-            selection_counters.pop(self.layer.weight, None)
+            selection_counters.pop(id(self.layer.weight), None)
         self.counts, self.seen = None, 0
 
     def _add(self, kept, g):
