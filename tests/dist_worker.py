@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from meprop_numba.torch import MePropLinear, MePropLSTM
+from meprop_numba.torch import optim as meprop_optim
 from meprop_numba.torch.distributed import MePropDataParallel, save_on_rank0
 
 B, STEPS, K = 6, 4, 5  # per-rank batch, SGD steps, meProp k
@@ -57,6 +58,32 @@ def train(model, xs, ys):
     return {name: p.detach().clone() for name, p in getattr(model, "module", model).named_parameters()}
 
 
+def train_adam(dp, opt, xs, ys):
+    for x, y in zip(xs, ys):
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(dp(x), y).backward()
+        opt.step()
+    return {name: p.detach().clone() for name, p in dp.module.named_parameters()}
+
+
+def resume_case(xs, ys, path):
+    """Unified meProp + lazy Adam: STEPS steps straight, and STEPS // 2 steps, a rank-0 checkpoint, the rest."""
+    def fresh():
+        dp = MePropDataParallel(make_model("unified"))
+        return dp, meprop_optim.Adam(dp.parameters(), lr=0.01)
+
+    straight = train_adam(*fresh(), xs, ys)
+    half = STEPS // 2
+    dp, opt = fresh()
+    train_adam(dp, opt, xs[:half], ys[:half])
+    save_on_rank0({"model": dp.state_dict(), "optimizer": opt.state_dict()}, path)
+    dp, opt = fresh()
+    saved = torch.load(path, weights_only=True)
+    dp.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    return {"straight": straight, "resumed": train_adam(dp, opt, xs[half:], ys[half:])}
+
+
 def main(scenario, outdir):
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -81,6 +108,7 @@ def main(scenario, outdir):
         dp = MePropDataParallel(make_model("unified", sparse_grad=False))
         result["unified_dense_grad"] = train(dp, xs[:, mine], ys[:, mine])
         result["wrote"] = save_on_rank0({"model": dp.state_dict()}, os.path.join(outdir, "checkpoint.pt"))
+        result["resume"] = resume_case(xs[:, mine], ys[:, mine], os.path.join(outdir, "resume.pt"))
     elif scenario == "raise":
         dp = MePropDataParallel(make_model("unified"))
         loss = nn.functional.cross_entropy(dp(xs[0, mine]), ys[0, mine])

@@ -103,6 +103,14 @@ def test_checkpoint_written_by_rank_zero_only(trained):
     assert not list(tmp.glob("checkpoint.pt.tmp*"))
 
 
+def test_a_torch_model_resumed_from_a_rank_zero_checkpoint_trains_as_without_the_stop(trained):
+    world, results, _ = trained
+    for r in range(world):
+        case = results[r]["resume"]
+        assert _max_diff(case["resumed"], case["straight"]) == 0  # model and lazy Adam state restored exactly
+        assert _max_diff(case["resumed"], results[0]["resume"]["resumed"]) == 0  # every rank the same
+
+
 def test_a_rank_that_raises_stops_the_others_with_a_clear_error(tmp_path):
     procs, results = _run("raise", 2, tmp_path, timeout=120)
     assert procs[1].returncode != 0 and "rank failure on purpose" in procs[1].stderr
