@@ -28,6 +28,11 @@ Commands (one per table of ``docs/results_mlp.md``, section "Closing the gap")::
     $S screen --epochs 2 --seeds 0 --settings b50 --options dense plain ef0.8 drop0.2+ef0.8 ...
     # the chosen remedy at the full protocol, test split evaluated
     $S final --epochs 20 --test --options drop0.2+ef0.8 --settings b10 b50 --ks 20 --seeds 0 1 2
+    # second round at batch 50: 3-epoch screens of unified top-k, then 20-epoch runs
+    # (b50topk: per-example top-k at batch 50)
+    $S screen --epochs 3 --seeds 0 --settings b50 --options dense plain lr3e-3 lr5e-3 ...
+    $S final --epochs 20 --test --seeds 0 --settings b50 --ks 20 --options lr3e-3 lr5e-3
+    $S final --epochs 20 --test --seeds 0 1 2 --settings b50topk --ks 20 --options drop0.2+ef0.8
     # the figure, from the first 300 steps the screening runs recorded
     $S trace --epochs 2 --options dense plain balanced drop0.2+ef0.8 --report-only \
         --figure docs/results_mlp_remedy_trace.png
@@ -108,7 +113,7 @@ OPTIONS = {
     "drop0.2+ef0.8+sm0.99": dict(dropout=0.2, ef=0.8, sm=0.99),
     "drop0.2+ef0.8+sm0.5": dict(dropout=0.2, ef=0.8, sm=0.5),
 }
-SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified")}
+SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified"), "b50topk": (50, "topk")}
 
 
 def settings(option, setting, k):
@@ -126,7 +131,7 @@ def settings(option, setting, k):
 
 def applies(option, setting):
     return not ((setting == "b50" and "balanced" in option)
-                or (setting == "b10" and OPTIONS[option].get("sm")))
+                or (SETTINGS[setting][1] != "unified" and OPTIONS[option].get("sm")))
 
 
 def build(spec, n_in, n_classes, rng, hidden=500, layers=2):
@@ -286,7 +291,7 @@ def table(rows, test):
         last = [r["epochs"][-1] for r in runs]
         signs = [np.nanmean([s[0] for s in r["sign_trace"][:100]]) for r in runs if r["sign_trace"]]
         actives = [np.nanmean([s[1] for s in r["sign_trace"][:100]]) for r in runs if r["sign_trace"]]
-        cells = [option, f"{SETTINGS[setting][1] if option != 'dense' else 'dense'}, batch {SETTINGS[setting][0]}",
+        cells = [option, f"{'dense' if OPTIONS[option].get('dense') else SETTINGS[setting][1]}, batch {SETTINGS[setting][0]}",
                  "500" if k is None or OPTIONS[option].get("dense") else str(k), str(len(runs)),
                  mean_std([100 * r["best_dev_accuracy"] for r in runs])]
         if test:
@@ -354,7 +359,7 @@ def layer_timing(calls=3000, seed=0, sm=0.9):
     rng = np.random.default_rng(seed)
     lines = ["| selection | batch | variant | hidden-layer backward, us per step | speed-up over dense "
              "| share of plain meProp's speed-up kept |", "|" + " --- |" * 6]
-    for batch, selection in ((10, "topk"), (50, "unified")):
+    for batch, selection in ((10, "topk"), (50, "unified"), (50, "topk")):
         x1 = rng.random((batch, 784)).astype(np.float32)
         x2 = np.maximum(rng.normal(size=(batch, 500)), 0).astype(np.float32)
         g = (rng.normal(size=(batch, 500)) * 1e-2).astype(np.float32)
@@ -433,7 +438,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[20])
     parser.add_argument("--options", nargs="+", default=None, help="default: all")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["b10", "b50"], choices=list(SETTINGS),
+                        help="b10: per-example top-k, batch 10; b50: unified top-k, batch 50; "
+                             "b50topk: per-example top-k, batch 50")
     parser.add_argument("--test", action="store_true", help="evaluate the test split (final runs only)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/accuracy")
