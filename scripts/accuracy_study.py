@@ -28,6 +28,11 @@ Commands (one per table of ``docs/results_mlp.md``, section "Closing the gap")::
     $S screen --epochs 2 --seeds 0 --settings b50 --options dense plain ef0.8 drop0.2+ef0.8 ...
     # the chosen remedy at the full protocol, test split evaluated
     $S final --epochs 20 --test --options drop0.2+ef0.8 --settings b10 b50 --ks 20 --seeds 0 1 2
+    # second round at batch 50: 3-epoch screens of unified top-k, then 20-epoch runs
+    # (b50topk: per-example top-k at batch 50)
+    $S screen --epochs 3 --seeds 0 --settings b50 --options dense plain lr3e-3 lr5e-3 ...
+    $S final --epochs 20 --test --seeds 0 --settings b50 --ks 20 --options lr3e-3 lr5e-3
+    $S final --epochs 20 --test --seeds 0 1 2 --settings b50topk --ks 20 --options drop0.2+ef0.8
     # the figure, from the first 300 steps the screening runs recorded
     $S trace --epochs 2 --options dense plain balanced drop0.2+ef0.8 --report-only \
         --figure docs/results_mlp_remedy_trace.png
@@ -62,7 +67,8 @@ from mlp_study import mean_std  # noqa: E402
 #: batch 10 (batch 50 always uses unified top-k); ``ef``: error-feedback
 #: memory decay (0 = off) of the hidden layers; ``max_norm``: largest row
 #: norm of the hidden weights after each update; ``eps``, ``lr``: Adam's
-#: epsilon and learning rate; ``lazy=False``: dense Adam updates.
+#: epsilon and learning rate; ``lazy=False``: dense Adam updates; ``sm``:
+#: score-memory decay of unified selection (0 = off; batch 50 only).
 OPTIONS = {
     "dense": dict(dense=True),
     "plain": dict(),
@@ -86,14 +92,34 @@ OPTIONS = {
     "drop0.2+lr2e-3": dict(dropout=0.2, lr=2e-3),
     "drop0.2+lr3e-3": dict(dropout=0.2, lr=3e-3),
     "drop0.2+ef0.8+lr3e-3": dict(dropout=0.2, ef=0.8, lr=3e-3),
+    "drop0.2+ef0.8+lr2e-3": dict(dropout=0.2, ef=0.8, lr=2e-3),
+    "drop0.3+ef0.8": dict(dropout=0.3, ef=0.8),
+    "drop0.2+ef0.9": dict(dropout=0.2, ef=0.9),
+    "drop0.2+ef0.95": dict(dropout=0.2, ef=0.95),
+    "drop0.2+ef0.8+eps1e-4": dict(dropout=0.2, ef=0.8, eps=1e-4),
+    "drop0.2+ef0.8+maxnorm2": dict(dropout=0.2, ef=0.8, max_norm=2.0),
+    "drop0.2+ef0.9+lr2e-3": dict(dropout=0.2, ef=0.9, lr=2e-3),
+    "drop0.2+ef0.9+lr3e-3": dict(dropout=0.2, ef=0.9, lr=3e-3),
+    "dense+lr3e-3": dict(dense=True, lr=3e-3),
+    "lr5e-3": dict(lr=5e-3),
+    "ef0.8+lr3e-3": dict(ef=0.8, lr=3e-3),
+    "lr1e-2": dict(lr=1e-2),
+    "drop0.2+lr5e-3": dict(dropout=0.2, lr=5e-3),
+    "drop0.2+ef0.8+lr5e-3": dict(dropout=0.2, ef=0.8, lr=5e-3),
+    "ef0.8+lr5e-3": dict(ef=0.8, lr=5e-3),
+    "dense+lr5e-3": dict(dense=True, lr=5e-3),
+    "sm0.9": dict(sm=0.9),
+    "drop0.2+ef0.8+sm0.9": dict(dropout=0.2, ef=0.8, sm=0.9),
+    "drop0.2+ef0.8+sm0.99": dict(dropout=0.2, ef=0.8, sm=0.99),
+    "drop0.2+ef0.8+sm0.5": dict(dropout=0.2, ef=0.8, sm=0.5),
 }
-SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified")}
+SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified"), "b50topk": (50, "topk")}
 
 
 def settings(option, setting, k):
     """Full settings of one run: defaults, then the option."""
     batch, selection = SETTINGS[setting]
-    spec = dict(dense=False, last_k="same", selection=selection, ef=0.0, dropout=0.0,
+    spec = dict(dense=False, last_k="same", selection=selection, ef=0.0, sm=0.0, dropout=0.0,
                 max_norm=None, eps=1e-8, lr=1e-3, lazy=True, batch=batch, k=k)
     spec.update(OPTIONS[option])
     if setting == "b50" and spec["selection"] == "balanced":
@@ -104,7 +130,8 @@ def settings(option, setting, k):
 
 
 def applies(option, setting):
-    return not (setting == "b50" and "balanced" in option)
+    return not ((setting == "b50" and "balanced" in option)
+                or (SETTINGS[setting][1] != "unified" and OPTIONS[option].get("sm")))
 
 
 def build(spec, n_in, n_classes, rng, hidden=500, layers=2):
@@ -115,7 +142,8 @@ def build(spec, n_in, n_classes, rng, hidden=500, layers=2):
         if i == layers - 1 and spec["last_k"] != "same":
             k = spec["last_k"]
         modules.append(Linear(width, hidden, k, spec["selection"], rng=rng, input_grad=i > 0,
-                              error_feedback=spec["ef"] if k is not None else 0.0))
+                              error_feedback=spec["ef"] if k is not None else 0.0,
+                              score_memory=spec.get("sm", 0.0) if k is not None else 0.0))
         modules.append(ReLU())
         if spec["dropout"]:
             modules.append(Dropout(spec["dropout"], rng=rng))
@@ -263,7 +291,7 @@ def table(rows, test):
         last = [r["epochs"][-1] for r in runs]
         signs = [np.nanmean([s[0] for s in r["sign_trace"][:100]]) for r in runs if r["sign_trace"]]
         actives = [np.nanmean([s[1] for s in r["sign_trace"][:100]]) for r in runs if r["sign_trace"]]
-        cells = [option, f"{SETTINGS[setting][1] if option != 'dense' else 'dense'}, batch {SETTINGS[setting][0]}",
+        cells = [option, f"{'dense' if OPTIONS[option].get('dense') else SETTINGS[setting][1]}, batch {SETTINGS[setting][0]}",
                  "500" if k is None or OPTIONS[option].get("dense") else str(k), str(len(runs)),
                  mean_std([100 * r["best_dev_accuracy"] for r in runs])]
         if test:
@@ -318,7 +346,7 @@ def timing(data, options, ks, steps, repeat=3):
     return "\n".join(lines)
 
 
-def layer_timing(calls=3000, seed=0):
+def layer_timing(calls=3000, seed=0, sm=0.9):
     """Backward us per step of the two hidden layers (784-500, 500-500), k=20, by option.
 
     Synthetic inputs and output gradients (half of the entries zero, as
@@ -329,10 +357,9 @@ def layer_timing(calls=3000, seed=0):
     from meprop_numba.nn import Linear as L
 
     rng = np.random.default_rng(seed)
-    lines = ["| selection | batch | dense | plain meProp | error feedback 0.8 | sign-balanced "
-             "| speed-up of plain over dense | speed-up kept, error feedback | speed-up kept, sign-balanced |",
-             "|" + " --- |" * 9]
-    for batch, selection in ((10, "topk"), (50, "unified")):
+    lines = ["| selection | batch | variant | hidden-layer backward, us per step | speed-up over dense "
+             "| share of plain meProp's speed-up kept |", "|" + " --- |" * 6]
+    for batch, selection in ((10, "topk"), (50, "unified"), (50, "topk")):
         x1 = rng.random((batch, 784)).astype(np.float32)
         x2 = np.maximum(rng.normal(size=(batch, 500)), 0).astype(np.float32)
         g = (rng.normal(size=(batch, 500)) * 1e-2).astype(np.float32)
@@ -341,10 +368,14 @@ def layer_timing(calls=3000, seed=0):
         def pair(k, sel, **kw):
             return (L(784, 500, k, sel, rng=0, input_grad=False, **kw), L(500, 500, k, sel, rng=1, **kw))
 
-        variants = {"dense": pair(None, selection), "plain": pair(20, selection),
-                    "ef": pair(20, selection, error_feedback=0.8)}
+        variants = {"dense": pair(None, selection), "plain meProp": pair(20, selection),
+                    "error feedback 0.8": pair(20, selection, error_feedback=0.8)}
         if selection == "topk":
-            variants["balanced"] = pair(20, "balanced")
+            variants["sign-balanced"] = pair(20, "balanced")
+        else:
+            variants[f"score memory {sm}"] = pair(20, selection, score_memory=sm)
+            variants[f"error feedback 0.8 + score memory {sm}"] = pair(
+                20, selection, error_feedback=0.8, score_memory=sm)
         samples = {name: [] for name in variants}
         for _ in range(calls):
             for name, (first, second) in variants.items():
@@ -355,12 +386,11 @@ def layer_timing(calls=3000, seed=0):
                 first.backward(g)
                 samples[name].append(time.perf_counter() - t0)
         us = {name: 1e6 * np.percentile(v[calls // 10:], 5) for name, v in samples.items()}
-        plain, bal = us["plain"], us.get("balanced")
-        bal_us = f"{bal:.0f}" if bal else "-"
-        bal_kept = f"{100 * plain / bal:.0f}%" if bal else "-"
-        lines.append(f"| {selection} | {batch} | {us['dense']:.0f} | {plain:.0f} | {us['ef']:.0f} | {bal_us} "
-                     f"| {us['dense'] / plain:.1f}x | {100 * plain / us['ef']:.0f}% | {bal_kept} |")
-        print(lines[-1], flush=True)
+        dense, plain = us["dense"], us["plain meProp"]
+        for name, t in us.items():
+            kept = "-" if name == "dense" else f"{100 * plain / t:.0f}%"
+            lines.append(f"| {selection} | {batch} | {name} | {t:.0f} | {dense / t:.1f}x | {kept} |")
+            print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -408,7 +438,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[20])
     parser.add_argument("--options", nargs="+", default=None, help="default: all")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["b10", "b50"], choices=list(SETTINGS),
+                        help="b10: per-example top-k, batch 10; b50: unified top-k, batch 50; "
+                             "b50topk: per-example top-k, batch 50")
     parser.add_argument("--test", action="store_true", help="evaluate the test split (final runs only)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/accuracy")

@@ -519,23 +519,34 @@ def balanced_topk_reference(g, k):
     return out
 
 
-def error_feedback_reference(x, W, grads, k, beta, select):
+def error_feedback_reference(x, W, grads, k, beta, select, score_memory=0.0):
     """Backward of a linear layer with error feedback over a sequence of output gradients.
 
     Per step: ``g2 = g + beta * memory`` on the non-zero entries of g, keep
     ``select(g2, k)`` (a (B, k) or (k,) index array), back-propagate the
     kept entries of g2, then ``memory = mean over the batch of g2 outside
-    the selection``. Returns a list of float64 ``(dx, dW, db)``; db is the
-    plain column sum of g.
+    the selection``. With `score_memory` (gamma) the selection is unified
+    instead: the k columns with the largest ``sum_b |g2| + carried``, after
+    which ``carried = gamma * (sum_b |g2| + carried)`` on the dropped
+    columns and 0 on the kept ones. Returns a list of float64 ``(dx, dW,
+    db)``; db is the plain column sum of g.
     """
     x = np.asarray(x, dtype=np.float64)
     W = np.asarray(W, dtype=np.float64)
     memory = np.zeros(W.shape[0])
+    carried = np.zeros(W.shape[0])
     out = []
     for g in grads:
         g = np.asarray(g, dtype=np.float64)
         g2 = np.where(g != 0, g + beta * memory, 0.0)
-        mask = selection_mask(g2.shape, select(g2, k))
+        if score_memory:
+            scores = np.abs(g2).sum(axis=0) + carried
+            cols = np.argsort(-scores, kind="stable")[:k]
+            carried = score_memory * scores
+            carried[cols] = 0.0
+            mask = selection_mask(g2.shape, cols)
+        else:
+            mask = selection_mask(g2.shape, select(g2, k))
         kept = np.where(mask, g2, 0.0)
         out.append((kept @ W, kept.T @ x, g.sum(axis=0)))
         memory = np.where(mask, 0.0, g2).mean(axis=0)

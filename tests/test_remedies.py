@@ -136,6 +136,46 @@ def test_error_feedback_matches_reference_over_steps(mode, select, dtype, rtol):
     assert not np.allclose(plain.grads()[0].to_dense(), layer.grads()[0].to_dense())
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.8])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_score_memory_matches_reference_over_steps(beta, dtype, rtol):
+    rng = np.random.default_rng(5)
+    layer = Linear(12, 40, k=3, selection="unified", dtype=dtype, rng=1, error_feedback=beta,
+                   score_memory=0.9)
+    x = rng.normal(size=(6, 12)).astype(dtype)
+    # Columns 0-2 dominate every step: plain unified top-k keeps only them.
+    grads = []
+    for _ in range(8):
+        g = rng.normal(size=(6, 40)).astype(dtype)
+        g[:, :3] *= 4
+        g[rng.random(g.shape) < 0.3] = 0.0
+        grads.append(g)
+    expected = error_feedback_reference(x, layer.weight, grads, 3, beta, None, score_memory=0.9)
+    kept = set()
+    for step, (g, (rdx, rdW, rdb)) in enumerate(zip(grads, expected)):
+        layer.forward(x, train=True)
+        dx = layer.backward(g)
+        dW, db = layer.grads()
+        kept.update(dW.rows.tolist())
+        scale = np.abs(rdx).max() + np.abs(rdW).max()
+        np.testing.assert_allclose(dx, rdx, rtol=rtol, atol=rtol * scale, err_msg=f"dx, step {step}")
+        np.testing.assert_allclose(dW.to_dense(), rdW, rtol=rtol, atol=rtol * scale, err_msg=f"dW, step {step}")
+        np.testing.assert_allclose(db, rdb, rtol=rtol, atol=rtol * np.abs(g).sum())
+    assert len(kept) > 3   # the memory brought other columns in
+    layer.reset_error_feedback()
+    layer.forward(x, train=True)
+    layer.backward(grads[0])
+    np.testing.assert_allclose(layer.grads()[0].to_dense(), expected[0][1], rtol=rtol,
+                               atol=rtol * np.abs(expected[0][1]).max())
+
+
+def test_score_memory_argument_errors():
+    with pytest.raises(ValueError, match="score_memory"):
+        Linear(6, 10, k=2, selection="topk", score_memory=0.5)
+    with pytest.raises(ValueError, match="score_memory"):
+        Linear(6, 10, k=2, selection="unified", score_memory=1.0)
+
+
 def test_error_feedback_zero_is_plain_and_dense_layer_ignores_it():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 6))

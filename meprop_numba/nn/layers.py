@@ -434,6 +434,13 @@ class Linear(Module):
         output gradient that are non-zero (inactive ReLU units stay zero)
         before selecting, so the backward stays k entries per example. The
         bias gradient is taken from the output gradient as given.
+    score_memory : float, optional
+        Decay ``gamma`` in ``[0, 1)`` of a memory of the dropped columns'
+        scores, ``selection='unified'`` only (0, the default, turns it off;
+        needs `k`). The columns are chosen by their score plus the memory;
+        then the memory becomes ``gamma`` times that sum for the dropped
+        columns and 0 for the kept ones, so a column left out for long
+        enough is kept for a step. O(n) extra work per step.
 
     Attributes
     ----------
@@ -465,7 +472,9 @@ class Linear(Module):
     ValueError
         If a size is not positive, `k` is outside ``[1, out_features]`` (the
         same check as :func:`~meprop_numba.linear_backward`), `selection`
-        is unknown, or `error_feedback` is outside ``[0, 1)``.
+        is unknown, `error_feedback` or `score_memory` is outside
+        ``[0, 1)``, or `score_memory` is set for a selection other than
+        ``'unified'``.
 
     Examples
     --------
@@ -485,7 +494,8 @@ class Linear(Module):
     column_scores_hook = None
 
     def __init__(self, in_features, out_features, k=None, selection="topk", *,
-                 dtype=np.float32, rng=None, input_grad=True, error_feedback=0.0):
+                 dtype=np.float32, rng=None, input_grad=True, error_feedback=0.0,
+                 score_memory=0.0):
         in_features = integer_k(in_features, np.iinfo(np.int64).max, "in_features")
         out_features = integer_k(out_features, np.iinfo(np.int64).max, "out_features")
         if k is not None and integer_k(k, out_features) == out_features:
@@ -493,6 +503,9 @@ class Linear(Module):
         selection = choice(selection, SELECTIONS, "selection")
         dtype = _float_dtype(dtype)
         error_feedback = unit_interval(error_feedback, "error_feedback")
+        score_memory = unit_interval(score_memory, "score_memory")
+        if score_memory and selection != "unified":
+            raise ValueError(f"score_memory needs selection='unified', got {selection!r}")
         self.rng = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         self.weight = self.rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
@@ -504,6 +517,8 @@ class Linear(Module):
         self.counted_examples = 0
         self.error_feedback = error_feedback
         self._memory = None
+        self.score_memory = score_memory
+        self._scores = None
         self._x = None
         self._grads = [None, None]
 
@@ -589,9 +604,10 @@ class Linear(Module):
                             "parameters; stop it with count_selections(False)")
         start = time.perf_counter()
         unified = self.selection == "unified"
-        if self.k is not None and self.error_feedback and not is_cuda_array(grad_out):
+        memory = self.k is not None and (self.error_feedback or self.score_memory)
+        if memory and not is_cuda_array(grad_out):  # a device array is refused by _feedback_ready
             x, grad_out = np.ascontiguousarray(x), np.ascontiguousarray(grad_out)
-        if self.k is not None and self.error_feedback and self._feedback_ready(x, grad_out):
+        if memory and self._feedback_ready(x, grad_out):
             dx, dW, db, kept = self._feedback_backward(x, grad_out)
         elif self.k is not None and unified and self.column_scores_hook is not None:
             scores = self.column_scores_hook(np.abs(grad_out).sum(axis=0, dtype=np.float64))
@@ -717,6 +733,7 @@ class Linear(Module):
         resumes exactly.
         """
         self._memory = None
+        self._scores = None
 
     def _with_memory(self, g):
         if self._memory is None:
@@ -739,7 +756,15 @@ class Linear(Module):
             db, scores, total = _mlp_kernels.feedback_columns(grad_out, memory, beta)
             if self.column_scores_hook is not None:
                 scores = self.column_scores_hook(scores)
-            cols = np.sort(top_columns(scores, k))
+            if self.score_memory:
+                if self._scores is not None and self._scores.shape == scores.shape:
+                    scores += self._scores
+                cols = np.sort(top_columns(scores, k))
+                scores *= self.score_memory
+                scores[cols] = 0.0
+                self._scores = scores
+            else:
+                cols = np.sort(top_columns(scores, k))
             g_sel = _mlp_kernels.gather_feedback_columns(grad_out, memory, beta, cols)
             dx, dW, _ = _shared_products(x, W, cols, g_sel, db, self.input_grad)
             self._memory = _mlp_kernels.next_memory(total, g_sel, cols[None, :], True, W)
