@@ -48,6 +48,7 @@ def cuda_step(optimizer):
     import torch
 
     from .. import _cuda
+    from .optim import _name
 
     kind = {"Adam": "adam", "SGD": "sgd", "AdaGrad": "adagrad"}[type(optimizer).__name__]
     work = []
@@ -56,7 +57,7 @@ def cuda_step(optimizer):
             g = p.grad
             if g is None:
                 continue
-            name = f"param_groups[{i}]['params'][{j}] (shape {tuple(p.shape)})"
+            name = _name(i, j, p)
             if not p.is_cuda or p.dtype not in (torch.float32, torch.float64) or not p.is_contiguous():
                 raise TypeError(f"{name} must be a contiguous float32/float64 CUDA tensor like the others, "
                                 f"got {p.dtype} on {p.device}")
