@@ -49,21 +49,14 @@ def data(world):
     return x, y
 
 
-def train(model, xs, ys):
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+def train(model, xs, ys, opt=None):
+    if opt is None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for x, y in zip(xs, ys):
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     return {name: p.detach().clone() for name, p in getattr(model, "module", model).named_parameters()}
-
-
-def train_adam(dp, opt, xs, ys):
-    for x, y in zip(xs, ys):
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(dp(x), y).backward()
-        opt.step()
-    return {name: p.detach().clone() for name, p in dp.module.named_parameters()}
 
 
 def resume_case(xs, ys, path):
@@ -72,16 +65,17 @@ def resume_case(xs, ys, path):
         dp = MePropDataParallel(make_model("unified"))
         return dp, meprop_optim.Adam(dp.parameters(), lr=0.01)
 
-    straight = train_adam(*fresh(), xs, ys)
+    dp, opt = fresh()
+    straight = train(dp, xs, ys, opt)
     half = STEPS // 2
     dp, opt = fresh()
-    train_adam(dp, opt, xs[:half], ys[:half])
+    train(dp, xs[:half], ys[:half], opt)
     save_on_rank0({"model": dp.state_dict(), "optimizer": opt.state_dict()}, path)
     dp, opt = fresh()
     saved = torch.load(path, weights_only=True)
     dp.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
-    return {"straight": straight, "resumed": train_adam(dp, opt, xs[half:], ys[half:])}
+    return {"straight": straight, "resumed": train(dp, xs[half:], ys[half:], opt)}
 
 
 def main(scenario, outdir):
