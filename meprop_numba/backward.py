@@ -85,12 +85,14 @@ def linear_backward(x, W, g, k=None, *, indices=None, unified=False, balanced=Fa
     return _linear_backward(x, W, g, k, indices, unified, need_dx, balanced)[:3]
 
 
-def _linear_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
+def _linear_backward(x, W, g, k, indices, unified, need_dx, balanced=False, workspace=None):
     """:func:`linear_backward` that also returns the selection it used.
 
     The fourth value is the kept entries: an int64 array of shape (B, k)
     (per example), of shape (k,) (shared by the minibatch), or None when
-    every entry was kept (dense) or the arrays are on a GPU.
+    every entry was kept (dense) or the arrays are on a GPU.  `workspace`
+    (a :class:`meprop_numba._cuda.Workspace`, GPU arrays only) holds the
+    device outputs and scratch between calls.
     """
     x = float_array(x, "x", 2)
     W = float_array(W, "W", 2)
@@ -134,7 +136,8 @@ def _linear_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
     if on_gpu:
         from . import _cuda
 
-        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified, need_dx=bool(need_dx))
+        dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified, need_dx=bool(need_dx),
+                                                      workspace=workspace)
         return dx, RowSparse._trusted(rows, values, (n, m)), db, None
     finite(g, "g")
     finite(x, "x")

@@ -213,7 +213,7 @@ def _resumed_config(task, args):
 
 def _run_train(args):
     from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
-    from .training import check_outputs, compare, fit, thread_limits
+    from .training import check_device, check_outputs, compare, fit, thread_limits
     from .training.checkpoint import checkpoint_path, write_json
     from .training.loop import _blas_thread_count
     from .training.report import epoch_table, speedup_line, summary_line
@@ -243,9 +243,6 @@ def _run_train(args):
                 raise ValueError("--compare needs a meProp --k (it trains the dense arm itself)")
             if args.checkpoint_dir:
                 raise ValueError("--compare does not write checkpoints; drop --checkpoint-dir")
-        if config.device != "cpu":
-            raise ValueError(f"--device {config.device}: training on a GPU is not available "
-                             "yet; use --device cpu")
         check_outputs(args.out, args.checkpoint_dir, resume=args.resume,
                       overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, ImportError) as exc:
@@ -262,6 +259,11 @@ def _run_train(args):
             parallel.check(task, config, data)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         _error(f"cannot use the data: {exc}")
+        return EXIT_USAGE
+    try:
+        check_device(task, config, data, parallel)
+    except ValueError as exc:
+        _error(exc)
         return EXIT_USAGE
 
     with thread_limits(config.threads):

@@ -95,11 +95,19 @@ class Optimizer:
         state = self.__dict__.copy()
         del state["_lock"]
         state.pop("_flat", None)  # views of the arrays: a copy must make its own
+        state.pop("_workspace", None)  # device scratch: a copy makes its own
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    def _gpu_workspace(self):
+        """Device scratch of the gradient checks and updates (status flags), allocated once, reused by every step."""
+        ws = self.__dict__.get("_workspace")
+        if ws is None:
+            ws = self._workspace = _gpu().Workspace()
+        return ws
 
     @staticmethod
     def _zeros_like(p):
@@ -240,7 +248,7 @@ class Optimizer:
                     raise ValueError(f"{name}.values has shape {vshape}, expected {(gr.nnz_rows, pshape[1])}")
                 if is_cuda_array(gr.values):
                     # rows too (sorted, distinct, in range), on the device, before any parameter changes
-                    _gpu().check_gradient((gr.rows, gr.values), pshape[0], name)
+                    _gpu().check_gradient((gr.rows, gr.values), pshape[0], name, workspace=self._gpu_workspace())
                 else:
                     finite(np.ascontiguousarray(gr.values), name)
                 checked.append(gr)
@@ -254,7 +262,7 @@ class Optimizer:
             if is_cuda_array(gr) != is_cuda_array(p):
                 raise TypeError(f"{name} and params[{j}] must both be on the host or both on the GPU")
             if is_cuda_array(gr):
-                _gpu().check_finite(gr, name)
+                _gpu().check_finite(gr, name, workspace=self._gpu_workspace())
             else:
                 finite(gr, name)
             checked.append(gr)
@@ -632,7 +640,8 @@ class SGD(Optimizer):
 
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
-        _gpu().sgd_step(p, grad, st.get("velocity"), h["lr"], h["mu"], self.lazy, check=False)
+        _gpu().sgd_step(p, grad, st.get("velocity"), h["lr"], h["mu"], self.lazy, check=False,
+                        workspace=self._gpu_workspace())
 
 
 class Adam(Optimizer):
@@ -722,7 +731,8 @@ class Adam(Optimizer):
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
         b1, b2 = self.betas
-        _gpu().adam_step(p, grad, st["m"], st["v"], self.step_count, self.lr, b1, b2, self.eps, self.lazy, check=False)
+        _gpu().adam_step(p, grad, st["m"], st["v"], self.step_count, self.lr, b1, b2, self.eps, self.lazy, check=False,
+                         workspace=self._gpu_workspace())
 
 
 class AdaGrad(Optimizer):
@@ -793,4 +803,5 @@ class AdaGrad(Optimizer):
 
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
-        _gpu().adagrad_step(p, grad, st["sum_sq"], self.lr, self.eps, self.lazy, check=False)
+        _gpu().adagrad_step(p, grad, st["sum_sq"], self.lr, self.eps, self.lazy, check=False,
+                            workspace=self._gpu_workspace())

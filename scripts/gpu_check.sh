@@ -41,7 +41,7 @@ if [ $SIMULATOR = 1 ]; then
     TRAIN_ARGS=(--simulator --repeat 1 --steps 1)
 else
     export NUMBA_ENABLE_CUDASIM=0
-    LIMITS=(20 75 140 80 35 45 90)
+    LIMITS=(20 100 140 80 35 45 90)
     SMOKE_ARGS=()
     SPEED_ARGS=()
     TRAIN_ARGS=()

@@ -3,7 +3,11 @@
 Runs :func:`meprop_numba.topk_indices`, :func:`meprop_numba.linear_backward`
 (per-example, unified, dense, explicit host and device indices, without
 ``dx``), the three optimizers (lazy and dense, row-sparse and dense
-gradients) and the :mod:`meprop_numba.gpu` helpers, in float32 and float64,
+gradients), the :mod:`meprop_numba.gpu` helpers, and training: an MLP
+step with reused device buffers (``Module.to("cuda", reuse_buffers=True)``)
+against one with fresh buffers (equal weights, no allocation on a repeated
+step), ``out=`` refused before any launch when it does not fit, and
+``fit(device='cuda')`` against the CPU fit, in float32 and float64,
 at the package's default launch shapes (``THREADS_PER_BLOCK``,
 ``GEMM_TILE``) and at odd sizes, and checks every result against the NumPy
 references of ``tests/reference.py``.  Then it prints, for every kernel
@@ -35,6 +39,9 @@ from reference import (AdaGradReference, AdamReference, SGDReference, densify,  
 SIZES = [(64, 1000, 257, 32), (33, 4097, 129, 5), (1, 17, 3, 17), (130, 300, 65, 300)]
 SMALL_SIZES = [(33, 301, 67, 5), (1, 17, 3, 17)]
 SIMULATOR_SIZES = [(5, 37, 6, 4), (1, 9, 3, 9)]
+# Training: (inputs, hidden width, batch, k) of an MLP step; (inputs, width, examples, batch, k) of a fit.
+TRAINING_SIZES = {"default": (784, 500, 50, 20), "small": (33, 40, 9, 5), "simulator": (5, 6, 4, 2)}
+FIT_SIZES = {"default": (784, 500, 200, 50, 20), "small": (33, 40, 36, 9, 5), "simulator": (5, 6, 8, 4, 2)}
 
 FAILURES = []
 
@@ -126,16 +133,93 @@ def helpers_case(gpu, dtype):
     check(f"gpu helpers {np.dtype(dtype).name}", run)
 
 
+def training_case(mp, gpu, dtype, n_in, width, batch, k):
+    from meprop_numba import _cuda
+    from meprop_numba._cuda import device, mlp
+    from meprop_numba.nn import MLP, softmax_cross_entropy
+    from meprop_numba.training import train_step
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    y = rng.integers(0, 10, batch)
+
+    def loss(model, b):
+        return softmax_cross_entropy(model.forward(b[0], train=True), b[1], workspace=model.workspace)
+
+    for selection in ("topk", "unified"):
+        def run(selection=selection):
+            models = [MLP(n_in, width, 10, k=k, selection=selection, dropout=0.2, dtype=dtype, rng=0).to(
+                "cuda", reuse_buffers=reuse) for reuse in (True, False)]
+            opts = [mp.Adam(m.params(), lr=1e-3) for m in models]
+            allocations = []
+            for _ in range(3):
+                before = models[0].workspace.allocations
+                for m, opt in zip(models, opts):
+                    train_step(m, opt, loss, (_cuda.copy_in(x, 0, m.workspace, "x"),
+                                              _cuda.copy_in(y, 0, m.workspace, "y")))
+                allocations.append(models[0].workspace.allocations - before)
+            assert allocations[0] > 0 and allocations[1:] == [0, 0], f"allocations per step {allocations}"
+            for p, q in zip(models[0].parameters(), models[1].parameters()):
+                np.testing.assert_array_equal(gpu.to_host(p), gpu.to_host(q))
+        check(f"training step, reused buffers = fresh ones {selection} {np.dtype(dtype).name} "
+              f"{n_in}-{width}-{width}-10 batch {batch} k={k}", run)
+
+    def refused():
+        xd, W, b = gpu.to_device(x), gpu.to_device(rng.standard_normal((7, n_in)).astype(dtype)), gpu.zeros(7, dtype)
+        outs = (gpu.zeros((batch, 8), dtype), gpu.zeros((batch, 7), np.float16), np.zeros((batch, 7), dtype))
+        launched = []
+        real = device.launch
+        device.launch = lambda *args: (launched.append(args[0]), real(*args))
+        try:
+            for out in outs:
+                try:
+                    mlp.linear_forward(xd, W, b, out=out)
+                except (TypeError, ValueError):
+                    continue
+                raise AssertionError(f"out {out.shape} {out.dtype} was accepted")
+        finally:
+            device.launch = real
+        assert not launched, f"{len(launched)} launches before the refusal"
+    check(f"out= refused before any launch {np.dtype(dtype).name}", refused)
+
+
+def fit_case(dtype, n_in, width, n_train, batch, k):
+    import dataclasses
+
+    from meprop_numba.data.datasets import Dataset
+    from meprop_numba.tasks import TASKS
+    from meprop_numba.training import fit
+
+    def run():
+        rng = np.random.default_rng(2)
+        centers = 2 * rng.standard_normal((10, n_in))
+
+        def draw(n):
+            labels = rng.integers(0, 10, n)
+            return (centers[labels] + rng.standard_normal((n, n_in))).astype(dtype), labels.astype(np.int64)
+
+        data = Dataset("smoke", *draw(n_train), *draw(batch), *draw(batch), n_classes=10, source="smoke")
+        task = TASKS["mlp"]
+        config = task.config_class(dataset="smoke", hidden=width, k=k, error_feedback=0.0, epochs=1,
+                                   batch_size=batch, dtype=np.dtype(dtype).name, seed=0)
+        cpu = fit(task, config, data, progress=False)
+        on_gpu = fit(task, dataclasses.replace(config, device="cuda"), data, progress=False)
+        for p, q in zip(cpu["model"].parameters(), on_gpu["model"].parameters()):
+            np.testing.assert_allclose(q, p, **tolerance(dtype))
+    check(f"fit(device='cuda') = the CPU fit {np.dtype(dtype).name} {n_in}-{width}-{width}-10 "
+          f"{n_train} examples batch {batch} k={k}", run)
+
+
 def resources():
     """Print the resources of every kernel compiled so far (a real GPU only)."""
-    from meprop_numba._cuda import device, linear, optim, topk
+    from meprop_numba._cuda import device, linear, mlp, optim, topk
 
     print("\nkernel resources (per compiled signature): registers/thread, static shared bytes, "
           "local bytes/thread, max threads/block, configured block")
     if device.is_simulator():
         print("  simulator: no compiled kernels")
         return
-    for module in (device, topk, linear, optim):
+    for module in (device, topk, linear, mlp, optim):
         for key, namespace in module._KERNELS.items():
             tile = key[2] if isinstance(key, tuple) and key[0] == "tiled" else None
             for name, kernel in sorted(namespace.items()):
@@ -171,9 +255,9 @@ def main(argv=None):
             raise SystemExit("--simulator needs NUMBA_ENABLE_CUDASIM=1")
         device.THREADS_PER_BLOCK, linear.GEMM_TILE, device.MAX_GRID_ROWS = 8, 2, 3
         sys.setswitchinterval(1e-4)
-        sizes = SIMULATOR_SIZES
+        sizes, shapes = SIMULATOR_SIZES, "simulator"
     else:
-        sizes = SMALL_SIZES if args.small else SIZES
+        sizes, shapes = (SMALL_SIZES, "small") if args.small else (SIZES, "default")
     print(f"device {gpu.device_name()}; numba {numba.__version__}; THREADS_PER_BLOCK {device.THREADS_PER_BLOCK}, "
           f"GEMM_TILE {linear.GEMM_TILE}", flush=True)
     rng = np.random.default_rng(0)
@@ -183,6 +267,9 @@ def main(argv=None):
             backward_case(mp, gpu, dtype, batch, n, m, k, rng)
         batch, n, m, k = sizes[0]
         optimizer_case(mp, gpu, dtype, n, m, rng)
+        training_case(mp, gpu, dtype, *TRAINING_SIZES[shapes])
+        if not args.small:  # the sanitizer runs: fit repeats the step's kernels and adds minutes of host work
+            fit_case(dtype, *FIT_SIZES[shapes])
     resources()
     print(f"\n{len(FAILURES)} failed" + (": " + "; ".join(FAILURES) if FAILURES else ""))
     return 1 if FAILURES else 0

@@ -13,6 +13,9 @@ baseline is what a user would otherwise run: ``torch.nn.Linear`` layers with
   ``Module.to("cuda")`` (numba device arrays: the package's own kernels for
   everything), trained by :func:`meprop_numba.training.train_step` with the
   lazy :class:`meprop_numba.Adam`;
+* ``native, reused buffers``: the same with ``Module.to("cuda",
+  reuse_buffers=True)`` (each layer's device outputs and scratch allocated
+  once, no ``cudaMalloc`` in a step);
 * ``native+CuPy``: the same model with CuPy arrays as parameters (CuPy's
   matmul for the forward and a shared selection's products), if CuPy is
   installed.
@@ -55,7 +58,7 @@ SIMULATOR_CASES = [
     ("tiny MLP 12-8-8-3, batch 4, unified k=3", 12, (8, 8), 3, 4, 3, "unified"),
     ("tiny MLP 12-8-8-3, batch 4, top-k k=3", 12, (8, 8), 3, 4, 3, "topk"),
 ]
-VARIANTS = ("torch dense", "torch+meProp", "native", "native+CuPy")
+VARIANTS = ("torch dense", "torch+meProp", "native", "native, reused buffers", "native+CuPy")
 
 
 def parse_args(argv=None):
@@ -120,7 +123,7 @@ class Case:
 
         return step, lambda: [p.detach().cpu().numpy() for p in model.parameters()]
 
-    def native(self, k, selection, sgd_lr=None, library=None):
+    def native(self, k, selection, sgd_lr=None, library=None, reuse_buffers=False):
         import meprop_numba as mp
         from meprop_numba import gpu
         from meprop_numba.nn import MLP, softmax_cross_entropy
@@ -128,7 +131,7 @@ class Case:
 
         model = MLP(*self.shape, k=k, selection=selection, rng=0)
         model.load_state_dict(self.host_state())
-        model.to("cuda")
+        model.to("cuda", reuse_buffers=reuse_buffers)
         x = gpu.to_device(self.x.cpu().numpy())
         y = gpu.to_device(self.y.cpu().numpy())
         if library == "cupy":
@@ -140,7 +143,7 @@ class Case:
         opt = mp.SGD(model.params(), lr=sgd_lr) if sgd_lr else mp.Adam(model.params(), lr=1e-3)
 
         def loss(model, batch):
-            return softmax_cross_entropy(model.forward(batch[0], train=True), batch[1])
+            return softmax_cross_entropy(model.forward(batch[0], train=True), batch[1], workspace=model.workspace)
 
         def step():
             return train_step(model, opt, loss, (x, y))
@@ -153,6 +156,7 @@ class Case:
             "torch dense": lambda kk, lr: self.torch_dense(lr),
             "torch+meProp": lambda kk, lr: self.torch_meprop(kk, selection, lr),
             "native": lambda kk, lr: self.native(kk, selection, lr),
+            "native, reused buffers": lambda kk, lr: self.native(kk, selection, lr, reuse_buffers=True),
             "native+CuPy": lambda kk, lr: self.native(kk, selection, lr, library="cupy"),
         }
 

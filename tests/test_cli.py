@@ -115,7 +115,7 @@ def test_resume_evaluate_and_predict_through_the_command(idx_dir, tmp_path, caps
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--device", "cuda"], "not available yet"),
+    (["--device", "cuda"], "error feedback and selection='balanced' run on the host only"),
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--k", "none", "--compare"], "--compare needs a meProp --k"),
     (["--k", "17"], "k must be at most 16"),

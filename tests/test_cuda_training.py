@@ -8,6 +8,8 @@ NumPy references; a few training steps of an MLP whose parameters were moved
 to the device (:meth:`Module.to`) with the one training step
 (:func:`meprop_numba.training.train_step`) must give the CPU model's weights.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -209,3 +211,218 @@ def test_a_nan_batch_on_device_diverges_and_updates_nothing():
         train_step(model, opt, _loss, (dev(x), dev(np.array([0, 1]))))
     for p, q in zip(before, model.parameters()):
         np.testing.assert_array_equal(host(q), p)
+
+
+# ------------------------------------------------------------------ reused device buffers
+@pytest.fixture
+def device_allocations(monkeypatch):
+    """Count every device and pinned allocation of numba's CUDA API (non-empty ones), whoever makes it."""
+    from meprop_numba._cuda import device as cuda_device
+
+    counts = {"n": 0}
+    api = cuda_device.cuda
+    for name in ("device_array", "device_array_like", "to_device", "pinned_array", "mapped_array"):
+        real = getattr(api, name)
+
+        def counting(*args, _real=real, **kwargs):
+            out = _real(*args, **kwargs)
+            counts["n"] += int(np.prod(out.shape)) > 0
+            return out
+        monkeypatch.setattr(api, name, counting)
+    return counts
+
+
+def test_workspace_hands_out_one_buffer_per_name_shape_and_dtype():
+    ws = _cuda.Workspace()
+    a = ws.empty("y", (2, 3), np.float32)
+    assert ws.empty("y", (2, 3), np.float32) is a
+    b, c = ws.empty("y", (3, 3), np.float32), ws.empty("y", (2, 3), np.float64)
+    layer = ws.scope(0)
+    d = layer.empty("y", (2, 3), np.float32)
+    assert len({id(a), id(b), id(c), id(d)}) == 4
+    assert layer.empty("y", (2, 3), np.float32) is d and ws.scope(0).empty("y", (2, 3), np.float32) is d
+    assert ws.allocations == layer.allocations == 4 and ws.nbytes == 4 * 6 + 4 * 9 + 8 * 6 + 4 * 6
+    ws.clear()
+    assert len(ws) == 0 and ws.empty("y", (2, 3), np.float32) is not a
+
+
+def _train_two_ways(steps, dtype, optimizer, **mlp_args):
+    """One MLP trained with reused buffers, a twin with fresh ones; the reusing model's allocations per step."""
+    rng = np.random.default_rng(6)
+    batches = [(rng.standard_normal((b, 5)).astype(dtype), rng.integers(0, 3, b)) for b in steps]
+    reusing = MLP(5, 6, 3, dtype=dtype, rng=5, **mlp_args).to("cuda", reuse_buffers=True)
+    fresh = MLP(5, 6, 3, dtype=dtype, rng=5, **mlp_args).to("cuda")
+    opt_reusing, opt_fresh = optimizer(reusing.params()), optimizer(fresh.params())
+
+    def loss(model, batch):
+        return softmax_cross_entropy(model.forward(batch[0], train=True), batch[1], workspace=model.workspace)
+
+    allocations = []
+    for x, y in batches:
+        before = reusing.workspace.allocations + opt_reusing._gpu_workspace().allocations
+        for model, opt in ((reusing, opt_reusing), (fresh, opt_fresh)):
+            # Host batches: the reusing model copies them into its buffers through pinned memory.
+            train_step(model, opt, loss, (dev(x), dev(y)) if model is fresh else
+                       (_cuda.copy_in(x, 0, model.workspace, "x"), _cuda.copy_in(y, 0, model.workspace, "y")))
+        allocations.append(reusing.workspace.allocations + opt_reusing._gpu_workspace().allocations - before)
+    return reusing, fresh, allocations
+
+
+@pytest.mark.parametrize("dtype,selection,optimizer,extra", [
+    (np.float32, "topk", "adam-lazy", dict(dropout=0.3)),
+    (np.float64, "unified", "sgd-momentum", {}),
+])
+def test_reused_buffers_allocate_once_per_shape_and_train_like_fresh_ones(dtype, selection, optimizer, extra):
+    # Batches of 4, 4, 3, 4 examples: the second step and the fourth reuse what the first and third allocated.
+    reusing, fresh, allocations = _train_two_ways((4, 4, 3, 4), dtype, OPTIMIZERS[optimizer], k=2,
+                                                  selection=selection, **extra)
+    assert allocations[0] > 0 and allocations[2] > 0
+    assert allocations[1] == 0 and allocations[3] == 0
+    for p, q in zip(fresh.parameters(), reusing.parameters()):
+        np.testing.assert_array_equal(host(q), host(p))  # the same kernels in the same order: bitwise equal
+    assert not np.array_equal(host(reusing.parameters()[0]),
+                              MLP(5, 6, 3, dtype=dtype, rng=5, k=2, selection=selection, **extra).parameters()[0])
+
+
+def test_a_repeated_step_makes_no_device_allocation_at_all(device_allocations):
+    # Counted at numba's API, so an allocation that bypasses the workspaces is caught too.
+    model = MLP(5, 6, 3, k=2, selection="random", rng=0).to("cuda", reuse_buffers=True)
+    opt = mp.Adam(model.params(), lr=0.05)
+    x, y = np.ones((4, 5), np.float32), np.array([0, 1, 2, 0])
+
+    def step():
+        batch = (_cuda.copy_in(x, 0, model.workspace, "x"), _cuda.copy_in(y, 0, model.workspace, "y"))
+        train_step(model, opt, lambda m, b: softmax_cross_entropy(m.forward(b[0], train=True), b[1],
+                                                                  workspace=m.workspace), batch)
+    step()
+    assert device_allocations["n"] > 0
+    device_allocations["n"] = 0
+    step()
+    assert device_allocations["n"] == 0
+
+
+def test_reuse_buffers_is_checked_and_moving_back_drops_the_buffers():
+    model = MLP(5, 6, 3, k=2, rng=0)
+    with pytest.raises(TypeError, match="reuse_buffers"):
+        model.to("cuda", reuse_buffers=1)
+    with pytest.raises(ValueError, match="reuse_buffers"):
+        model.to("cpu", reuse_buffers=True)
+    assert isinstance(model.parameters()[0], np.ndarray) and model.workspace is None
+    model.to("cuda", reuse_buffers=True)
+    assert all(m.workspace is not None for m in model.movable_modules())
+    model.to("cpu")
+    assert all(m.workspace is None for m in model.movable_modules())
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    from meprop_numba._cuda import device as cuda_device
+
+    calls = []
+    real = cuda_device.launch
+    monkeypatch.setattr(cuda_device, "launch", lambda *args: (calls.append(args[0]), real(*args)))
+    return calls
+
+
+def test_out_receives_the_result(launches):
+    rng = np.random.default_rng(7)
+    x, W, b = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal(5)
+    out = gpu.zeros((3, 5), np.float64)
+    y = cuda_mlp.linear_forward(dev(x), dev(W), dev(b), out=InterfaceArray(out))
+    np.testing.assert_allclose(host(out), x @ W.T + b, rtol=1e-12)
+    assert host(y).tolist() == host(out).tolist()
+    relu_out = gpu.zeros((3, 5), np.float64)
+    cuda_mlp.relu_forward(out, out=relu_out)
+    np.testing.assert_array_equal(host(relu_out), np.maximum(host(out), 0))
+    idx = gpu.zeros((3, 2), np.int64)
+    cuda_topk_out = _cuda.topk_indices(dev(x), 2, False, out=idx)
+    from reference import topk_reference
+
+    np.testing.assert_array_equal(host(idx), topk_reference(x, 2))
+    np.testing.assert_array_equal(host(cuda_topk_out), host(idx))
+    assert launches
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (lambda: np.zeros((3, 5)), TypeError, "CUDA array"),
+    (lambda: gpu.zeros((3, 4), np.float64), ValueError, r"shape \(3, 5\)"),
+    (lambda: gpu.zeros((3, 5), np.float32), TypeError, "dtype float64"),
+    (lambda: gpu.zeros((5, 3), np.float64).T, ValueError, "C-contiguous"),
+])
+def test_a_wrong_out_is_refused_before_any_launch(launches, bad, error, match):
+    rng = np.random.default_rng(8)
+    x, W, b = dev(rng.standard_normal((3, 4))), dev(rng.standard_normal((5, 4))), dev(rng.standard_normal(5))
+    y = dev(rng.standard_normal((3, 5)))
+    out = bad()
+    launches.clear()
+    calls = [lambda: cuda_mlp.linear_forward(x, W, b, out=out), lambda: cuda_mlp.relu_forward(y, out=out),
+             lambda: cuda_mlp.relu_backward(y, y, out=out), lambda: cuda_mlp.multiply(y, y, out=out)]
+    for call in calls:
+        with pytest.raises(error, match=match):
+            call()
+    with pytest.raises((TypeError, ValueError)):
+        _cuda.topk_indices(y, 5, False, out=out)  # int64 (3, 5) wanted
+    assert launches == []
+
+
+# ------------------------------------------------------------------ fit(device='cuda')
+def _tiny_data(dtype):
+    from meprop_numba.data.datasets import Dataset
+
+    rng = np.random.default_rng(9)
+    centers = 2 * rng.standard_normal((3, 5))
+
+    def draw(n):
+        y = rng.integers(0, 3, n)
+        return (centers[y] + rng.standard_normal((n, 5))).astype(dtype), y.astype(np.int64)
+
+    return Dataset("tiny", *draw(12), *draw(4), *draw(4), n_classes=3, source="test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("selection,optimizer", [("topk", "adam"), ("unified", "sgd")])
+def test_fit_on_the_device_matches_the_cpu_fit(tmp_path, launches, selection, optimizer):
+    from meprop_numba.tasks import TASKS
+    from meprop_numba.training import fit
+
+    task = TASKS["mlp"]
+    config = task.config_class(dataset="tiny", hidden=6, k=2, selection=selection, optimizer=optimizer,
+                               error_feedback=0.0, dropout=0.25, epochs=1, batch_size=4, dtype="float64",
+                               seed=1)
+    data = _tiny_data(np.float64)
+    cpu = fit(task, config, data, progress=False)
+    assert launches == []
+    gpu_run = fit(task, dataclasses.replace(config, device="cuda"), data, progress=False,
+                  checkpoint_dir=tmp_path / "ck")
+    model = gpu_run["model"]
+    assert launches  # it trained through the CUDA kernels
+    assert all(isinstance(p, np.ndarray) for p in model.parameters())  # the weights come back to the host
+    for (name, p), q in zip(cpu["model"].named_parameters(), model.parameters()):
+        np.testing.assert_allclose(q, p, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert not np.allclose(model.parameters()[0], task.build_model(config, task.extra_state(data),
+                                                                   np.random.default_rng(0)).parameters()[0])
+    np.testing.assert_allclose(gpu_run["epochs"][0]["train_loss"], cpu["epochs"][0]["train_loss"], rtol=1e-12)
+    assert gpu_run["epochs"][0]["dev_accuracy"] == cpu["epochs"][0]["dev_accuracy"]
+    # The checkpoint holds host arrays and loads into a host model.
+    from meprop_numba.training import load_model
+
+    loaded, _, _ = load_model(task, tmp_path / "ck")
+    for p, q in zip(loaded.parameters(), model.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_fit_on_the_device_refuses_what_runs_on_the_host_only(tmp_path):
+    from meprop_numba.tasks import TASKS
+    from meprop_numba.training import fit
+
+    task = TASKS["mlp"]
+    base = dict(dataset="tiny", hidden=6, k=2, epochs=1, batch_size=4, device="cuda")
+    data = _tiny_data(np.float32)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "last.npz").write_bytes(b"kept")
+    for bad, match in ((dict(error_feedback=0.5), "error feedback"), (dict(selection="balanced"), "balanced"),
+                       (dict(simplify=0.1, error_feedback=0.0), "simplify")):
+        with pytest.raises(ValueError, match=match):
+            fit(task, task.config_class(**base, **bad), data, progress=False, checkpoint_dir=tmp_path / "ck",
+                overwrite=True)
+    assert (tmp_path / "ck" / "last.npz").read_bytes() == b"kept"  # refused before any file was touched

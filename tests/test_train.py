@@ -337,8 +337,10 @@ def test_bad_configs_are_rejected(bad):
 def test_bad_runs_are_rejected_before_training(tmp_path):
     with pytest.raises(ValueError, match="batch_size 1000 exceeds the 120 training images"):
         _fit(_config(batch_size=1000))
-    with pytest.raises(NotImplementedError, match="cuda"):
+    with pytest.raises(ValueError, match="error feedback"):  # host only; the MLP's default has it on
         _fit(_config(device="cuda"))
+    with pytest.raises(ValueError, match="simplify"):
+        _fit(_config(device="cuda", error_feedback=0.0, simplify=0.1))
 
 
 @pytest.mark.parametrize("case", ["out_is_dir", "out_is_checkpoint", "out_missing_dir",

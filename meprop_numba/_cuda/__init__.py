@@ -18,7 +18,12 @@ arrays:
 * :func:`check_gradient` (NaN/Inf, and the rows of a row-sparse gradient:
   sorted, distinct, in range), :func:`check_indices` (explicit device
   selections), :func:`check_finite`, :func:`zeros_like`,
-  :func:`cuda_available`.
+  :func:`cuda_available`;
+* :class:`Workspace` -- device buffers reused between calls: every entry
+  point of a training step takes ``workspace=`` (its outputs and scratch
+  come from it, allocated once per shape and dtype), the forward kernels
+  and :func:`topk_indices` also ``out=`` (checked by :func:`check_out`
+  before any launch).
 
 Inputs are numba device arrays or any object exposing
 ``__cuda_array_interface__`` (wrapped without a copy); outputs are numba
@@ -35,12 +40,12 @@ All arithmetic stays in the input's dtype: scalars are cast on the host,
 accumulators start from typed zeros, so float32 work never falls onto the
 slow FP64 units.
 """
-from .device import (as_device, check_finite, cuda_available, device_name, is_simulator, require_cuda,
-                     stream_handle, synchronize, to_device, zeros, zeros_like)
+from .device import (Workspace, as_device, check_finite, check_out, copy_in, cuda_available, device_name, is_simulator,
+                     require_cuda, stream_handle, synchronize, to_device, zeros, zeros_like)
 from .linear import check_indices, linear_backward
 from .optim import adagrad_step, adam_step, check_gradient, sgd_step
 from .topk import topk_indices
 
-__all__ = ["adagrad_step", "adam_step", "as_device", "check_finite", "check_gradient", "check_indices",
+__all__ = ["Workspace", "adagrad_step", "adam_step", "as_device", "check_finite", "check_gradient", "check_indices", "check_out", "copy_in",
            "cuda_available", "device_name", "is_simulator", "linear_backward", "require_cuda", "sgd_step",
            "stream_handle", "synchronize", "to_device", "topk_indices", "zeros", "zeros_like"]

@@ -480,22 +480,162 @@ def zeros_like(a, stream=None):
     return zeros(a.shape, a.dtype, s)
 
 
-def zeros(shape, dtype, stream=0):
-    """Return a new C-contiguous device array of zeros (filled on the device)."""
+def zeros(shape, dtype, stream=0, workspace=None, name=None):
+    """A C-contiguous device array of zeros (filled on the device): new, or `workspace`'s buffer `name`."""
     require_cuda()
-    return _fill(cuda.device_array(shape, dtype=dtype, stream=stream), 0, stream)
+    return _fill(empty(shape, dtype, stream, workspace, name), 0, stream)
 
 
-def check_finite(a, name="g", stream=None):
+def empty(shape, dtype, stream=0, workspace=None, name=None):
+    """A C-contiguous device array: new (``cuda.device_array``), or `workspace`'s buffer `name`.
+
+    The one place the kernel modules allocate device memory, so a
+    :class:`Workspace` sees every buffer of a call made with it.
+    """
+    if workspace is None:
+        return cuda.device_array(shape, dtype=dtype, stream=stream)
+    return workspace.empty(name, shape, dtype, stream)
+
+
+def copy_in(a, stream=0, workspace=None, name="copy"):
+    """A device copy of host array `a`: a new array, or `workspace`'s buffer `name` overwritten.
+
+    With a workspace on the default stream the copy goes through a pinned
+    (page-locked) host buffer kept in it too; the copy is synchronous, so
+    that buffer is free again when this returns.
+    """
+    a = np.ascontiguousarray(a)
+    if workspace is None:
+        return cuda.to_device(a, stream=stream)
+    d = workspace.empty(name, a.shape, a.dtype, stream)
+    if isinstance(stream, int) and stream == 0 and a.size:
+        staged = workspace.pinned(name, a.shape, a.dtype)
+        np.copyto(staged, a)
+        a = staged
+    d.copy_to_device(a, stream=stream)
+    return d
+
+
+# ------------------------------------------------------------------ workspaces
+class Workspace:
+    """Device buffers kept between calls and handed out again, one per (name, shape, dtype).
+
+    An entry point given a workspace takes its outputs and scratch from it:
+    the first call of a shape allocates them, later calls of the same
+    shapes and dtypes reuse them and allocate nothing (no ``cudaMalloc``,
+    no deferred free).  What such a call returns therefore stays valid
+    only until the next call that uses the same workspace with the same
+    names; a workspace serves one stream and one thread at a time, and the
+    device it first allocated on.  :meth:`scope` gives a view with its own
+    names (one per layer of a model) that shares the buffers' bookkeeping.
+
+    Attributes
+    ----------
+    allocations : int
+        Buffers allocated so far through this workspace and its scopes
+        (device arrays, and the pinned host buffers :func:`copy_in` stages
+        host data through).
+    nbytes : int
+        Their bytes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meprop_numba._cuda import Workspace
+    >>> ws = Workspace()
+    >>> a = ws.empty("y", (2, 3), np.float32)  # doctest: +SKIP
+    >>> ws.empty("y", (2, 3), np.float32) is a, ws.allocations  # doctest: +SKIP
+    (True, 1)
+    """
+
+    def __init__(self):
+        self._shared = {"buffers": {}, "allocations": 0, "nbytes": 0}
+        self._prefix = ""
+
+    @property
+    def allocations(self):
+        return self._shared["allocations"]
+
+    @property
+    def nbytes(self):
+        return self._shared["nbytes"]
+
+    def __len__(self):
+        return len(self._shared["buffers"])
+
+    def scope(self, name):
+        """A view whose buffer names are prefixed by `name` (same bookkeeping)."""
+        view = Workspace.__new__(Workspace)
+        view._shared = self._shared
+        view._prefix = f"{self._prefix}{name}/"
+        return view
+
+    def empty(self, name, shape, dtype, stream=0):
+        """The C-contiguous device buffer `name` of this shape and dtype (contents undefined), allocated once."""
+        return self._take(name, shape, dtype, lambda s, d: cuda.device_array(s, dtype=d, stream=stream))
+
+    def pinned(self, name, shape, dtype):
+        """The pinned (page-locked) host buffer `name` of this shape and dtype, allocated once."""
+        return self._take(("pinned", name), shape, dtype, lambda s, d: cuda.pinned_array(s, dtype=d))
+
+    def _take(self, name, shape, dtype, allocate):
+        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        key = (self._prefix, name, shape, dtype)
+        buffers = self._shared["buffers"]
+        a = buffers.get(key)
+        if a is None:
+            require_cuda()
+            a = buffers[key] = allocate(shape, dtype)
+            self._shared["allocations"] += 1
+            self._shared["nbytes"] += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return a
+
+    def clear(self):
+        """Drop every buffer (of every scope); numba frees them once nothing else holds them."""
+        self._shared["buffers"].clear()
+
+    def __repr__(self):
+        return f"Workspace({len(self)} buffers, {self.nbytes} bytes, {self.allocations} allocations)"
+
+
+def check_out(out, shape, dtype, name="out"):
+    """Return `out` as a numba device array after checking it can hold a result of `shape` and `dtype`.
+
+    Called by an entry point before it launches anything.
+
+    Raises
+    ------
+    TypeError
+        `out` is not a CUDA array, or has another dtype.
+    ValueError
+        Another shape, or not C-contiguous.
+    """
+    d = as_device(out, name)
+    shape = tuple(int(s) for s in shape)
+    if tuple(d.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(d.shape)}")
+    if np.dtype(d.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {np.dtype(d.dtype)}")
+    step, expected = np.dtype(dtype).itemsize, []
+    for extent in reversed(shape):
+        expected.insert(0, step)
+        step *= extent
+    if d.size > 1 and any(e > 1 and s != t for e, s, t in zip(shape, d.strides, expected)):
+        raise ValueError(f"{name} must be C-contiguous")
+    return d
+
+
+def check_finite(a, name="g", stream=None, workspace=None):
     """Raise ``ValueError`` if device array `a` holds NaN or Inf.
 
     The test is a read-only kernel on `a`'s stream; only a one-element flag
-    comes back to the host.
+    comes back to the host (its device slot from `workspace` when given).
     """
     require_cuda()
     s = launch_stream([a], stream)
     a = as_device(a, name)
-    status = zeros(1, np.int64, s)
+    status = zeros(1, np.int64, s, workspace, "finite.status")
     launch_nonfinite(a, status, 0, s)
     raise_if_nonfinite(read_status(status, s), name)
 

@@ -35,7 +35,7 @@ from numba import float32, float64, int64
 from . import device as _device
 from . import topk as _topk
 from .device import (MAX_GRID_ROWS, MAX_THREADS, STATIC_SHARED_LIMIT, _as_2d, _cols_grid, _row_chunks, _rows_grid,
-                     as_device, common_kernels, cuda, launch_1d, launch_nonfinite,
+                     as_device, common_kernels, copy_in, cuda, empty, launch_1d, launch_nonfinite,
                      launch_stream, raise_if_nonfinite, read_status, require_cuda, zeros)
 
 #: Side of the square thread block of the tiled products.
@@ -430,15 +430,16 @@ def _tiled_kernels(dtype, tile):
     return ns
 
 
-def _sorted_unique_columns(indices, n, stream):
+def _sorted_unique_columns(indices, n, stream, workspace=None):
     """Sorted copy of the distinct (k,) column set `indices`."""
     k = indices.shape[0]
-    counts = zeros(n, np.int32, stream)
+    ws = workspace
+    counts = zeros(n, np.int32, stream, ws, "columns.counts")
     K = _kernels()
     launch_1d(K["mark_columns"], lambda tpb: _cols_grid(k, tpb), (indices, counts), stream)
-    offsets = cuda.device_array(n + 1, dtype=np.int64, stream=stream)
-    rows = cuda.device_array(k, dtype=np.int64, stream=stream)
-    totals = cuda.device_array(2, dtype=np.int64, stream=stream)
+    offsets = empty(n + 1, np.int64, stream, ws, "columns.offsets")
+    rows = empty(k, np.int64, stream, ws, "rows")
+    totals = empty(2, np.int64, stream, ws, "columns.totals")
     launch_1d(K["scan_counts"], lambda tpb: 1, (counts, offsets, rows, totals), stream)
     return rows
 
@@ -460,18 +461,18 @@ def _grid_2d(ncols, nrows):
     return lambda span: (_cols_grid(ncols, span), _rows_grid(_cols_grid(nrows, span)))
 
 
-def _shared_backward(x, W, g, rows, need_dx, stream):
+def _shared_backward(x, W, g, rows, need_dx, stream, workspace=None):
     """dx (None unless `need_dx`) and dW values for one sorted column set `rows` shared by the batch."""
     batch, m = x.shape
     k = rows.shape[0]
     dx = None
     if need_dx:
-        dx = cuda.device_array((batch, m), dtype=g.dtype, stream=stream)
+        dx = empty((batch, m), g.dtype, stream, workspace, "dx")
         _launch_tiled("gather_dx", g.dtype, _grid_2d(m, batch), (g, W, rows, dx), stream)
-    values = cuda.device_array((k, m), dtype=g.dtype, stream=stream)
+    values = empty((k, m), g.dtype, stream, workspace, "values")
     splits = batch_splits(batch, k, m)
     partial = (values.reshape(1, k, m) if splits == 1
-               else cuda.device_array((splits, k, m), dtype=g.dtype, stream=stream))
+               else empty((splits, k, m), g.dtype, stream, workspace, "values.partial"))
     grid = _grid_2d(m, k)
     _launch_tiled("gather_values", g.dtype, lambda span: grid(span) + (splits,), (g, x, rows, partial), stream)
     if splits > 1:
@@ -534,14 +535,16 @@ def _cupy_products(x, W, g, rows, need_dx, dense):
 _LIBRARY_PRODUCTS = {"torch": _torch_products, "cupy": _cupy_products}
 
 
-def _per_example_backward(x, W, g, indices, status, need_dx, check_finite, stream):
+def _per_example_backward(x, W, g, indices, status, need_dx, check_finite, stream, workspace=None):
     """dx (None unless `need_dx`), rows and dW values for per-example column sets `indices` (B, k).
 
     ``status`` holds the non-finite flags of `g` and `x` (set by the
     caller's check kernels); it comes back to the host with the number of
     distinct rows in a single transfer, and the error is raised before
     ``values`` is allocated.  Inputs are never written, so computing on a
-    bad `g` before raising changes nothing the caller owns.
+    bad `g` before raising changes nothing the caller owns.  With a
+    `workspace`, ``values`` is a view of a buffer of the largest possible
+    row count, so every call of a shape reuses it.
     """
     batch, m = x.shape
     n = W.shape[0]
@@ -549,27 +552,28 @@ def _per_example_backward(x, W, g, indices, status, need_dx, check_finite, strea
     K = _kernels()
     TK = _typed_kernels(g.dtype)
 
+    ws = workspace
     dx = None
     if need_dx:
-        dx = cuda.device_array((batch, m), dtype=g.dtype, stream=stream)
+        dx = empty((batch, m), g.dtype, stream, ws, "dx")
         launch_1d(TK["per_example_dx"], lambda tpb: (_cols_grid(m, tpb), _rows_grid(batch)), (g, W, indices, dx),
                   stream)
 
-    member = zeros((batch, n), np.int32, stream)
+    member = zeros((batch, n), np.int32, stream, ws, "members")
     grid_bk = lambda tpb: (_cols_grid(k, tpb), _rows_grid(batch))  # noqa: E731
     launch_1d(K["mark_members"], grid_bk, (indices, member), stream)
     chunk, n_chunks = _row_chunks(batch)
-    chunk_counts = cuda.device_array((n_chunks, n), dtype=np.int32, stream=stream)
-    counts = cuda.device_array(n, dtype=np.int32, stream=stream)
+    chunk_counts = empty((n_chunks, n), np.int32, stream, ws, "members.chunk_counts")
+    counts = empty(n, np.int32, stream, ws, "members.counts")
     grid_chunks = lambda tpb: (_cols_grid(n, tpb), _rows_grid(n_chunks))  # noqa: E731
     launch_1d(K["count_members"], grid_chunks, (member, chunk, chunk_counts), stream)
     launch_1d(K["scan_chunk_counts"], lambda tpb: _cols_grid(n, tpb), (chunk_counts, counts), stream)
     launch_1d(K["rank_members"], grid_chunks, (member, chunk, chunk_counts), stream)
-    offsets = cuda.device_array(n + 1, dtype=np.int64, stream=stream)
-    rows_all = cuda.device_array(min(n, batch * k), dtype=np.int64, stream=stream)
+    offsets = empty(n + 1, np.int64, stream, ws, "members.offsets")
+    rows_all = empty(min(n, batch * k), np.int64, stream, ws, "rows")
     launch_1d(K["scan_counts"], lambda tpb: 1, (counts, offsets, rows_all, status[_N_ROWS:_N_PAIRS + 1]), stream)
-    seg_example = cuda.device_array(batch * k, dtype=np.int64, stream=stream)
-    seg_grad = cuda.device_array(batch * k, dtype=g.dtype, stream=stream)
+    seg_example = empty(batch * k, np.int64, stream, ws, "segments.example")
+    seg_grad = empty(batch * k, g.dtype, stream, ws, "segments.grad")
     launch_1d(K["fill_segments"], grid_bk, (indices, g, member, offsets, seg_example, seg_grad), stream)
 
     host_status = read_status(status, stream)  # the flags and len(rows), which sizes `values`
@@ -577,7 +581,10 @@ def _per_example_backward(x, W, g, indices, status, need_dx, check_finite, strea
         _raise_for_status(host_status)
     n_rows = int(host_status[_N_ROWS])
     rows = rows_all[:n_rows]
-    values = cuda.device_array((n_rows, m), dtype=g.dtype, stream=stream)
+    if ws is None:
+        values = empty((n_rows, m), g.dtype, stream)
+    else:
+        values = ws.empty("values", (rows_all.shape[0], m), g.dtype, stream)[:n_rows]
     if n_rows:
         launch_1d(TK["segment_values"], lambda tpb: (_cols_grid(m, tpb), _rows_grid(n_rows)),
                   (x, rows, offsets, seg_example, seg_grad, values), stream)
@@ -648,16 +655,16 @@ def check_indices(indices, batch, n, name="indices", stream=None):
     return d
 
 
-def _device_indices(indices, stream):
+def _device_indices(indices, stream, workspace=None):
     if isinstance(indices, np.ndarray):
-        return cuda.to_device(np.ascontiguousarray(indices, dtype=np.int64), stream=stream)
+        return copy_in(indices.astype(np.int64, copy=False), stream, workspace, "indices")
     indices = as_device(indices, "indices")
     if indices.dtype != np.int64:
         raise TypeError(f"indices on the GPU must have dtype int64, got {indices.dtype}")
     return indices
 
 
-def linear_backward(x, W, g, k, indices, unified, need_dx=True, stream=None, check_finite=True):
+def linear_backward(x, W, g, k, indices, unified, need_dx=True, stream=None, check_finite=True, workspace=None):
     """Sparse (or dense) backward of ``y = x W^T + b`` on the GPU.
 
     Parameters
@@ -689,6 +696,10 @@ def linear_backward(x, W, g, k, indices, unified, need_dx=True, stream=None, che
         refused call changes nothing).  False raises nothing for them and,
         except for per-example selection (whose row count sizes
         ``dW.values``), returns without waiting for the device.
+    workspace : Workspace, optional
+        Where the outputs and the scratch come from (allocated on a shape's
+        first call, reused after; the outputs are valid until the next call
+        with this workspace).
 
     Returns
     -------
@@ -723,32 +734,33 @@ def linear_backward(x, W, g, k, indices, unified, need_dx=True, stream=None, che
         per_example = indices.ndim == 2
     else:
         per_example = not dense and not unified
-    status = zeros(6, np.int64, s)
+    ws = workspace
+    status = zeros(6, np.int64, s, ws, "backward.status")
     if check_finite:
         launch_nonfinite(x, status, _X_BAD, s)
     # One pass over g: db, the unified scores and the NaN/Inf flag.
     want_scores = unified and indices is None and not dense
-    db, scores = _topk.scan_gradient(g, status, s, want_sum=True, want_abs=want_scores)
+    db, scores = _topk.scan_gradient(g, status, s, want_sum=True, want_abs=want_scores, workspace=ws)
 
     if dense:
-        rows = cuda.device_array(n, dtype=np.int64, stream=s)
+        rows = empty(n, np.int64, s, ws, "rows")
         launch_1d(common_kernels()["iota"], lambda tpb: min(_cols_grid(n, tpb), int(MAX_GRID_ROWS)), (rows,), s)
     elif indices is None:
         if unified:
-            rows = _sorted_unique_columns(_topk.unified_topk(scores, int(k), s), n, s)
+            rows = _sorted_unique_columns(_topk.unified_topk(scores, int(k), s, ws), n, s, ws)
         else:
-            indices = _topk.topk_rows(g, int(k), s)
+            indices = _topk.topk_rows(g, int(k), s, ws)
     else:
-        indices = _device_indices(indices, s)
+        indices = _device_indices(indices, s, ws)
         if indices.ndim == 1:
-            rows = _sorted_unique_columns(indices, n, s)
+            rows = _sorted_unique_columns(indices, n, s, ws)
     if per_example:
-        dx, rows, values = _per_example_backward(x, W, g, indices, status, need_dx, check_finite, s)
+        dx, rows, values = _per_example_backward(x, W, g, indices, status, need_dx, check_finite, s, ws)
         return dx, rows, values, db
     if library is not None:
         dx, values = _LIBRARY_PRODUCTS[library](*originals, rows, need_dx, dense)
     else:
-        dx, values = _shared_backward(x, W, g, rows, need_dx, s)
+        dx, values = _shared_backward(x, W, g, rows, need_dx, s, ws)
     if check_finite:
         _raise_for_status(read_status(status, s))
     return dx, rows, values, db

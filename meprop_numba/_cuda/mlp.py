@@ -7,8 +7,9 @@ device (:meth:`meprop_numba.nn.Module.to`) trains there end to end: the
 forward product (:func:`linear_forward`, a tiled product beside the
 backward's in :mod:`.linear`), ReLU, inverted dropout's scaling, and the
 softmax cross-entropy with its gradient.  Every kernel works in the input's
-dtype and writes new arrays; inputs are only read.  Kernels go to the
-stream the inputs come from, or to an explicit ``stream=``.
+dtype and writes a new array, or the caller's ``out=`` (checked before any
+launch); inputs are only read.  Kernels go to the stream the inputs come
+from, or to an explicit ``stream=``.
 """
 import math
 
@@ -16,7 +17,8 @@ import numpy as np
 from numba import float32, float64
 
 from . import linear as _linear
-from .device import _cols_grid, _rows_grid, as_device, cuda, launch_1d, launch_stream, read_status, require_cuda, zeros
+from .device import (_cols_grid, _rows_grid, as_device, check_out, copy_in, cuda, empty, launch_1d, launch_stream,
+                     read_status, require_cuda, zeros)
 
 _KERNELS = {}
 
@@ -88,15 +90,18 @@ def _kernels(dtype):
     return ns
 
 
-def _elementwise(name, arrays, names, stream):
-    """Launch the element-wise kernel `name` over 2-D `arrays` of one shape and dtype; return its new output."""
+def _elementwise(name, arrays, names, stream, out):
+    """Launch the element-wise kernel `name` over 2-D `arrays` of one shape and dtype; return its output."""
     require_cuda()
     s = launch_stream(arrays, stream)
     arrays = [_two_d(a, n) for a, n in zip(arrays, names)]
     for a, n in zip(arrays[1:], names[1:]):
         _alike(arrays[0], a, (names[0], n))
     B, n = arrays[0].shape
-    out = cuda.device_array((B, n), dtype=arrays[0].dtype, stream=s)
+    if out is None:
+        out = empty((B, n), arrays[0].dtype, s)
+    else:
+        out = check_out(out, (B, n), arrays[0].dtype)
     if B and n:
         launch_1d(_kernels(out.dtype)[name], lambda tpb: (_cols_grid(n, tpb), _rows_grid(B)), tuple(arrays) + (out,),
                   s)
@@ -119,8 +124,8 @@ def _alike(a, b, names):
                          f"got {b.dtype} {tuple(b.shape)}")
 
 
-def linear_forward(x, W, b, stream=None):
-    """``x @ W.T + b`` on the device (the forward of a linear layer), as a new array.
+def linear_forward(x, W, b, stream=None, out=None):
+    """``x @ W.T + b`` on the device (the forward of a linear layer), as a new array or into `out`.
 
     Parameters
     ----------
@@ -130,11 +135,21 @@ def linear_forward(x, W, b, stream=None):
         Same float dtype as `x`.
     stream : optional
         Default: the stream the inputs come from.
+    out : CUDA array, optional
+        C-contiguous ``(B, n)`` of `x`'s dtype, not overlapping the inputs:
+        the result is written there (checked before any launch).
 
     Returns
     -------
     numba device array, (B, n)
-        C-contiguous.
+        C-contiguous (`out` when given).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, or an `out` of another shape.
+    TypeError
+        Non-CUDA arrays, or an `out` of another dtype.
     """
     require_cuda()
     s = launch_stream([x, W, b], stream)
@@ -144,28 +159,28 @@ def linear_forward(x, W, b, stream=None):
         raise ValueError(f"W must be {x.dtype} of shape (n, {m}) to match x, got {W.dtype} {tuple(W.shape)}")
     if tuple(b.shape) != (n,) or b.dtype != x.dtype:
         raise ValueError(f"b must be {x.dtype} of shape ({n},), got {b.dtype} {tuple(b.shape)}")
-    y = cuda.device_array((batch, n), dtype=x.dtype, stream=s)
+    y = empty((batch, n), x.dtype, s) if out is None else check_out(out, (batch, n), x.dtype)
     if batch and n:
         _linear._launch_tiled("forward_product", x.dtype, _linear._grid_2d(n, batch), (x, W, b, y), s)
     return y
 
 
-def relu_forward(x, stream=None):
-    """``max(x, 0)`` of a 2-D device array, as a new C-contiguous array (NaN stays NaN)."""
-    return _elementwise("relu_forward", [x], ("x",), stream)
+def relu_forward(x, stream=None, out=None):
+    """``max(x, 0)`` of a 2-D device array, as a new C-contiguous array or into `out` (NaN stays NaN)."""
+    return _elementwise("relu_forward", [x], ("x",), stream, out)
 
 
-def relu_backward(grad_out, y, stream=None):
-    """``grad_out`` where the ReLU output `y` is positive, else 0 (one shape and dtype), as a new array."""
-    return _elementwise("relu_backward", [grad_out, y], ("grad_out", "y"), stream)
+def relu_backward(grad_out, y, stream=None, out=None):
+    """``grad_out`` where the ReLU output `y` is positive, else 0 (one shape and dtype), new or into `out`."""
+    return _elementwise("relu_backward", [grad_out, y], ("grad_out", "y"), stream, out)
 
 
-def multiply(a, b, stream=None):
-    """``a * b`` of two 2-D device arrays of one shape and dtype, as a new array."""
-    return _elementwise("multiply", [a, b], ("a", "b"), stream)
+def multiply(a, b, stream=None, out=None):
+    """``a * b`` of two 2-D device arrays of one shape and dtype, as a new array or into `out`."""
+    return _elementwise("multiply", [a, b], ("a", "b"), stream, out)
 
 
-def softmax_cross_entropy(logits, labels, stream=None):
+def softmax_cross_entropy(logits, labels, stream=None, workspace=None):
     """Mean softmax cross-entropy and its gradient ``(softmax - onehot) / B`` on the device.
 
     Parameters
@@ -176,6 +191,9 @@ def softmax_cross_entropy(logits, labels, stream=None):
         the device (one flag comes back with the per-example losses).
     stream : optional
         Default: the stream of `logits`.
+    workspace : Workspace, optional
+        Where the gradient, the per-example losses, the status flag and the
+        device copy of host labels come from.
 
     Returns
     -------
@@ -194,15 +212,15 @@ def softmax_cross_entropy(logits, labels, stream=None):
     logits = _two_d(logits, "logits")
     B, C = logits.shape
     if isinstance(labels, np.ndarray):
-        labels = cuda.to_device(np.ascontiguousarray(labels, dtype=np.int64), stream=s)
+        labels = copy_in(labels.astype(np.int64, copy=False), s, workspace, "loss.labels")
     else:
         labels = as_device(labels, "labels")
     if labels.shape != (B,) or np.dtype(labels.dtype).kind not in "iu":
         raise ValueError(f"labels must be integers of shape ({B},), got {labels.dtype} {tuple(labels.shape)}")
     t = logits.dtype.type
-    grad = cuda.device_array((B, C), dtype=logits.dtype, stream=s)
-    losses = cuda.device_array(B, dtype=logits.dtype, stream=s)
-    status = zeros(1, np.int64, s)
+    grad = empty((B, C), logits.dtype, s, workspace, "loss.grad")
+    losses = empty(B, logits.dtype, s, workspace, "loss.losses")
+    status = zeros(1, np.int64, s, workspace, "loss.status")
     launch_1d(_kernels(logits.dtype)["softmax_cross_entropy"], lambda tpb: min(_cols_grid(B, tpb), 65535),
               (logits, labels, t(1.0 / B), grad, losses, status), s)
     if int(read_status(status, s)[0]):

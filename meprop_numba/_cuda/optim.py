@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from .device import (MAX_GRID_ROWS, _as_2d, _cols_grid, _rows_grid, as_device, cuda, launch_1d, launch_nonfinite, launch_stream,
-                     raise_if_nonfinite, read_status, require_cuda, zeros)
+from .device import (MAX_GRID_ROWS, _as_2d, _cols_grid, _rows_grid, as_device, cuda, empty, launch_1d, launch_nonfinite,
+                     launch_stream, raise_if_nonfinite, read_status, require_cuda, zeros)
 
 _KERNELS = {}
 
@@ -103,7 +103,7 @@ def _kernels():
     return ns
 
 
-def _update_plan(param, grad, lazy):
+def _update_plan(param, grad, lazy, workspace=None):
     """Return (param2d, grad2d, rows, n_launch_rows, mode) for an update kernel."""
     param = as_device(param, "param")
     p2 = _as_2d(param)
@@ -118,15 +118,15 @@ def _update_plan(param, grad, lazy):
             return p2, values, rows, rows.shape[0], 1
         return p2, values, rows, p2.shape[0], 2
     grad = _as_2d(as_device(grad, "grad"))
-    # Dense mode never reads `rows`: an empty array (no allocation, nothing cached per context).
-    return p2, grad, cuda.device_array(0, dtype=np.int64), p2.shape[0], 0
+    # Dense mode never reads `rows`: an empty array (no device memory, nothing cached per context).
+    return p2, grad, empty(0, np.int64, 0, workspace, "update.no_rows"), p2.shape[0], 0
 
 
 def _grad_values(grad):
     return grad[1] if isinstance(grad, tuple) else grad
 
 
-def check_gradient(grad, nrows, name="grad", finite=True, stream=None):
+def check_gradient(grad, nrows, name="grad", finite=True, stream=None, workspace=None):
     """Check a gradient on the device before an update; one small transfer back.
 
     Parameters
@@ -141,6 +141,8 @@ def check_gradient(grad, nrows, name="grad", finite=True, stream=None):
         Also check the values for NaN/Inf.
     stream : optional
         Default: the gradient's stream.
+    workspace : Workspace, optional
+        Where the device status flags come from.
 
     Raises
     ------
@@ -152,14 +154,14 @@ def check_gradient(grad, nrows, name="grad", finite=True, stream=None):
     require_cuda()
     values = _grad_values(grad)
     s = launch_stream([values], stream)
-    _check(grad, nrows, name, finite, s)
+    _check(grad, nrows, name, finite, s, workspace)
 
 
-def _check(grad, nrows, name, finite, stream):
+def _check(grad, nrows, name, finite, stream, workspace=None):
     rows = as_device(grad[0], "rows") if isinstance(grad, tuple) else None
     if not finite and (rows is None or rows.shape[0] == 0):
         return
-    status = zeros(3, np.int64, stream)
+    status = zeros(3, np.int64, stream, workspace, "gradient.status")
     if finite:
         launch_nonfinite(as_device(_grad_values(grad), name), status, 0, stream)
     if rows is not None and rows.shape[0]:
@@ -173,12 +175,12 @@ def _check(grad, nrows, name, finite, stream):
         raise ValueError(f"{name}.rows must be sorted in increasing order without repeats")
 
 
-def _prepare(param, grad, lazy, check, stream):
+def _prepare(param, grad, lazy, check, stream, workspace):
     """Stream, launch plan and the device checks of one update, before anything is written."""
     require_cuda()
     s = launch_stream([param, _grad_values(grad)], stream)
-    plan = _update_plan(param, grad, lazy)
-    _check(grad if not isinstance(grad, tuple) else (plan[2], grad[1]), plan[0].shape[0], "grad", check, s)
+    plan = _update_plan(param, grad, lazy, workspace)
+    _check(grad if not isinstance(grad, tuple) else (plan[2], grad[1]), plan[0].shape[0], "grad", check, s, workspace)
     return s, plan
 
 
@@ -188,7 +190,7 @@ def _launch_update(name, p2, n_launch_rows, args, stream):
     launch_1d(_kernels()[name], lambda tpb: (_cols_grid(p2.shape[1], tpb), _rows_grid(n_launch_rows)), args, stream)
 
 
-def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None):
+def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None, workspace=None):
     """In-place SGD step ``v = momentum v + g; p -= lr v`` (``p -= lr g`` without momentum).
 
     Parameters
@@ -211,6 +213,8 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None)
         checked.
     stream : optional
         Stream for the kernels; default the parameter's.
+    workspace : Workspace, optional
+        Where the device status flags of the checks come from.
 
     Raises
     ------
@@ -220,7 +224,7 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None)
     IndexError
         If a row lies outside the parameter (nothing is modified).
     """
-    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream, workspace)
     t = p2.dtype.type
     use_momentum = velocity is not None and momentum != 0
     v2 = _as_2d(as_device(velocity, "velocity")) if use_momentum else p2
@@ -228,7 +232,7 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None)
     _launch_update("sgd_update", p2, n_launch, args, s)
 
 
-def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, stream=None):
+def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, stream=None, workspace=None):
     """In-place bias-corrected Adam step (lazy: only the gradient's rows).
 
     ``m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
@@ -255,6 +259,8 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, 
         row-sparse gradient are always checked.
     stream : optional
         Stream for the kernels; default the parameter's.
+    workspace : Workspace, optional
+        Where the device status flags of the checks come from.
 
     Raises
     ------
@@ -264,7 +270,7 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, 
     IndexError
         If a row lies outside the parameter (nothing is modified).
     """
-    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream, workspace)
     t = p2.dtype.type
     c2 = math.sqrt(1.0 - beta2**step)
     step_size = lr * c2 / (1.0 - beta1**step)
@@ -275,7 +281,7 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, 
     _launch_update("adam_update", p2, n_launch, args, s)
 
 
-def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None):
+def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None, workspace=None):
     """In-place AdaGrad step ``a += g^2; p -= lr g / (sqrt(a) + eps)``.
 
     A zero gradient changes neither `accum` nor `param`, so ``lazy=False``
@@ -298,6 +304,8 @@ def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None):
         row-sparse gradient are always checked.
     stream : optional
         Stream for the kernels; default the parameter's.
+    workspace : Workspace, optional
+        Where the device status flags of the checks come from.
 
     Raises
     ------
@@ -307,7 +315,7 @@ def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None):
     IndexError
         If a row lies outside the parameter (nothing is modified).
     """
-    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream, workspace)
     t = p2.dtype.type
     a2 = _as_2d(as_device(accum, "accum"))
     _launch_update("adagrad_update", p2, n_launch, (p2, g2, rows, n_launch, mode, a2, t(lr), t(eps)), s)

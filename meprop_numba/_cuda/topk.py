@@ -23,8 +23,8 @@ import numpy as np
 from numba import int32, int64
 
 from .device import (MAX_THREADS, STATIC_SHARED_LIMIT, _cols_grid, _fill, _row_chunks, _rows_grid, as_device,
-                     common_kernels, cuda, launch_1d, launch_nonfinite, launch_stream, raise_if_nonfinite,
-                     read_status, require_cuda, zeros)
+                     check_out, common_kernels, cuda, empty, launch_1d, launch_nonfinite, launch_stream,
+                     raise_if_nonfinite, read_status, require_cuda, zeros)
 
 #: Largest k whose candidates are sorted in shared memory (a power of two).
 SORT_CAPACITY = 2048
@@ -250,23 +250,25 @@ def _kernels(capacity=None):
     return ns
 
 
-def scan_gradient(g, status, stream, want_sum, want_abs):
+def scan_gradient(g, status, stream, want_sum, want_abs, workspace=None):
     """One pass over `g`: ``(sum_b g[b], sum_b |g[b]|)`` (each None unless wanted), NaN/Inf flag in ``status[0]``.
 
-    Sums are in g's dtype and deterministic (fixed-order chunks).
+    Sums are in g's dtype and deterministic (fixed-order chunks); they and
+    the partial sums come from `workspace` when given.
     """
     batch, n = g.shape
-    sums = cuda.device_array(n, dtype=g.dtype, stream=stream) if want_sum else None
-    abs_sums = cuda.device_array(n, dtype=g.dtype, stream=stream) if want_abs else None
+    ws = workspace
+    sums = empty(n, g.dtype, stream, ws, "scan.sums") if want_sum else None
+    abs_sums = empty(n, g.dtype, stream, ws, "scan.abs_sums") if want_abs else None
     if batch == 0:
         for out in (sums, abs_sums):
             if out is not None:
                 _fill(out, 0, stream)
         return sums, abs_sums
     chunk, n_chunks = _row_chunks(batch)
-    empty = cuda.device_array((0, n), dtype=g.dtype, stream=stream)
-    partial_sum = cuda.device_array((n_chunks, n), dtype=g.dtype, stream=stream) if want_sum else empty
-    partial_abs = cuda.device_array((n_chunks, n), dtype=g.dtype, stream=stream) if want_abs else empty
+    none = empty((0, n), g.dtype, stream, ws, "scan.none")
+    partial_sum = empty((n_chunks, n), g.dtype, stream, ws, "scan.partial_sum") if want_sum else none
+    partial_abs = empty((n_chunks, n), g.dtype, stream, ws, "scan.partial_abs") if want_abs else none
     K = _kernels()
     launch_1d(K["scan_columns"], lambda tpb: (_cols_grid(n, tpb), _rows_grid(n_chunks)),
               (g, chunk, partial_sum, partial_abs, status), stream)
@@ -283,10 +285,11 @@ def _key_bits(a):
     return a.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF), 64
 
 
-def topk_rows(a, k, stream):
-    """Top-k of each row of device array `a` (B, n) by |value|: (B, k) int64."""
+def topk_rows(a, k, stream, workspace=None, out=None):
+    """Top-k of each row of device array `a` (B, n) by |value|: (B, k) int64 (into `out` when given)."""
     batch = a.shape[0]
-    out = cuda.device_array((batch, k), dtype=np.int64, stream=stream)
+    if out is None:
+        out = empty((batch, k), np.int64, stream, workspace, "topk.out")
     bits, mask, nbits = _key_bits(a)
     sort_size = 1 << max(0, int(k - 1).bit_length())
     capacity = sort_capacity()
@@ -296,21 +299,22 @@ def topk_rows(a, k, stream):
         launch_1d(K["topk_rows_shared"], lambda tpb: blocks, (bits, mask, nbits, k, sort_size, out), stream)
     else:
         blocks = min(blocks, _GLOBAL_SORT_MAX_BLOCKS)  # bounds the scratch; blocks loop over rows
-        keys_scratch = cuda.device_array((blocks, sort_size), dtype=np.int64, stream=stream)
-        idx_scratch = cuda.device_array((blocks, sort_size), dtype=np.int32, stream=stream)
+        keys_scratch = empty((blocks, sort_size), np.int64, stream, workspace, "topk.keys")
+        idx_scratch = empty((blocks, sort_size), np.int32, stream, workspace, "topk.idx")
         launch_1d(K["topk_rows_global"], lambda tpb: blocks,
                   (bits, mask, nbits, k, sort_size, keys_scratch, idx_scratch, out), stream)
     return out
 
 
-def unified_topk(abs_sums, k, stream):
+def unified_topk(abs_sums, k, stream, workspace=None, out=None):
     """The k columns of the largest scores `abs_sums` (n,), by descending score: (k,) int64."""
     n = abs_sums.shape[0]
-    return topk_rows(abs_sums.reshape(1, n), k, stream).reshape(k)
+    return topk_rows(abs_sums.reshape(1, n), k, stream, workspace,
+                     None if out is None else out.reshape(1, k)).reshape(k)
 
 
 # ------------------------------------------------------------------ entry points
-def topk_indices(g, k, unified, stream=None, check_finite=True):
+def topk_indices(g, k, unified, stream=None, check_finite=True, out=None, workspace=None):
     """Top-k selection on the GPU (see :func:`meprop_numba.topk_indices`).
 
     Parameters
@@ -328,6 +332,11 @@ def topk_indices(g, k, unified, stream=None, check_finite=True):
     check_finite : bool
         Read the NaN/Inf flag back and raise (one wait for the stream at the
         end of the call); False queues the work without waiting.
+    out : CUDA array, optional
+        int64, C-contiguous, of the result's shape: written instead of a new
+        array (checked before any launch).
+    workspace : Workspace, optional
+        Where the result (without `out`) and the scratch come from.
 
     Returns
     -------
@@ -338,20 +347,24 @@ def topk_indices(g, k, unified, stream=None, check_finite=True):
     Raises
     ------
     ValueError
-        If `g` holds NaN or Inf.
+        If `g` holds NaN or Inf, or `out` has another shape.
+    TypeError
+        If `out` is not an int64 CUDA array.
     """
     require_cuda()
     s = launch_stream([g], stream)
     g = as_device(g, "g")
     k = int(k)
-    status = zeros(1, np.int64, s)
+    if out is not None:
+        out = check_out(out, (k,) if unified else (g.shape[0], k), np.int64)
+    status = zeros(1, np.int64, s, workspace, "topk.status")
     if unified:
-        _, scores = scan_gradient(g, status, s, want_sum=False, want_abs=True)
-        out = unified_topk(scores, k, s)
+        _, scores = scan_gradient(g, status, s, want_sum=False, want_abs=True, workspace=workspace)
+        out = unified_topk(scores, k, s, workspace, out)
     else:
         if check_finite:
             launch_nonfinite(g, status, 0, s)
-        out = topk_rows(g, k, s)
+        out = topk_rows(g, k, s, workspace, out)
     if check_finite:
         raise_if_nonfinite(read_status(status, s), "g")
     return out

@@ -8,7 +8,7 @@ from .. import balanced_indices, random_indices, topk_indices
 from .._cpu import mlp as _mlp_kernels
 from .._cpu.linear import count_kept_nonzero as _count_kept_nonzero
 from .._cpu.topk import top_columns
-from .._validation import _FLOAT_DTYPES, choice, finite, integer_k, is_cuda_array, unit_interval
+from .._validation import _FLOAT_DTYPES, choice, finite, flag, integer_k, is_cuda_array, shape_dtype, unit_interval
 from ..backward import _linear_backward, _per_example_backward, _shared_products
 from ..topk import _balanced_host, _topk_host
 
@@ -67,6 +67,17 @@ def _cuda_mlp():
     return mlp
 
 
+def _device_out(module, name, x, width):
+    """`module`'s reused device buffer for a (B, width) result of 2-D `x`; None (a new array) without a workspace."""
+    ws = module.workspace
+    if ws is None:
+        return None
+    shape, dtype = shape_dtype(x)
+    if len(shape) != 2:
+        return None
+    return ws.empty(name, (shape[0], width), dtype)
+
+
 def _float_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -109,6 +120,9 @@ class Module:
 
     #: Attribute names of the module's own parameter arrays, in order.
     _parameter_names = ()
+    #: Device buffers reused between calls (a ``meprop_numba._cuda.Workspace`` scope), set by
+    #: ``to("cuda", reuse_buffers=True)``; None: every device call allocates its results.
+    workspace = None
 
     def forward(self, x, train=False):
         """Compute the output; with ``train=True`` keep what :meth:`backward` needs.
@@ -247,7 +261,7 @@ class Module:
         >>> bool(np.array_equal(a.weight, b.weight))
         True
         """
-        return {name: p.copy() for name, p in self.named_parameters()}
+        return {name: _cuda_host(p) if _on_device(p) else p.copy() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state_dict):
         """Copy `state_dict` into the parameters, in place: all of them, or none.
@@ -306,7 +320,7 @@ class Module:
         for (_, param), value in zip(named, values):
             param[...] = value
 
-    def to(self, device):
+    def to(self, device, reuse_buffers=False):
         """Move every parameter to the GPU (``"cuda"``) or back to the host (``"cpu"``), in place.
 
         The parameters become new arrays (numba device arrays on the GPU),
@@ -320,6 +334,15 @@ class Module:
         ----------
         device : {'cuda', 'cpu'}
             Where the parameters go.
+        reuse_buffers : bool, optional
+            ``"cuda"`` only: give every sub-module a scope of one
+            :class:`meprop_numba._cuda.Workspace` (:attr:`workspace`), so
+            each layer's device outputs and scratch are allocated on the
+            first call of a shape and reused after: a training step of a
+            shape seen before allocates no device memory. A layer's output
+            then stays valid only until that layer's next call of the same
+            kind (forward or backward), as in a training loop; keep a copy
+            of anything needed longer.
 
         Returns
         -------
@@ -345,13 +368,10 @@ class Module:
         """
         if device not in ("cuda", "cpu"):
             raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
-        modules, stack = [], [self]
-        while stack:
-            module = stack.pop()
-            if type(module)._own_parameters is not Module._own_parameters:
-                raise TypeError(f"{type(module).__name__} keeps its parameters its own way and cannot be moved")
-            modules.append(module)
-            stack.extend(child for _, child in module.named_children())
+        reuse_buffers = flag(reuse_buffers, "reuse_buffers")
+        if reuse_buffers and device != "cuda":
+            raise ValueError("reuse_buffers=True needs device='cuda'")
+        modules = self.movable_modules()
         if device == "cuda":
             from .. import _cuda
 
@@ -361,9 +381,41 @@ class Module:
             def move(a):
                 return _cuda_host(a) if is_cuda_array(a) else a
         moved = [(module, name, move(value)) for module in modules for name, value in module._own_parameters()]
+        workspace = _cuda.Workspace() if reuse_buffers else None
         for module, name, value in moved:
             setattr(module, name, value)
+        for j, module in enumerate(modules):
+            module.workspace = None if workspace is None else workspace.scope(j)
         return self
+
+    def movable_modules(self):
+        """The module and its sub-modules, every one of which :meth:`to` can move.
+
+        Returns
+        -------
+        list of Module
+            Depth first, the module itself first.
+
+        Raises
+        ------
+        TypeError
+            If a sub-module keeps parameters other than in
+            ``_parameter_names`` (such as the LSTM).
+
+        Examples
+        --------
+        >>> from meprop_numba.nn import MLP
+        >>> len(MLP(4, 8, 3, rng=0).movable_modules()) > 1
+        True
+        """
+        modules, stack = [], [self]
+        while stack:
+            module = stack.pop()
+            if type(module)._own_parameters is not Module._own_parameters:
+                raise TypeError(f"{type(module).__name__} keeps its parameters its own way and cannot be moved")
+            modules.append(module)
+            stack.extend(child for _, child in module.named_children())
+        return modules
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -563,7 +615,8 @@ class Linear(Module):
         if train:
             self._x = x
         if _on_device(x):
-            return _cuda_mlp().linear_forward(x, self.weight, self.bias)
+            return _cuda_mlp().linear_forward(x, self.weight, self.bias,
+                                              out=_device_out(self, "forward", x, self.out_features))
         if x.ndim == 2:
             # (W @ x.T).T rather than x @ W.T: OpenBLAS is 1.2-1.5x slower when
             # the large operand is the transposed one (scripts/forward_gemm.py).
@@ -616,10 +669,11 @@ class Linear(Module):
         elif self.k is not None and self.selection == "random":
             indices = random_indices(W.shape[0], self.k, batch=x.shape[0], rng=self.rng)
             dx, dW, db, kept = _linear_backward(x, W, grad_out, None, indices, False,
-                                                self.input_grad)
+                                                self.input_grad, workspace=self.workspace)
         else:
             dx, dW, db, kept = _linear_backward(x, W, grad_out, self.k, None, unified, self.input_grad,
-                                                balanced=self.selection == "balanced" and self.k is not None)
+                                                balanced=self.selection == "balanced" and self.k is not None,
+                                                workspace=self.workspace)
         if self.selection_counts is not None:
             self._count(kept, grad_out)
         self.backward_seconds += time.perf_counter() - start
@@ -838,7 +892,7 @@ class ReLU(Module):
         """
         xp = array_module(x)
         if _on_device(x):
-            y = _cuda_mlp().relu_forward(x)
+            y = _cuda_mlp().relu_forward(x, out=_device_out(self, "forward", x, shape_dtype(x)[0][-1]))
         elif xp is np and x.ndim == 2 and x.dtype in _FLOAT_DTYPES:
             # C order whatever the input's layout (Linear returns a transposed view).
             y = _mlp_kernels.relu_forward(x)
@@ -870,7 +924,7 @@ class ReLU(Module):
             raise RuntimeError(_NO_TRAINING_FORWARD)
         y, self._y = self._y, None
         if _on_device(y):
-            return _cuda_mlp().relu_backward(grad_out, y)
+            return _cuda_mlp().relu_backward(grad_out, y, out=_device_out(self, "backward", y, y.shape[1]))
         if (type(grad_out) is np.ndarray and grad_out.dtype == y.dtype
                 and grad_out.shape == y.shape and grad_out.flags.c_contiguous):
             return _mlp_kernels.relu_backward(grad_out, y)
@@ -940,8 +994,8 @@ class Dropout(Module):
         if _on_device(x):  # the mask is drawn on the host, from the model's generator
             from .. import _cuda
 
-            self._scale = _cuda.to_device(self._scale)
-            return _cuda_mlp().multiply(x, self._scale)
+            self._scale = _cuda.copy_in(self._scale, 0, self.workspace, "scale")
+            return _cuda_mlp().multiply(x, self._scale, out=_device_out(self, "forward", x, x.shape[1]))
         return x * self._scale
 
     def backward(self, grad_out):
@@ -961,7 +1015,8 @@ class Dropout(Module):
         if self._scale is None:
             return grad_out
         if _on_device(grad_out):
-            grad = _cuda_mlp().multiply(grad_out, self._scale)
+            grad = _cuda_mlp().multiply(grad_out, self._scale,
+                                        out=_device_out(self, "backward", grad_out, self._scale.shape[1]))
         else:
             grad = grad_out * self._scale
         self._scale = None

@@ -38,7 +38,7 @@ def log_softmax(logits):
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, workspace=None):
     """Mean softmax cross-entropy and its gradient with respect to the logits.
 
     Parameters
@@ -47,6 +47,10 @@ def softmax_cross_entropy(logits, labels):
         ``(B, C)`` float32 or float64 scores.
     labels : numpy.ndarray
         ``(B,)`` integer classes in ``[0, C)``.
+    workspace : meprop_numba._cuda.Workspace, optional
+        Device logits only: where the gradient and the device scratch come
+        from (reused between calls, e.g. a model's :attr:`Module.workspace`);
+        the gradient then stays valid until the next call with it.
 
     Returns
     -------
@@ -80,7 +84,7 @@ def softmax_cross_entropy(logits, labels):
     xp = array_module(logits)
     on_device = is_cuda_array(logits) and xp is np
     if on_device and is_cuda_array(labels):
-        return _device_loss(logits, labels)
+        return _device_loss(logits, labels, workspace)
     labels = xp.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
@@ -94,7 +98,7 @@ def softmax_cross_entropy(logits, labels):
         raise IndexError(f"labels must be in [0, {C}), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     if on_device:
-        return _device_loss(logits, labels)
+        return _device_loss(logits, labels, workspace)
     if xp is np:
         return _kernels.softmax_cross_entropy(np.ascontiguousarray(logits),
                                               labels.astype(np.int64, copy=False))
@@ -107,7 +111,7 @@ def softmax_cross_entropy(logits, labels):
     return loss, grad
 
 
-def _device_loss(logits, labels):
+def _device_loss(logits, labels, workspace):
     """The loss on the device (numba device logits); device labels are range-checked there."""
     from .._cuda import mlp
 
@@ -119,4 +123,4 @@ def _device_loss(logits, labels):
         raise ValueError(f"labels must have shape ({B},) to match logits, got {tuple(label_shape)}")
     if B == 0:
         raise ValueError("logits must hold at least one example")
-    return mlp.softmax_cross_entropy(logits, labels)
+    return mlp.softmax_cross_entropy(logits, labels, workspace=workspace)

@@ -183,9 +183,10 @@ class MLP(Sequential):
             stop = start + batch_size
             xb = x[start:stop].astype(self.dtype, copy=False)
             if on_device:  # a model moved to the GPU (Module.to): the batch goes there, the scores come back
-                from .._cuda import to_device
+                from .._cuda import copy_in
 
-                out[start:stop] = self.forward(to_device(xb)).copy_to_host().argmax(axis=1)
+                xb = copy_in(xb, 0, self.workspace, "predict.x")
+                out[start:stop] = self.forward(xb).copy_to_host().argmax(axis=1)
             else:
                 out[start:stop] = self.forward(xb).argmax(axis=1)
         return out

@@ -334,7 +334,7 @@ class MLPTask(Task):
         x, y, epoch_start = batch if len(batch) == 3 else (*batch, False)
         if epoch_start:
             model.reset_error_feedback()
-        return softmax_cross_entropy(model.forward(x, train=True), y)
+        return softmax_cross_entropy(model.forward(x, train=True), y, workspace=model.workspace)
 
     def component_seconds(self, model):
         return {"backward_linear": model.backward_linear_seconds}

@@ -14,7 +14,7 @@ Tasks plug into :func:`fit` through :class:`meprop_numba.tasks.base.Task`.
 """
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import OPTIMIZERS, RunConfig, build_optimizer
-from .loop import (TrainingDiverged, TrainingInterrupted, blas_threads, check_outputs, compare,
+from .loop import (TrainingDiverged, TrainingInterrupted, blas_threads, check_device, check_outputs, compare,
                    fit, load_model, run_generators, thread_limits, train_step,
                    warm_up)
 
@@ -26,6 +26,7 @@ __all__ = [
     "TrainingInterrupted",
     "blas_threads",
     "build_optimizer",
+    "check_device",
     "check_outputs",
     "compare",
     "fit",

@@ -28,6 +28,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "blas_threads",
+    "check_device",
     "check_outputs",
     "compare",
     "fit",
@@ -184,9 +185,100 @@ def _all_finite(arrays):
         if a is None:
             continue
         values = getattr(a, "values", a)
+        if not isinstance(values, np.ndarray) and hasattr(values, "copy_to_host"):  # a numba device array
+            values = values.copy_to_host()
         if isinstance(values, np.ndarray) and not np.isfinite(values).all():
             return False
     return True
+
+
+# ---------------------------------------------------------------- the GPU
+
+def check_device(task, config, data, parallel=None):
+    """Refuse a ``device='cuda'`` run that cannot train on the GPU (nothing for ``'cpu'``).
+
+    :func:`fit` calls it before it touches any file; the CLI before it
+    prints anything.
+
+    Parameters
+    ----------
+    task : meprop_numba.tasks.base.Task
+        The task plugin.
+    config : RunConfig
+        The run's config.
+    data : object
+        The task's data (a throwaway model is built from it).
+    parallel : meprop_numba.training.distributed.DataParallel, optional
+        Refused with ``device='cuda'``.
+
+    Returns
+    -------
+    None
+        When the run can go ahead.
+
+    Raises
+    ------
+    ValueError
+        No usable GPU (nor the CUDA simulator); a model that cannot move to
+        the GPU (the LSTM); error feedback or ``selection='balanced'`` (host
+        only); ``simplify``; `parallel`.
+
+    Examples
+    --------
+    >>> from meprop_numba.tasks import TASKS
+    >>> from meprop_numba.training import check_device
+    >>> task = TASKS["mlp"]
+    >>> config = task.config_class(hidden=16, k=4, max_train=100)
+    >>> check_device(task, config, task.load_data(config)) is None  # device='cpu'
+    True
+    """
+    if config.device != "cuda":
+        return
+    from .. import _cuda
+    from ..nn import Linear
+
+    try:
+        _cuda.require_cuda()
+    except RuntimeError as exc:
+        raise ValueError(f"device='cuda': {exc}") from exc
+    if parallel is not None:
+        raise ValueError("device='cuda' trains in one process: it takes no parallel")
+    if config.simplify is not None:
+        raise ValueError("device='cuda': simplify prunes host (NumPy) models; train on the CPU")
+    model = task.build_model(config, task.extra_state(data), np.random.default_rng(0))
+    try:
+        modules = model.movable_modules()
+    except TypeError as exc:
+        raise ValueError(f"device='cuda': the {task.name} task's model cannot run on the GPU ({exc})") from exc
+    for m in modules:
+        if isinstance(m, Linear) and m.k is not None and (m.selection == "balanced" or m.error_feedback
+                                                         or m.score_memory):
+            raise ValueError("device='cuda': error feedback and selection='balanced' run on the host only; "
+                             "train with error_feedback=0 (--error-feedback 0) and another selection, "
+                             "or on the CPU")
+
+
+def _to_device(model, config):
+    """Move `model` to the GPU for ``device='cuda'`` (each layer reusing its device buffers)."""
+    if config.device == "cuda":
+        model.to("cuda", reuse_buffers=True)
+    return model
+
+
+def _device_batch(batch, workspace):
+    """A host minibatch with each NumPy array copied into `workspace`'s device buffers (the rest as it is).
+
+    The copies go through pinned host buffers, also kept in `workspace`, so
+    a step of a shape seen before allocates nothing.
+    """
+    from .. import _cuda
+
+    if isinstance(batch, np.ndarray):
+        return _cuda.copy_in(batch, 0, workspace, "batch")
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_cuda.copy_in(a, 0, workspace, f"batch.{j}") if isinstance(a, np.ndarray) else a
+                           for j, a in enumerate(batch))
+    return batch
 
 
 def train_step(model, optimizer, loss, batch, timers=None, reduce_grads=None):
@@ -481,9 +573,11 @@ def warm_up(task, config, data, extra_state):
     """
     start = time.perf_counter()
     rng = np.random.default_rng(12345)
-    model = task.build_model(config, extra_state, rng)
+    model = _to_device(task.build_model(config, extra_state, rng), config)
     optimizer = build_optimizer(config, model.parameters())
     batch = next(iter(task.batches(config, data, rng)))
+    if config.device == "cuda":
+        batch = _device_batch(batch, model.workspace)
     train_step(model, optimizer, task.loss, batch)
     return time.perf_counter() - start
 
@@ -598,13 +692,14 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
     ------
     ValueError
         Bad config or output path, a checkpoint directory holding another
-        run (without `overwrite`), data the config cannot train on.
+        run (without `overwrite`), data the config cannot train on;
+        ``device='cuda'`` without a usable GPU (or the CUDA simulator), or
+        for a model or setting that runs on the host only (the LSTM, error
+        feedback, ``selection='balanced'``, ``simplify``, ``parallel``).
     CheckpointError
         An unusable checkpoint or one of another config (`resume`).
     FileNotFoundError
         `resume` without a checkpoint.
-    NotImplementedError
-        ``device='cuda'``.
     TrainingDiverged
         NaN/Inf loss or gradient; the last good checkpoints are kept.
     TrainingInterrupted
@@ -621,9 +716,6 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
     (2, True, True)
     """
     config.validate()
-    if config.device != "cpu":
-        raise NotImplementedError(f"device={config.device!r}: training on a GPU is not "
-                                  "available yet; use device='cpu'")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     check_outputs(out, checkpoint_dir, resume=resume, overwrite=overwrite)
@@ -640,6 +732,7 @@ def fit(task, config, data=None, *, checkpoint_dir=None, resume=False, overwrite
         raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: trained on other "
                               "data (its vocabularies or shapes differ from this data's)")
     task.check_data(config, data)
+    check_device(task, config, data, parallel)
     if parallel is not None:
         parallel.check(task, config, data)
     writer = parallel is None or parallel.is_writer
@@ -671,6 +764,14 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: does not match "
                                   f"the model ({exc})") from exc
+    if state is not None:  # the weights are loaded on the host, before the model moves
+        try:
+            model.load_state_dict(state["params"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{checkpoint_path(checkpoint_dir, 'last')}: does not match "
+                                  f"the model ({exc})") from exc
+    _to_device(model, config)
+    on_gpu = config.device == "cuda"
     optimizer = build_optimizer(config, model.parameters())
     simplifier = _simplifier(config, model, optimizer, state)
     results = {
@@ -692,7 +793,6 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
     best_path = checkpoint_path(checkpoint_dir, "best") if checkpoint_dir else None
     if state is not None:
         try:
-            model.load_state_dict(state["params"])
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{last_path}: does not match the model ({exc})") from exc
@@ -725,7 +825,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
 
     if start_epoch >= config.epochs:
         finish()
-        results["model"] = model
+        results["model"] = model.to("cpu") if on_gpu else model
         return results
 
     results["warm_up_s"] = warm_up(task, config, data, extra_state)
@@ -762,6 +862,8 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             for step, batch in enumerate(task.batches(config, data, data_rng), start=1):
                 if parallel is not None:
                     batch = parallel.shard(batch)
+                if on_gpu:
+                    batch = _device_batch(batch, model.workspace)
                 loss_sum += train_step(model, optimizer, task.loss, batch, timers,
                                        None if parallel is None else parallel.reduce_grads)
                 if simplifier is not None:
@@ -819,7 +921,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
         finish(message)
         raise TrainingInterrupted(message, results) from exc
     finish()
-    results["model"] = model
+    results["model"] = model.to("cpu") if on_gpu else model  # a GPU run's weights come back to the host
     return results
 
 
