@@ -641,7 +641,7 @@ class SGD(Optimizer):
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
         _gpu().sgd_step(p, grad, st.get("velocity"), h["lr"], h["mu"], self.lazy, check=False,
-                        workspace=self._gpu_workspace())
+                        workspace=self._gpu_workspace(), check_rows=False)
 
 
 class Adam(Optimizer):
@@ -732,7 +732,7 @@ class Adam(Optimizer):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
         b1, b2 = self.betas
         _gpu().adam_step(p, grad, st["m"], st["v"], self.step_count, self.lr, b1, b2, self.eps, self.lazy, check=False,
-                         workspace=self._gpu_workspace())
+                         workspace=self._gpu_workspace(), check_rows=False)
 
 
 class AdaGrad(Optimizer):
@@ -804,4 +804,4 @@ class AdaGrad(Optimizer):
     def _update_gpu(self, p, gr, st, h):
         grad = (gr.rows, gr.values) if isinstance(gr, RowSparse) else gr
         _gpu().adagrad_step(p, grad, st["sum_sq"], self.lr, self.eps, self.lazy, check=False,
-                            workspace=self._gpu_workspace())
+                            workspace=self._gpu_workspace(), check_rows=False)

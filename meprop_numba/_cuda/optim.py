@@ -175,12 +175,16 @@ def _check(grad, nrows, name, finite, stream, workspace=None):
         raise ValueError(f"{name}.rows must be sorted in increasing order without repeats")
 
 
-def _prepare(param, grad, lazy, check, stream, workspace):
+def _prepare(param, grad, lazy, check, check_rows, stream, workspace):
     """Stream, launch plan and the device checks of one update, before anything is written."""
     require_cuda()
     s = launch_stream([param, _grad_values(grad)], stream)
     plan = _update_plan(param, grad, lazy, workspace)
-    _check(grad if not isinstance(grad, tuple) else (plan[2], grad[1]), plan[0].shape[0], "grad", check, s, workspace)
+    if isinstance(grad, tuple) and check_rows:
+        grad = (plan[2], grad[1])
+    else:
+        grad = _grad_values(grad)
+    _check(grad, plan[0].shape[0], "grad", check, s, workspace)
     return s, plan
 
 
@@ -190,7 +194,7 @@ def _launch_update(name, p2, n_launch_rows, args, stream):
     launch_1d(_kernels()[name], lambda tpb: (_cols_grid(p2.shape[1], tpb), _rows_grid(n_launch_rows)), args, stream)
 
 
-def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None, workspace=None):
+def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None, workspace=None, check_rows=True):
     """In-place SGD step ``v = momentum v + g; p -= lr v`` (``p -= lr g`` without momentum).
 
     Parameters
@@ -209,12 +213,15 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None,
         decaying the velocity of the others (False).
     check : bool
         Check the gradient for NaN/Inf on the device first (skip when the
-        caller already did).  The rows of a row-sparse gradient are always
-        checked.
+        caller already did).
     stream : optional
         Stream for the kernels; default the parameter's.
     workspace : Workspace, optional
         Where the device status flags of the checks come from.
+    check_rows : bool
+        Check the rows of a row-sparse gradient (sorted, distinct, inside
+        the parameter) first; False only when the caller just did, as the
+        optimizers do for the whole step before any update.
 
     Raises
     ------
@@ -224,7 +231,7 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None,
     IndexError
         If a row lies outside the parameter (nothing is modified).
     """
-    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream, workspace)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, check_rows, stream, workspace)
     t = p2.dtype.type
     use_momentum = velocity is not None and momentum != 0
     v2 = _as_2d(as_device(velocity, "velocity")) if use_momentum else p2
@@ -232,7 +239,7 @@ def sgd_step(param, grad, velocity, lr, momentum, lazy, check=True, stream=None,
     _launch_update("sgd_update", p2, n_launch, args, s)
 
 
-def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, stream=None, workspace=None):
+def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, stream=None, workspace=None, check_rows=True):
     """In-place bias-corrected Adam step (lazy: only the gradient's rows).
 
     ``m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
@@ -256,11 +263,15 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, 
         others with a zero gradient (False).
     check : bool
         Check the gradient for NaN/Inf on the device first.  The rows of a
-        row-sparse gradient are always checked.
+        row-sparse gradient are checked unless `check_rows` is False.
     stream : optional
         Stream for the kernels; default the parameter's.
     workspace : Workspace, optional
         Where the device status flags of the checks come from.
+    check_rows : bool
+        Check the rows of a row-sparse gradient (sorted, distinct, inside
+        the parameter) first; False only when the caller just did, as the
+        optimizers do for the whole step before any update.
 
     Raises
     ------
@@ -270,7 +281,7 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, 
     IndexError
         If a row lies outside the parameter (nothing is modified).
     """
-    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream, workspace)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, check_rows, stream, workspace)
     t = p2.dtype.type
     c2 = math.sqrt(1.0 - beta2**step)
     step_size = lr * c2 / (1.0 - beta1**step)
@@ -281,7 +292,7 @@ def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, lazy, check=True, 
     _launch_update("adam_update", p2, n_launch, args, s)
 
 
-def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None, workspace=None):
+def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None, workspace=None, check_rows=True):
     """In-place AdaGrad step ``a += g^2; p -= lr g / (sqrt(a) + eps)``.
 
     A zero gradient changes neither `accum` nor `param`, so ``lazy=False``
@@ -301,11 +312,15 @@ def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None, wor
         Row-sparse gradient: launch over its rows only (True) or all rows.
     check : bool
         Check the gradient for NaN/Inf on the device first.  The rows of a
-        row-sparse gradient are always checked.
+        row-sparse gradient are checked unless `check_rows` is False.
     stream : optional
         Stream for the kernels; default the parameter's.
     workspace : Workspace, optional
         Where the device status flags of the checks come from.
+    check_rows : bool
+        Check the rows of a row-sparse gradient (sorted, distinct, inside
+        the parameter) first; False only when the caller just did, as the
+        optimizers do for the whole step before any update.
 
     Raises
     ------
@@ -315,7 +330,7 @@ def adagrad_step(param, grad, accum, lr, eps, lazy, check=True, stream=None, wor
     IndexError
         If a row lies outside the parameter (nothing is modified).
     """
-    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, stream, workspace)
+    s, (p2, g2, rows, n_launch, mode) = _prepare(param, grad, lazy, check, check_rows, stream, workspace)
     t = p2.dtype.type
     a2 = _as_2d(as_device(accum, "accum"))
     _launch_update("adagrad_update", p2, n_launch, (p2, g2, rows, n_launch, mode, a2, t(lr), t(eps)), s)
