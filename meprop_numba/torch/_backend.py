@@ -41,9 +41,11 @@ def on_cuda(param_groups):
 def cuda_step(optimizer):
     """One step of a :mod:`meprop_numba.torch.optim` optimizer whose parameters are CUDA tensors.
 
-    Every gradient is checked on the device first (dtype, device, NaN/Inf, the rows of a
-    row-sparse one), so a bad one changes no parameter; then each parameter is updated in
-    place by the :mod:`meprop_numba._cuda` kernels, only the rows of a row-sparse gradient.
+    Every parameter and gradient is checked first, by the CPU step's own checks
+    (:func:`~meprop_numba.torch.optim.check_param`, :func:`~meprop_numba.torch.optim.check_grad`:
+    dtype, device, layout, shapes), then on the device (NaN/Inf, the rows of a row-sparse
+    one), so a bad one changes no parameter; then each parameter is updated in place by the
+    :mod:`meprop_numba._cuda` kernels, only the rows of a row-sparse gradient.
     """
     import torch
 

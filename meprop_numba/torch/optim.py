@@ -189,6 +189,16 @@ class _KernelOptimizer(torch.optim.Optimizer):
         ValueError
             If a parameter appears twice in the group (or, from torch, in
             another group already).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from meprop_numba.torch import optim
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> optim.SGD([w, w], lr=0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: parameter 1 of the param group is parameter 0 again (shape (2,)); list each parameter once
         """
         if isinstance(param_group, dict) and not isinstance(param_group.get("params"), (torch.Tensor, set)):
             params = list(param_group["params"])  # as torch does (a generator is read once, here)
