@@ -16,17 +16,21 @@ def _torch():
 
 
 def _mlp_runs(selection):
-    """``(x, y, {kind: (model, optimizer)})``: the dense and the converted 784-500-500-10 MLP.
+    """``(batches, {kind: (model, optimizer)})``: the dense and the converted 784-500-500-10 MLP.
 
-    Per example k=20 trains on batches of 10, unified k=20 on batches of 50;
-    the dense side is ``nn.Linear`` + ``torch.optim.Adam`` with its defaults.
+    Per example k=20 trains on batches of 10, unified k=20 on batches of 50
+    (``(x, y)`` minibatches of the embedded Fashion-MNIST subset, shuffled
+    once); the dense side is ``nn.Linear`` + ``torch.optim.Adam`` with its defaults.
     """
     torch = _torch()
+    from meprop_numba.data import load_dataset
     from meprop_numba.torch import convert, optim
 
     batch = 10 if selection == "topk" else 50
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.rand(batch, 784, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    data = load_dataset("embedded")
+    order = torch.randperm(data.x_train.shape[0], generator=torch.Generator().manual_seed(0))
+    x, y = torch.from_numpy(data.x_train)[order].contiguous(), torch.from_numpy(data.y_train).long()[order]
+    batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, x.shape[0] - batch + 1, batch)]
     runs = {}
     for kind in ("dense", "meprop"):
         torch.manual_seed(0)
@@ -35,11 +39,11 @@ def _mlp_runs(selection):
         if kind == "meprop":
             convert(model, k=20, selection=selection)
         runs[kind] = (model, (optim.Adam if kind == "meprop" else torch.optim.Adam)(model.parameters()))
-    return x, y, runs
+    return batches, runs
 
 
 class MLPTrainingStep:
-    """784-500-500-10 MLP: zero_grad, forward, cross entropy, backward, optimizer step.
+    """784-500-500-10 MLP: zero_grad, forward, cross entropy, backward, optimizer step, on the next minibatch.
 
     ``convert(model, k=20)`` + lazy Adam against ``nn.Linear`` + ``torch.optim.Adam``.
     """
@@ -49,10 +53,13 @@ class MLPTrainingStep:
 
     def setup(self, selection):
         torch = _torch()
-        x, y, runs = _mlp_runs(selection)
+        batches, runs = _mlp_runs(selection)
         self.steps = {}
         for kind, (model, opt) in runs.items():
-            def step(model=model, opt=opt):
+            def step(model=model, opt=opt, position=[0]):
+                # the minibatches a user trains on, one after the other
+                x, y = batches[position[0] % len(batches)]
+                position[0] += 1
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x), y).backward()
                 opt.step()
@@ -121,7 +128,8 @@ class OptimizerStep:
 
     def setup(self, selection):
         torch = _torch()
-        x, y, runs = _mlp_runs(selection)
+        batches, runs = _mlp_runs(selection)
+        x, y = batches[0]
         self.opts = {}
         for kind, (model, opt) in runs.items():
             torch.nn.functional.cross_entropy(model(x), y).backward()

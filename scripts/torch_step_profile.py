@@ -2,7 +2,8 @@
 
 Trains 784-500-500-10 (``convert(model, k)`` + lazy
 :class:`meprop_numba.torch.optim.Adam`, or ``nn.Linear`` +
-``torch.optim.Adam`` with ``--dense``) on one fixed float32 minibatch and
+``torch.optim.Adam`` with ``--dense``) on minibatches of the embedded
+Fashion-MNIST subset (float32, shuffled once, as ``scripts/torch_speed.py``) and
 reports, per step, the CPU time (``time.thread_time_ns``: one thread, so
 other processes disturb it little) of each phase.  The phases are timed by
 wrapping the functions that run them, so the nested ones (indented) are
@@ -35,11 +36,13 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
 import meprop_numba as mp  # noqa: E402
 from meprop_numba.torch import convert, linear, optim  # noqa: E402
+from torch_speed import minibatches  # noqa: E402
 
 CLOCK = time.thread_time_ns
 TOTALS = {}
@@ -109,19 +112,19 @@ def main(argv=None):
         opt = optim.Adam(model.parameters(), lr=1e-3)
         label = f"{args.selection} k={args.k} + lazy Adam"
         instrument()
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.rand(args.batch, 784, generator=gen), torch.randint(0, 10, (args.batch,), generator=gen)
+    batches = minibatches(args.batch)
     step_fn = {
         "zero_grad": opt.zero_grad,
-        "forward": lambda: torch.nn.functional.cross_entropy(model(x), y),
+        "forward": lambda x, y: torch.nn.functional.cross_entropy(model(x), y),
         "backward": lambda loss: loss.backward(),
         "optimizer": opt.step,
     }
     for step in range(30 + args.steps):
         if step == 30:
             TOTALS.clear()
+        x, y = batches[step % len(batches)]
         timed("zero_grad", step_fn["zero_grad"])()
-        loss = timed("forward", step_fn["forward"])()
+        loss = timed("forward", step_fn["forward"])(x, y)
         timed("backward", step_fn["backward"])(loss)
         timed("optimizer", step_fn["optimizer"])()
     report(TOTALS, args.steps, f"784-500-500-10, batch {args.batch}, {label}")

@@ -514,6 +514,108 @@ def test_optimizer_refuses_gradient_rows_outside_the_parameter(make, rows):
     assert all(torch.equal(v, before[k]) for k, v in opt.state[a].items())
 
 
+@pytest.mark.parametrize("make", [optim.Adam, lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), optim.AdaGrad])
+def test_optimizer_checks_rows_of_a_gradient_falsely_flagged_coalesced(make):
+    # torch's coalesce() returns such a tensor as it is: before, its first and last row
+    # were taken for the range (a row in between could lie past the end) and repeats
+    # reached the kernel unsummed.
+    a = torch.nn.Parameter(torch.zeros(4, 2))
+    opt = make([a])
+    a.grad = torch.sparse_coo_tensor(torch.tensor([[1, 10**6, 0]]), torch.ones(3, 2), (4, 2), is_coalesced=True,
+                                     check_invariants=False)
+    with pytest.raises(IndexError, match=r"from 0 to 1000000, outside \[0, 4\)"):
+        opt.step()
+    assert torch.equal(a, torch.zeros(4, 2))
+    rows, values = torch.tensor([[3, 1, 3]]), torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    a.grad = torch.sparse_coo_tensor(rows, values, (4, 2), is_coalesced=True, check_invariants=False)
+    reference = torch.nn.Parameter(torch.zeros(4, 2))
+    ref_opt = make([reference])
+    reference.grad = sparse_grad([1, 3], torch.tensor([[3.0, 4.0], [6.0, 8.0]]), (4, 2))  # summed, sorted
+    opt.step()
+    ref_opt.step()
+    assert torch.equal(a, reference)
+
+
+@settings(deadline=None, max_examples=60)
+@given(rows=st.lists(st.integers(-3, 12), max_size=8), nrows=st.integers(0, 10))
+def test_check_rows_kernel_equals_reference(rows, nrows):
+    from meprop_numba._cpu.optim import check_rows
+
+    expected = (1 if any(r < 0 or r >= nrows for r in rows)
+                else 2 if any(b <= a for a, b in zip(rows, rows[1:])) else 0)
+    assert check_rows(np.array(rows, dtype=np.int64), nrows) == expected
+
+
+@pytest.mark.parametrize("make", [optim.Adam, optim.SGD, optim.AdaGrad])
+def test_optimizer_refuses_a_parameter_listed_twice(make):
+    a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="parameter 2 of the param group is parameter 0 again"):
+        make([a, b, a])
+    with pytest.raises(ValueError, match="parameter 1 .* is parameter 0 again"):
+        make([{"params": [("w", a), ("w2", a)]}])
+    opt = make([b])
+    group = {"params": iter([a, a]), "lr": 0.5}
+    with pytest.raises(ValueError, match="again"):
+        opt.add_param_group(group)
+    assert len(opt.param_groups) == 1 and not isinstance(group["params"], list)  # nothing changed
+    with pytest.raises(ValueError, match="more than one parameter group"):  # torch's own check, kept
+        opt.add_param_group({"params": [b]})
+    opt.add_param_group({"params": [a]})
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
+
+
+def test_cuda_step_uses_the_shared_checks():
+    # The CUDA path's checks are the CPU path's (optim.check_param / check_grad): CPU
+    # tensors reach them and are refused before any device work.
+    from meprop_numba.torch import _backend
+
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    p.grad = torch.ones(3, 2)
+    with pytest.raises(TypeError, match=r"one kind of device \(cuda here\)"):
+        _backend.cuda_step(optim.Adam([p]))
+    with pytest.raises(ValueError, match="sparse_dim 1"):
+        optim.check_grad(p, torch.ones(3, 2).to_sparse(), 0, 0)
+    with pytest.raises(ValueError, match="values of shape"):
+        optim.check_grad(p, sparse_grad([0], torch.ones(1, 5), (3, 5)), 0, 0)
+    with pytest.raises(TypeError, match="float64 on cpu, expected torch.float32"):
+        optim.check_grad(p, torch.ones(3, 2, dtype=torch.float64), 0, 0)
+    with pytest.raises(ValueError, match="5 elements, expected 6"):
+        optim.check_grad(p, torch.ones(5), 0, 0)
+    rows, values = optim.check_grad(p, sparse_grad([2], torch.ones(1, 2), (3, 2)), 0, 0)
+    assert rows.tolist() == [2] and values.shape == (1, 2)
+
+
+def test_step_hooks_profiler_and_zero_grad_keep_torch_behaviour():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = optim.SGD([p], lr=0.5)
+    calls = []
+    pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", float(p.detach()[0]))))
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", float(p.detach()[0]))))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert calls == [("pre", 1.0), ("post", 0.5)]
+    pre.remove()
+    post.remove()
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append("global"))
+    try:
+        opt.step()
+    finally:
+        handle.remove()
+    assert calls[-1] == "global" and float(p.detach()[0]) == 0.0
+    with torch.profiler.profile() as prof:
+        opt.step()
+        opt.zero_grad()
+    names = {event.name for event in prof.events()}
+    assert "Optimizer.step#SGD.step" in names and "Optimizer.zero_grad#SGD.zero_grad" in names
+    p.grad = torch.ones(3)
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+    opt.zero_grad()
+    assert p.grad is None
+
+
 def test_optimizer_rechecks_a_parameter_whose_tensor_was_replaced():
     p = torch.nn.Parameter(torch.zeros(4, 4))
     opt = optim.Adam([p])

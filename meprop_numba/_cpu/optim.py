@@ -20,6 +20,23 @@ from .._config import JIT_OPTIONS
 
 
 @njit(**JIT_OPTIONS)
+def check_rows(rows, nrows):
+    """0 if `rows` increase strictly within ``[0, nrows)``; 1 if one lies outside; 2 if unordered or repeated.
+
+    The CPU twin of the CUDA ``check_rows`` kernel, run before a row update:
+    the bounds are those of every entry, whatever their order.
+    """
+    status = 0
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        if r < 0 or r >= nrows:
+            return 1
+        if t > 0 and rows[t - 1] >= r:
+            status = 2
+    return status
+
+
+@njit(**JIT_OPTIONS)
 def sgd_flat(p, g, lr):
     for t in range(p.shape[0]):
         p[t] -= lr * g[t]

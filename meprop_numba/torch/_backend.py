@@ -41,14 +41,16 @@ def on_cuda(param_groups):
 def cuda_step(optimizer):
     """One step of a :mod:`meprop_numba.torch.optim` optimizer whose parameters are CUDA tensors.
 
-    Every gradient is checked on the device first (dtype, device, NaN/Inf, the rows of a
-    row-sparse one), so a bad one changes no parameter; then each parameter is updated in
-    place by the :mod:`meprop_numba._cuda` kernels, only the rows of a row-sparse gradient.
+    Every parameter and gradient is checked first, by the CPU step's own checks
+    (:func:`~meprop_numba.torch.optim.check_param`, :func:`~meprop_numba.torch.optim.check_grad`:
+    dtype, device, layout, shapes), then on the device (NaN/Inf, the rows of a row-sparse
+    one), so a bad one changes no parameter; then each parameter is updated in place by the
+    :mod:`meprop_numba._cuda` kernels, only the rows of a row-sparse gradient.
     """
     import torch
 
     from .. import _cuda
-    from .optim import _name
+    from .optim import _name, check_grad, check_param, coalesced
 
     kind = {"Adam": "adam", "SGD": "sgd", "AdaGrad": "adagrad"}[type(optimizer).__name__]
     work = []
@@ -57,24 +59,17 @@ def cuda_step(optimizer):
             g = p.grad
             if g is None:
                 continue
-            name = _name(i, j, p)
-            if not p.is_cuda or p.dtype not in (torch.float32, torch.float64) or not p.is_contiguous():
-                raise TypeError(f"{name} must be a contiguous float32/float64 CUDA tensor like the others, "
-                                f"got {p.dtype} on {p.device}")
-            if g.dtype != p.dtype or g.device != p.device:
-                raise TypeError(f"the gradient of {name} is {g.dtype} on {g.device}, expected {p.dtype} on {p.device}")
-            if g.layout == torch.sparse_coo:
-                if p.dim() != 2 or g.sparse_dim() != 1:
-                    raise ValueError(f"the gradient of {name} must be row-sparse (sparse_dim 1) of a 2-D parameter")
-                if not g.is_coalesced():  # accumulated gradients repeat rows; sorted distinct rows are required
-                    g = g.coalesce()
-                grad = (g._indices()[0], g._values().contiguous())
-            elif g.layout == torch.strided:
-                grad = g.detach().contiguous()
+            check_param(p, i, j, "cuda")
+            rows, values = check_grad(p, g, i, j)
+            if rows is None:
+                grad = values.detach().reshape(p.shape).contiguous()
             else:
-                raise TypeError(f"the gradient of {name} has layout {g.layout}; expected dense or sparse COO")
+                if not g.is_coalesced():  # the engine drops the flag; the device check refuses unordered rows
+                    g = coalesced(g)
+                    rows, values = g._indices()[0], g._values()
+                grad = (rows, values.contiguous())
             with torch.cuda.device(p.device):
-                _cuda.check_gradient(grad, p.shape[0] if p.dim() else 1, f"the gradient of {name}")
+                _cuda.check_gradient(grad, p.shape[0] if p.dim() else 1, f"the gradient of {_name(i, j, p)}")
             work.append((group, p, grad))
     for group, p, grad in work:
         state = optimizer.state[p]

@@ -28,10 +28,12 @@ Moments below the dtype's smallest normal number are flushed to zero
 (subnormal arithmetic is ~100x slower on x86); that changes no value by
 more than 1.2e-38 in float32.
 """
+import functools
 import math
 
 import numpy as np
 import torch
+from torch.optim import optimizer as _torch_optimizer
 
 from . import _backend
 
@@ -51,43 +53,74 @@ def _name(i, j, p):
     return f"param_groups[{i}]['params'][{j}] (shape {tuple(p.shape)})"
 
 
+def check_param(p, i, j, device):
+    """Refuse a parameter the kernels cannot update in place; `device` is the type of the others' ('cpu', 'cuda')."""
+    if p.dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"{_name(i, j, p)} has dtype {p.dtype}; these optimizers update float32/float64 "
+                        "parameters")
+    if p.device.type != device:
+        raise TypeError(f"{_name(i, j, p)} is on {p.device}; these optimizers update CPU or CUDA tensors, "
+                        f"all on one kind of device ({device} here)")
+    if not p.is_contiguous():
+        raise ValueError(f"{_name(i, j, p)} must be contiguous (it is updated in place)")
+
+
+def check_grad(p, g, i, j):
+    """``(rows, values)`` tensors of a row-sparse gradient or ``(None, g)`` of a dense one, after the checks of any device.
+
+    `g` is the gradient of the checked parameter `p`
+    (``param_groups[i]['params'][j]``).  The rows are as stored: their order
+    and range, and the values' finiteness, are the device's to check.
+    """
+    if g.dtype != p.dtype or g.device != p.device:
+        raise TypeError(f"the gradient of {_name(i, j, p)} is {g.dtype} on {g.device}, "
+                        f"expected {p.dtype} on {p.device}")
+    if g.layout == torch.sparse_coo:
+        if p.dim() != 2 or g.sparse_dim() != 1:
+            raise ValueError(f"the gradient of {_name(i, j, p)} is sparse in {g.sparse_dim()} dimension(s); "
+                             "only row-sparse gradients (sparse_dim 1) of 2-D parameters are taken")
+        values = g._values()
+        if values.shape[1:] != p.shape[1:]:
+            raise ValueError(f"the gradient of {_name(i, j, p)} has values of shape {tuple(values.shape)}, "
+                             f"expected rows of {p.shape[1]}")
+        return g._indices()[0], values
+    if g.layout != torch.strided:
+        raise TypeError(f"the gradient of {_name(i, j, p)} has layout {g.layout}; expected dense or sparse COO")
+    if g.numel() != p.numel():
+        raise ValueError(f"the gradient of {_name(i, j, p)} has {g.numel()} elements, expected {p.numel()}")
+    return None, g
+
+
+def coalesced(g):
+    """`g` with sorted distinct rows, repeats summed (``g.coalesce()`` returns a tensor flagged coalesced as it is)."""
+    return torch.sparse_coo_tensor(g._indices(), g._values(), g.shape, check_invariants=False).coalesce()
+
+
 def _grad_arrays(p, P, g, i, j):
     """``(rows, values)`` of a row-sparse gradient or ``(None, flat)`` of a dense one, after every check.
 
-    `P` is the NumPy view of the CPU parameter `p` (``param_groups[i]['params'][j]``).
+    `P` is the NumPy view of the checked CPU parameter `p` (``param_groups[i]['params'][j]``).
     """
-    if g.dtype != p.dtype or not g.is_cpu:
-        raise TypeError(f"the gradient of {_name(i, j, p)} is {g.dtype} on {g.device}, "
-                        f"expected {p.dtype} on {p.device}")
-    if g.is_sparse:
-        if P.ndim != 2 or g.sparse_dim() != 1:
-            raise ValueError(f"the gradient of {_name(i, j, p)} is sparse in {g.sparse_dim()} dimension(s); "
-                             "only row-sparse gradients (sparse_dim 1) of 2-D parameters are taken")
-        rows = g._indices().numpy()[0]
-        # The autograd engine drops the coalesced flag of the gradients it stores, and a
-        # tensor built with check_invariants=False may claim it falsely: the order is
-        # tested here (10x cheaper than coalescing), and only unordered rows are coalesced.
-        if rows.shape[0] > 1 and not (rows[1:] > rows[:-1]).all():
-            g = g.coalesce()  # sorted, distinct rows; repeats (accumulated gradients) summed
-            rows = g._indices().numpy()[0]
-        values = g._values().numpy()
-        if rows.shape[0] and (rows[0] < 0 or rows[-1] >= P.shape[0]):
-            raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows[0]} to {rows[-1]}, "
-                             f"outside [0, {P.shape[0]})")
-        if values.shape[1:] != P.shape[1:] or values.shape[0] != rows.shape[0]:
-            raise ValueError(f"the gradient of {_name(i, j, p)} has values of shape {values.shape} for "
-                             f"{rows.shape[0]} rows, expected rows of {P.shape[1]}")
-        if not values.flags.c_contiguous:
-            values = np.ascontiguousarray(values)
-        _finite(values, p, i, j)
-        return rows, values
-    if g.layout != torch.strided:
-        raise TypeError(f"the gradient of {_name(i, j, p)} has layout {g.layout}; expected dense or sparse COO")
-    flat = (g.detach() if g.requires_grad else g).numpy().reshape(-1)  # a copy only if not contiguous
-    if flat.shape[0] != P.size:
-        raise ValueError(f"the gradient of {_name(i, j, p)} has {flat.shape[0]} elements, expected {P.size}")
-    _finite(flat, p, i, j)
-    return None, flat
+    rows, values = check_grad(p, g, i, j)
+    if rows is None:
+        flat = (values.detach() if values.requires_grad else values).numpy().reshape(-1)  # a copy only if strided
+        _finite(flat, p, i, j)
+        return None, flat
+    rows, values = rows.numpy(), values.numpy()
+    # One pass over the rows: the range of every entry, then the order.  The autograd engine
+    # drops the coalesced flag of the gradients it stores, and a tensor built with
+    # check_invariants=False may claim it falsely, so only unordered rows are coalesced.
+    status = K.check_rows(rows, P.shape[0])
+    if status == 1:
+        raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows.min()} to {rows.max()}, "
+                         f"outside [0, {P.shape[0]})")
+    if status == 2:
+        g = coalesced(g)
+        rows, values = g._indices().numpy()[0], g._values().numpy()
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    _finite(values, p, i, j)
+    return rows, values
 
 
 def _finite(a, p, i, j):
@@ -101,6 +134,25 @@ def _finite(a, p, i, j):
 #: are stored in the param groups (torch's optimizers need them to load the state) and
 #: a state that turns one on is refused.
 _TORCH_ONLY = {"weight_decay": 0.0, "amsgrad": False, "maximize": False, "nesterov": False, "dampening": 0.0}
+
+
+_PRE_HOOKS = _torch_optimizer._global_optimizer_pre_hooks
+_POST_HOOKS = _torch_optimizer._global_optimizer_post_hooks
+_profiling = torch.autograd._profiler_enabled
+
+
+def _hook_step(step):
+    """`step` run through torch's profiler record and step hooks only when a profiler or a hook wants them."""
+    traced = torch.optim.Optimizer.profile_hook_step(step)
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _PRE_HOOKS or _POST_HOOKS
+                or _profiling()):
+            return traced(self, *args, **kwargs)
+        return step(self, *args, **kwargs)
+
+    return wrapper
 
 
 class _KernelOptimizer(torch.optim.Optimizer):
@@ -120,6 +172,69 @@ class _KernelOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults):
         super().__init__(params, dict(defaults, **{key: _TORCH_ONLY[key] for key in self._torch_options}))
+
+    def add_param_group(self, param_group):
+        """Add a param group, as ``torch.optim.Optimizer.add_param_group``, refusing repeated parameters.
+
+        torch's optimizers only warn on a parameter listed twice in a group
+        (and then update it twice per step); these refuse it.
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": iterable of parameters (or of (name, parameter)), option: value, ...}``.
+
+        Raises
+        ------
+        ValueError
+            If a parameter appears twice in the group (or, from torch, in
+            another group already).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from meprop_numba.torch import optim
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> optim.SGD([w, w], lr=0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: parameter 1 of the param group is parameter 0 again (shape (2,)); list each parameter once
+        """
+        if isinstance(param_group, dict) and not isinstance(param_group.get("params"), (torch.Tensor, set)):
+            params = list(param_group["params"])  # as torch does (a generator is read once, here)
+            seen = {}
+            for j, entry in enumerate(params):
+                p = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
+                if id(p) in seen:
+                    raise ValueError(f"parameter {j} of the param group is parameter {seen[id(p)]} again "
+                                     f"(shape {tuple(getattr(p, 'shape', ()))}); list each parameter once")
+                seen[id(p)] = j
+            param_group["params"] = params
+        super().add_param_group(param_group)
+
+    def _patch_step_function(self):
+        # torch wraps step() in a profiler record and its hook loops (~10-30 us a step);
+        # the wrapper here takes that path only when a profiler runs or a hook is registered.
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+        cls = type(self)
+        if not getattr(cls.step, "hooked", None):
+            cls.step = _hook_step(cls.step)
+            cls.step.hooked = True
+
+    def zero_grad(self, set_to_none=True):
+        """Reset the gradients, as ``torch.optim.Optimizer.zero_grad``.
+
+        Parameters
+        ----------
+        set_to_none : bool, optional
+            True (default): set every ``.grad`` to None; False: fill them with zeros.
+        """
+        if not set_to_none or _profiling():
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad = None
 
     def _work(self):
         """``(group, param, P, rows, grad)`` for every parameter with a gradient, all checked.
@@ -144,13 +259,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
         signature = (p.data_ptr(), p.dtype, p.shape, p.stride())
         if entry is not None and entry[0] is p and entry[1] == signature:
             return entry[2]
-        if p.dtype not in _NUMPY_DTYPES:
-            raise TypeError(f"{_name(i, j, p)} has dtype {p.dtype}; these optimizers update float32/float64 "
-                            "parameters")
-        if p.device.type != "cpu":
-            raise TypeError(f"{_name(i, j, p)} is on {p.device}; these optimizers update CPU tensors")
-        if not p.is_contiguous():
-            raise ValueError(f"{_name(i, j, p)} must be contiguous (it is updated in place through a NumPy view)")
+        check_param(p, i, j, "cpu")
         P = p.detach().numpy()
         cache[id(p)] = (p, signature, (P, P.reshape(-1)))
         self.__dict__.get("_state_cache", {}).pop(id(p), None)  # its state is re-checked against it
