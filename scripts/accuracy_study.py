@@ -34,8 +34,14 @@ Commands (one per table of ``docs/results_mlp.md``, section "Closing the gap")::
     $S final --epochs 20 --test --seeds 0 --settings b50 --ks 20 --options lr3e-3 lr5e-3
     $S final --epochs 20 --test --seeds 0 1 2 --settings b50topk --ks 20 --options drop0.2+ef0.8
     # the figure, from the first 300 steps the screening runs recorded
-    $S trace --epochs 2 --options dense plain balanced drop0.2+ef0.8 --report-only \
+    $S trace --epochs 1 --settings b10 b50topk b50 --options dense plain balanced drop0.2+ef0.8 \
         --figure docs/results_mlp_remedy_trace.png
+    # third round at batch 50: per-layer k and other column scores (3-epoch screens)
+    $S screen --epochs 3 --seeds 0 --settings b50 --options drop0.2+ef0.8 last40+drop0.2+ef0.8 ...
+    # the embedded subset as the CLI trains it (dense, default meProp, --plain-meprop),
+    # and those three arms trained step by step in turns for their time ratios
+    $S subset --dataset embedded --epochs 20 --seeds 0 1 2 --batches 10 50 --horizons 5 10 15 20
+    $S subset-timing --dataset embedded --epochs 2 --batches 10 50
     # backward cost: the hidden layers by option, variants in turns, 5th percentile
     $S layer-timing --calls 1200
     # (or whole models trained in turns: $S timing --steps 100 --repeat 5 --options ...)
@@ -68,7 +74,9 @@ from mlp_study import mean_std  # noqa: E402
 #: memory decay (0 = off) of the hidden layers; ``max_norm``: largest row
 #: norm of the hidden weights after each update; ``eps``, ``lr``: Adam's
 #: epsilon and learning rate; ``lazy=False``: dense Adam updates; ``sm``:
-#: score-memory decay of unified selection (0 = off; batch 50 only).
+#: score-memory decay of unified selection (0 = off; batch 50 only);
+#: ``score``: unified column scores other than the sum of |g| (see
+#: :class:`ColumnScorer`; batch 50 only).
 OPTIONS = {
     "dense": dict(dense=True),
     "plain": dict(),
@@ -112,6 +120,13 @@ OPTIONS = {
     "drop0.2+ef0.8+sm0.9": dict(dropout=0.2, ef=0.8, sm=0.9),
     "drop0.2+ef0.8+sm0.99": dict(dropout=0.2, ef=0.8, sm=0.99),
     "drop0.2+ef0.8+sm0.5": dict(dropout=0.2, ef=0.8, sm=0.5),
+    "lastdense+drop0.2+ef0.8": dict(last_k=None, dropout=0.2, ef=0.8),
+    "last30+drop0.2+ef0.8": dict(last_k=30, dropout=0.2, ef=0.8),
+    "last40+drop0.2+ef0.8": dict(last_k=40, dropout=0.2, ef=0.8),
+    "last80+drop0.2+ef0.8": dict(last_k=80, dropout=0.2, ef=0.8),
+    "signbal+drop0.2+ef0.8": dict(score="signbal", dropout=0.2, ef=0.8),
+    "wnorm": dict(score="wnorm"),
+    "wnorm+drop0.2+ef0.8": dict(score="wnorm", dropout=0.2, ef=0.8),
 }
 SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified"), "b50topk": (50, "topk")}
 
@@ -119,7 +134,7 @@ SETTINGS = {"b10": (10, "topk"), "b50": (50, "unified"), "b50topk": (50, "topk")
 def settings(option, setting, k):
     """Full settings of one run: defaults, then the option."""
     batch, selection = SETTINGS[setting]
-    spec = dict(dense=False, last_k="same", selection=selection, ef=0.0, sm=0.0, dropout=0.0,
+    spec = dict(dense=False, last_k="same", selection=selection, ef=0.0, sm=0.0, score=None, dropout=0.0,
                 max_norm=None, eps=1e-8, lr=1e-3, lazy=True, batch=batch, k=k)
     spec.update(OPTIONS[option])
     if setting == "b50" and spec["selection"] == "balanced":
@@ -130,8 +145,50 @@ def settings(option, setting, k):
 
 
 def applies(option, setting):
+    unified_only = OPTIONS[option].get("sm") or OPTIONS[option].get("score")
     return not ((setting == "b50" and "balanced" in option)
-                or (SETTINGS[setting][1] != "unified" and OPTIONS[option].get("sm")))
+                or (SETTINGS[setting][1] != "unified" and unified_only))
+
+
+class ColumnScorer:
+    """Unified column scores other than sum_b |g_bj|, as a layer's ``column_scores_hook``.
+
+    ``'wnorm'``: the squared norm of the weight-gradient row each column
+    gives, ``g_j^T (X X^T) g_j`` (X the layer input; O(B^2 (m + n)) per
+    step). ``'signbal'``: the same sum of |g|, but half of the k columns
+    among those whose summed gradient is positive and half among the
+    negative ones (a sign short of its share gives the rest to the other).
+    Both see the gradient with the error-feedback memory added as the layer
+    adds it (to the non-zero entries).
+    """
+
+    def __init__(self, layer, mode):
+        self.layer, self.mode, self.g = layer, mode, None
+        self._backward = layer.backward
+        layer.backward = self.backward
+        layer.column_scores_hook = self
+
+    def backward(self, grad_out):
+        self.g = grad_out
+        return self._backward(grad_out)
+
+    def __call__(self, scores):
+        layer, g = self.layer, self.g.astype(np.float64)
+        memory = getattr(layer, "_memory", None)
+        if layer.error_feedback and memory is not None and memory.shape == (g.shape[1],):
+            g = g + layer.error_feedback * memory[None, :] * (g != 0)
+        if self.mode == "wnorm":
+            x = layer._x.astype(np.float64)
+            return np.maximum((g * ((x @ x.T) @ g)).sum(axis=0), 0.0)
+        signed = g.sum(axis=0)
+        k, out = layer.k, np.zeros_like(scores)
+        pos, neg = np.flatnonzero(signed > 0), np.flatnonzero(signed <= 0)
+        n_pos = min(len(pos), max(k // 2, k - len(neg)))
+        ranked = [pos[np.argsort(-scores[pos], kind="stable")][:n_pos],
+                  neg[np.argsort(-scores[neg], kind="stable")][:k - n_pos]]
+        for cols in ranked:  # the chosen columns outrank every other, in their own order
+            out[cols] = 1.0 + scores[cols]
+        return out
 
 
 def build(spec, n_in, n_classes, rng, hidden=500, layers=2):
@@ -144,6 +201,8 @@ def build(spec, n_in, n_classes, rng, hidden=500, layers=2):
         modules.append(Linear(width, hidden, k, spec["selection"], rng=rng, input_grad=i > 0,
                               error_feedback=spec["ef"] if k is not None else 0.0,
                               score_memory=spec.get("sm", 0.0) if k is not None else 0.0))
+        if spec.get("score") and k is not None:
+            ColumnScorer(modules[-1], spec["score"])
         modules.append(ReLU())
         if spec["dropout"]:
             modules.append(Dropout(spec["dropout"], rng=rng))
@@ -394,6 +453,126 @@ def layer_timing(calls=3000, seed=0, sm=0.9):
     return "\n".join(lines)
 
 
+#: Arms of the ``subset`` command: the CLI's default meProp, the paper's meProp, dense.
+SUBSET_ARMS = {"dense": dict(k=None), "default": dict(), "plain": dict(dropout=0.0, error_feedback=0.0)}
+
+
+def subset_runs(args):
+    """Train the CLI's arms (``train --compare`` and ``--plain-meprop``) for each batch and seed.
+
+    Each run is :func:`meprop_numba.training.fit` on the MLP task with the
+    CLI's defaults (per-example top-k, k=20; dropout and error feedback as
+    the defaults set them for meProp), dev split only, one JSON per run in
+    ``--out-dir``; the arms of one seed run one after the other, so their
+    time ratios come from the same stretch of machine load.
+    """
+    from meprop_numba.tasks.mlp import MLPConfig, MLPTask
+    from meprop_numba.training import fit
+
+    task = MLPTask()
+    out = {}
+    for batch in args.batches:
+        for seed in args.seeds:
+            for arm, over in SUBSET_ARMS.items():
+                config = MLPConfig(dataset=args.dataset, data_dir=args.data_dir, batch_size=batch,
+                                   seed=seed, epochs=args.epochs, threads=args.threads,
+                                   eval_test=False, **{**dict(k=args.ks[0]), **over})
+                tag = f"subset-{arm}-b{batch}-k{args.ks[0]}-e{args.epochs}-s{seed}"
+                path = os.path.join(args.out_dir, tag + ".json")
+                if not os.path.exists(path) and not args.report_only:
+                    fit(task, config, out=path + ".tmp", progress=False)
+                    os.replace(path + ".tmp", path)
+                    print(f"{tag} done", flush=True)
+                if os.path.exists(path):
+                    with open(path) as fh:
+                        out[(batch, seed, arm)] = json.load(fh)
+    return out
+
+
+def subset_table(runs, batches, seeds, horizons):
+    """Best dev accuracy within the first E epochs per arm, and the time ratios over them."""
+    def ratio(dense, mine, key, epochs):
+        d = sum(e[key] for e in dense["epochs"][:epochs])
+        m = sum(e[key] for e in mine["epochs"][:epochs])
+        return d / m
+
+    lines = ["| batch | epochs | seeds | dense dev % | meProp default dev % | gap | paper's meProp dev % "
+             "| backward speed-up, default (plain) | share of plain's kept | whole-step speed-up, "
+             "default (plain) |", "|" + " --- |" * 10]
+    for batch in batches:
+        for epochs in horizons:
+            have = [s for s in seeds if all((batch, s, a) in runs for a in SUBSET_ARMS)
+                    and len(runs[(batch, s, "default")]["epochs"]) >= epochs]
+            if not have:
+                continue
+            best = {a: [100 * max(e["dev_accuracy"] for e in runs[(batch, s, a)]["epochs"][:epochs])
+                        for s in have] for a in SUBSET_ARMS}
+            gap = np.asarray(best["default"]) - np.asarray(best["dense"])
+            bwd = {a: np.mean([ratio(runs[(batch, s, "dense")], runs[(batch, s, a)], "backward_s", epochs)
+                               for s in have]) for a in ("default", "plain")}
+            step = {a: np.mean([ratio(runs[(batch, s, "dense")], runs[(batch, s, a)], "train_s", epochs)
+                                for s in have]) for a in ("default", "plain")}
+            lines.append(f"| {batch} | {epochs} | {len(have)} | {mean_std(best['dense'])} "
+                         f"| {mean_std(best['default'])} | {mean_std(gap)} | {mean_std(best['plain'])} "
+                         f"| {bwd['default']:.1f}x ({bwd['plain']:.1f}x) | {100 * bwd['default'] / bwd['plain']:.0f}% "
+                         f"| {step['default']:.1f}x ({step['plain']:.1f}x) |")
+    return "\n".join(lines)
+
+
+def subset_timing(args):
+    """The CLI's three arms trained step by step in turns; per-step time ratios.
+
+    The models of ``train --compare`` (dense, default meProp) and of
+    ``--plain-meprop`` take the same minibatches, one step each in turn, so
+    the machine's load falls on all three alike (each arm goes first every
+    third step); per arm, the median over the steps (after 20 warm-up
+    steps) of the forward with the loss, the backward (``model.backward``,
+    as the CLI's backward column) and the update, their sum as the whole
+    step, and dense's time over each arm's.
+    """
+    from meprop_numba.tasks.mlp import MLPConfig, MLPTask
+    from meprop_numba.training import thread_limits, train_step
+    from meprop_numba.training.config import build_optimizer
+
+    task = MLPTask()
+    lines = ["| batch | steps | arm | forward, ms per step | backward, ms | update, ms | whole step, ms "
+             "| backward speed-up | whole-step speed-up | share of plain meProp's backward speed-up kept |",
+             "|" + " --- |" * 10]
+    with thread_limits(args.threads):
+        for batch in args.batches:
+            configs = {arm: MLPConfig(dataset=args.dataset, data_dir=args.data_dir, batch_size=batch,
+                                      seed=args.seeds[0], **{**dict(k=args.ks[0]), **over}).validate()
+                       for arm, over in SUBSET_ARMS.items()}
+            data = task.load_data(configs["dense"])
+            extra = task.extra_state(data)
+            arms = {}
+            for arm, config in configs.items():
+                model_rng, _ = _seeds(config.seed)
+                model = task.build_model(config, extra, model_rng)
+                arms[arm] = (model, build_optimizer(config, model.parameters()))
+            times = {arm: [] for arm in arms}
+            data_rng = _seeds(args.seeds[0])[1]
+            for epoch in range(args.epochs):
+                for step, b in enumerate(task.batches(configs["dense"], data, data_rng)):
+                    order = list(arms)[step % 3:] + list(arms)[:step % 3]  # each arm first in turn
+                    for arm in order:
+                        model, optimizer = arms[arm]
+                        timers = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
+                        train_step(model, optimizer, task.loss, b, timers)
+                        times[arm].append([timers["forward"], timers["backward"], timers["optimizer"]])
+            # per phase, the median over the steps; the whole step is their sum (a sum's median
+            # would take in every descheduling the step met)
+            med = {arm: np.median(np.asarray(t[20:]), axis=0) for arm, t in times.items()}
+            for arm, (fwd, bwd, opt) in med.items():
+                step = fwd + bwd + opt
+                kept = "-" if arm != "default" else f"{100 * med['plain'][1] / bwd:.0f}%"
+                lines.append(f"| {batch} | {len(times[arm]) - 20} | {arm} | {1e3 * fwd:.3f} | {1e3 * bwd:.3f} "
+                             f"| {1e3 * opt:.3f} | {1e3 * step:.3f} | {med['dense'][1] / bwd:.2f}x "
+                             f"| {med['dense'].sum() / step:.2f}x | {kept} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def trace_figure(runs, path):
     import matplotlib
 
@@ -431,7 +610,8 @@ def trace_figure(runs, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["screen", "final", "trace", "timing", "layer-timing"])
+    parser.add_argument("command", choices=["screen", "final", "trace", "timing", "layer-timing",
+                                            "subset", "subset-timing"])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=3)
@@ -448,6 +628,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300, help="timing: steps per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="timing: repeats (the best is kept)")
     parser.add_argument("--calls", type=int, default=3000, help="layer-timing: calls per variant")
+    parser.add_argument("--batches", type=int, nargs="+", default=[10, 50],
+                        help="subset: minibatch sizes")
+    parser.add_argument("--horizons", type=int, nargs="+", default=[10, 20],
+                        help="subset: report the best dev accuracy within these many epochs")
     parser.add_argument("--figure", default=None)
     parser.add_argument("--report", default=None)
     parser.add_argument("--report-only", action="store_true")
@@ -455,6 +639,14 @@ def main(argv=None):
     if args.threads is not None:
         mp.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
+    if args.command in ("subset", "subset-timing"):
+        report = (subset_table(subset_runs(args), args.batches, args.seeds, args.horizons)
+                  if args.command == "subset" else subset_timing(args))
+        print(report)
+        if args.report:
+            with open(args.report, "w") as fh:
+                fh.write(report + "\n")
+        return
     data = load_dataset(args.dataset, args.data_dir)
     print(data.summary(), flush=True)
     options = args.options or list(OPTIONS)
@@ -465,9 +657,22 @@ def main(argv=None):
             report = timing(data, options, args.ks, args.steps, args.repeat)
         elif args.command == "trace":
             # The first --trace-steps steps of the runs (trained here if not in --out-dir).
-            runs = [(f"{option}, batch {SETTINGS[setting][0]}",
-                     run_cached(option, setting, args.ks[0], args.seeds[0], data, args))
-                    for setting in args.settings for option in options if applies(option, setting)]
+            # Labelled "plain, unified b50"; dense once per batch size (its selection does not
+            # matter); sign balance per example at batch 10 only.
+            cases, seen = [], set()
+            for setting in args.settings:
+                batch, selection = SETTINGS[setting]
+                for option in options:
+                    dense = OPTIONS[option].get("dense")
+                    key = (option, batch) if dense else (option, setting)
+                    if (not applies(option, setting) or key in seen
+                            or (option == "balanced" and batch != 10)):
+                        continue
+                    seen.add(key)
+                    where = f"b{batch}" if dense else f"{'per example' if selection == 'topk' else selection} b{batch}"
+                    cases.append((f"{option}, {where}", option, setting))
+            runs = [(label, run_cached(option, setting, args.ks[0], args.seeds[0], data, args))
+                    for label, option, setting in cases]
             runs = [(label, r) for label, r in runs if r]
             if args.figure:
                 trace_figure(runs, args.figure)
