@@ -7,7 +7,7 @@ arm in the file.
 
 Usage::
 
-    python scripts/simplify_plot.py docs/simplify_study.json docs/simplify_study.png
+    python scripts/simplify_plot.py docs/simplify_study_mlp.json docs/simplify_study_mlp.png
 """
 import argparse
 import json
@@ -58,8 +58,7 @@ def main(argv=None):
         acc_ax.fill_between(epochs, acc.min(axis=0), acc.max(axis=0), alpha=0.2)
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel(f"dev {'UAS' if metric == 'uas' else metric} (%)")
-    acc_ax.set_title(f"{TITLES[task]}: dev {'UAS' if metric == 'uas' else metric} "
-                     "(mean, range over seeds)")
+    acc_ax.set_title(f"dev {'UAS' if metric == 'uas' else metric} (mean, range over seeds)")
     acc_ax.legend(fontsize=8)
     for ax in (sizes_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -33,12 +33,12 @@ hidden sizes and dev scores over training from the JSON file.
 
 Usage (the results in docs/results_simplify.md)::
 
-    python scripts/simplify_study.py --data-dir ../shared/data/fashion-mnist \\
-        --epochs 20 --cycle 5 --k 160 --p 0.1 --batch 100 --seeds 0 1 2 \\
-        --json docs/simplify_study.json
+    python scripts/simplify_study.py --task mlp --data-dir ../shared/data/fashion-mnist \\
+        --epochs 20 --cycle 5 --parts 8 --k 160 --p 0.1 --batch 100 --seeds 0 1 2 \\
+        --json docs/simplify_study_mlp.json
     python scripts/simplify_study.py --task pos --data-dir ../shared/data/ud-english-ewt \\
-        --max-train 3000 --epochs 4 --cycle 1 --k 5 --batch 1 --seeds 0 1 2 \\
-        --json docs/simplify_study_pos.json
+        --hidden 500 --max-train 1000 --max-dev 500 --epochs 2 --cycle 1 --parts 8 --k 5 \\
+        --p 0.1 --batch 1 --seeds 0 1 2 --json docs/simplify_study_pos.json
 """
 import argparse
 import json
