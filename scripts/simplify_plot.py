@@ -33,6 +33,7 @@ def main(argv=None):
     task, metric = options.get("task", "mlp"), study.get("metric", "accuracy")
     labels = {"dense": "dense", "meprop": f"meProp k={options['k']}",
               "mesimp": f"meProp k={options['k']} + meSimp p={options['p']}"}
+    unit = "LSTM layer" if task == "pos" else "hidden layer"
     fig, (sizes_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
         if run["arm"] != "mesimp":
@@ -42,7 +43,7 @@ def main(argv=None):
         widths = np.array([start] + [e["hidden_sizes"] for e in run["epochs"]])
         for layer in range(widths.shape[1]):
             sizes_ax.plot(epochs, widths[:, layer], ("-", "--", ":")[layer % 3], marker=".",
-                          label=f"hidden layer {layer + 1}, seed {run['seed']}")
+                          label=f"{unit} {layer + 1}, seed {run['seed']}")
     sizes_ax.set_xlabel("epoch")
     sizes_ax.set_ylabel("hidden units")
     sizes_ax.set_title(f"meSimp: hidden sizes ({TITLES[task]})")
