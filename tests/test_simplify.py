@@ -495,6 +495,8 @@ def test_removing_lstm_units_preserves_the_function_of_the_masked_tagger(layers,
     masked = _masked_tagger(model, keeps)
     remove_neurons(model, keeps)
     assert model.lstm.hidden_sizes == [k.size for k in keeps]
+    assert model.lstm.hidden_size == 8  # the width as built (documented), not a shrunk one
+    assert model.lstm.output_size == sum(k.size for k in keeps[-model.lstm.num_directions:])
     for batch in _tag_batches(1, 2):
         np.testing.assert_allclose(model.forward(batch), masked.forward(batch), rtol=1e-12,
                                    atol=1e-12)

@@ -107,9 +107,14 @@ class LSTM(Module):
         After a meProp backward: per layer and direction the (T, B, K) int64
         selected entries of ``dL/da_t`` (-1 at padded steps), in that
         direction's processing order.
+    hidden_size : int
+        The units per direction the LSTM was built with. Model
+        simplification does not change it (it may leave each layer and
+        direction a different width): read the widths in use from
+        `hidden_sizes`, and the output width from :attr:`output_size`.
     hidden_sizes : list of int
-        Units of each layer and direction (fewer than `hidden_size` after
-        model simplification, :mod:`meprop_numba.simplify`).
+        Units of each layer and direction in use: all `hidden_size`, or
+        fewer after model simplification (:mod:`meprop_numba.simplify`).
     selection_counts : list of ndarray or None
         While counting (:meth:`count_selections`): per layer and direction
         (the order of :meth:`parameters`), per hidden unit, the valid steps
