@@ -564,12 +564,12 @@ class POSConfig(RunConfig):
 
     ``data_dir`` is the treebank directory. The defaults are a tagger a
     user would pick: a bidirectional LSTM (500 units a direction) with
-    dropout 0.2 on the embeddings and 0.5 on the LSTM outputs and, with
-    meProp, error feedback 0.8 in the LSTM backward; one sentence a step
+    dropout 0.2 on the embeddings and 0.5 on the LSTM outputs (error
+    feedback in the LSTM backward is an option, off); one sentence a step
     (``batch_size=1``), Adam at 0.001 (AdaGrad at 0.01 when
     ``optimizer='adagrad'``, ``DEFAULT_LR``). ``POSConfig.preset("paper")``
     is the meProp paper's tagger: one unidirectional 500-unit LSTM, no
-    dropout, no error feedback (:data:`PRESETS`).
+    dropout (:data:`PRESETS`).
 
     Parameters
     ----------
@@ -590,7 +590,7 @@ class POSConfig(RunConfig):
     selection : {"topk", "random"}
     error_feedback : float
         Error-feedback memory decay of the meProp LSTM backward, in
-        ``[0, 1)`` (default 0.8; 0 is the paper's meProp; no effect with
+        ``[0, 1)`` (default 0, off, as in the paper; no effect with
         ``k=None``; see :class:`~meprop_numba.nn.lstm.LSTM`).
     embedding_dropout, output_dropout : float
         Dropout in ``[0, 1)`` on the embeddings (default 0.2) and on the
@@ -616,7 +616,7 @@ class POSConfig(RunConfig):
     >>> config.hidden, config.k, config.scope, config.batch_size, config.learning_rate
     (500, 10, 'per_gate', 1, 0.01)
     >>> config.bidirectional, config.embedding_dropout, config.output_dropout, config.error_feedback
-    (True, 0.2, 0.5, 0.8)
+    (True, 0.2, 0.5, 0.0)
     >>> paper = POSConfig.preset("paper", k=5)
     >>> paper.bidirectional, paper.output_dropout, paper.error_feedback, paper.k
     (False, 0.0, 0.0, 5)
@@ -632,7 +632,7 @@ class POSConfig(RunConfig):
     k: int = 10
     scope: str = "per_gate"
     selection: str = "topk"
-    error_feedback: float = 0.8
+    error_feedback: float = 0.0
     embedding_dropout: float = 0.2
     output_dropout: float = 0.5
     word_dim: int = 50
@@ -786,7 +786,7 @@ class POSTask(Task):
                            help="dropout on the LSTM outputs, in [0, 1) (default 0.5)")
         group.add_argument("--error-feedback", type=float, default=None, metavar="BETA",
                            help="error-feedback memory decay of the meProp LSTM backward, in "
-                                "[0, 1) (default 0.8; 0: off)")
+                                "[0, 1) (default 0: off)")
         group.add_argument("--k", type=k_arg, default=10,
                            help="meProp k of the LSTM gate gradients; 'none' for dense BPTT "
                                 "(default 10)")
