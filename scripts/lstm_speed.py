@@ -170,7 +170,9 @@ def main(argv=None):
     print(f"{len(sentences)} training sentences ({tokens} tokens) from {args.pos_dir}; "
           f"hidden {args.hidden}, batch {args.batch_size}, float32, {args.threads} thread(s) "
           f"(numba {numba.get_num_threads()}), Adam")
-    base = pos.POSConfig(hidden=args.hidden, batch_size=args.batch_size, seed=args.seed)
+    # The paper's tagger (unidirectional, no dropout): the PyTorch twin below is the same model.
+    base = pos.POSConfig.preset("paper", hidden=args.hidden, batch_size=args.batch_size,
+                                seed=args.seed)
     step_m, n_batches, mep = _ours(data, pos.POSConfig(**{**base.__dict__, "k": args.k}),
                                    sentences)
     step_d, _, dense = _ours(data, pos.POSConfig(**{**base.__dict__, "k": None}), sentences)

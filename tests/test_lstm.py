@@ -8,6 +8,8 @@ h_{t-1}) are the same function.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import meprop_numba as mp
 from meprop_numba.nn.embedding import Embedding
@@ -34,8 +36,13 @@ def ref_cell_forward(x, W_x, W_h, b):
     return np.array(hs[1:]), tape
 
 
-def ref_cell_backward(dy, tape, W_x, W_h, keep):
-    """BPTT of one direction; keep(t, da) returns the bool mask of kept entries of da."""
+def ref_cell_backward(dy, tape, W_x, W_h, keep, memory=None, dropped=None):
+    """BPTT of one direction; keep(t, da) returns the bool mask of kept entries of da.
+
+    With `memory` (error feedback, already scaled by beta) it is added to da
+    after the bias gradient and before `keep`; the entries not kept are
+    added to `dropped`.
+    """
     h = W_h.shape[1]
     dW_x, dW_h = np.zeros(W_x.shape), np.zeros(W_h.shape)
     db = np.zeros(4 * h)
@@ -48,7 +55,12 @@ def ref_cell_backward(dy, tape, W_x, W_h, keep):
         da = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
                              dc * i * (1 - g ** 2), dh * np.tanh(c) * o * (1 - o)])
         db += da
-        da = da * keep(t, da)
+        if memory is not None:
+            da = da + memory
+        mask = keep(t, da)
+        if dropped is not None:
+            dropped += np.where(mask, 0.0, da)
+        da = da * mask
         dW_x += np.outer(da, x_t)
         dW_h += np.outer(da, h_prev)
         dx[t] = W_x.T @ da
@@ -158,6 +170,89 @@ def test_dense_bptt_matches_reference(dtype, bidirectional, num_layers):
     for g, rg in zip(grads, rgrads):
         np.testing.assert_allclose(g, rg, **tol(dtype))
     assert all(isinstance(g, np.ndarray) for g in layer.grads())
+
+
+def ref_feedback_passes(params, bidirectional, passes, k, per_gate, beta):
+    """One-layer (bi)LSTM backward passes with error feedback, example by example.
+
+    passes: list of (x, lengths, dout). The memory of each direction is the
+    mean, over the valid steps of a pass, of the entries it dropped (memory
+    included); the next pass adds beta times it to da at every valid step.
+    Returns per pass dx and the parameter gradients.
+    """
+    dirs = 2 if bidirectional else 1
+    h = params[1].shape[1]
+    memory = [np.zeros(4 * h) for _ in range(dirs)]
+    results = []
+    for x, lengths, dout in passes:
+        grads = [np.zeros(p.shape) for p in params]
+        dx = np.zeros(x.shape)
+        dropped = [np.zeros(4 * h) for _ in range(dirs)]
+        for b in range(x.shape[0]):
+            L = lengths[b]
+            for d in range(dirs):
+                W_x, W_h, bias = (p.astype(np.float64) for p in params[3 * d:3 * d + 3])
+                seq = x[b, :L] if d == 0 else x[b, :L][::-1]
+                _, tape = ref_cell_forward(seq.astype(np.float64), W_x, W_h, bias)
+                dy = dout[b, :L, d * h:(d + 1) * h]
+                dy = dy if d == 0 else dy[::-1]
+                dxs, gW_x, gW_h, g_b = ref_cell_backward(dy, tape, W_x, W_h,
+                                                         keep_topk(k, per_gate),
+                                                         beta * memory[d], dropped[d])
+                dx[b, :L] += dxs if d == 0 else dxs[::-1]
+                for i, g in enumerate((gW_x, gW_h, g_b)):
+                    grads[3 * d + i] += g
+        memory = [m / lengths.sum() for m in dropped]
+        results.append((dx, grads))
+    return results
+
+
+@settings(deadline=None, max_examples=15)
+@given(seed=st.integers(0, 2**16), k=st.integers(1, 3), beta=st.floats(0.0, 0.95),
+       bidirectional=st.booleans(), concat=st.booleans())
+def test_error_feedback_matches_reference(seed, k, beta, bidirectional, concat):
+    """float64, three backward passes in a row: the memory each pass leaves changes the next."""
+    rng = np.random.default_rng(seed)
+    layer = LSTM(5, 6, bidirectional=bidirectional, k=2 * k if concat else k,
+                 scope="concat" if concat else "per_gate", error_feedback=beta,
+                 dtype=np.float64, rng=seed)
+    passes = []
+    for _ in range(3):
+        lengths = rng.integers(1, 6, size=3)
+        lengths[0] = 5
+        passes.append((rng.standard_normal((3, 5, 5)), lengths,
+                       rng.standard_normal((3, 5, layer.output_size))))
+    expected = ref_feedback_passes(layer.params(), bidirectional, passes,
+                                   2 * k if concat else k, not concat, beta)
+    for (x, lengths, dout), (rdx, rgrads) in zip(passes, expected):
+        _, dx, grads = run_layer(layer, x, lengths, dout)
+        np.testing.assert_allclose(dx, rdx, **tol(np.float64))
+        for g, rg in zip(grads, rgrads):
+            np.testing.assert_allclose(g, rg, **tol(np.float64))
+
+
+def test_error_feedback_reset_and_no_effect_when_everything_is_kept():
+    x, lengths = make_case(np.float64)
+    dout = np.random.default_rng(3).standard_normal((3, 6, 8))
+    plain = LSTM(5, 4, bidirectional=True, k=2, dtype=np.float64, rng=4)
+    fed = LSTM(5, 4, bidirectional=True, k=2, error_feedback=0.8, dtype=np.float64, rng=4)
+    first = [run_layer(m, x, lengths, dout)[1] for m in (plain, fed)]
+    np.testing.assert_array_equal(first[0], first[1])  # no memory yet
+    second = [run_layer(m, x, lengths, dout)[1] for m in (plain, fed)]
+    assert not np.allclose(second[0], second[1])       # the memory acts
+    fed.reset_error_feedback()
+    np.testing.assert_array_equal(run_layer(fed, x, lengths, dout)[1], first[0])
+    # k = h keeps every entry: nothing is dropped, so the memory stays zero.
+    dense = LSTM(5, 4, bidirectional=True, dtype=np.float64, rng=4)
+    full = LSTM(5, 4, bidirectional=True, k=4, error_feedback=0.8, dtype=np.float64, rng=4)
+    for _ in range(2):
+        _, rdx, rgrads = run_layer(dense, x, lengths, dout)
+        _, dx, grads = run_layer(full, x, lengths, dout)
+        np.testing.assert_allclose(dx, rdx, **tol(np.float64))
+        for g, rg in zip(grads, rgrads):
+            np.testing.assert_allclose(g, rg, **tol(np.float64))
+    with pytest.raises(ValueError, match="error_feedback"):
+        LSTM(5, 4, k=2, error_feedback=1.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -380,10 +380,10 @@ def test_simplify_shrinks_the_lstm_on_schedule_and_resumes_bit_identically(treeb
                 simplify=0.5, simplify_cycle=1, simplify_parts=3)
     full = _fit(pos.POSConfig(**over), checkpoint_dir=tmp_path / "full")
     sizes = [e["hidden_sizes"] for e in full["epochs"]]
-    assert sizes[0] != [16], "the case must exercise a removal"
+    assert sizes[0] != [16, 16], "the case must exercise a removal"
     assert sizes[1] == sizes[0]  # epoch 2: an odd cycle, no prune
     assert full["model"].lstm.hidden_sizes == sizes[2]
-    assert full["model"].output.weight.shape[1] == sizes[2][0]
+    assert full["model"].output.weight.shape[1] == sum(sizes[2])  # both directions
     _fit(pos.POSConfig(**{**over, "epochs": 1}), checkpoint_dir=tmp_path / "cut")
     resumed = _fit(pos.POSConfig(**over), checkpoint_dir=tmp_path / "cut", resume=True)
     for (name, a), (_, b) in zip(full["model"].named_parameters(),
@@ -398,6 +398,141 @@ def test_simplify_with_p_zero_tags_exactly_as_without(treebank):
     base = dict(data_dir=str(treebank), hidden=16, k=2, lr=0.02, min_word_freq=1, epochs=2)
     plain = _fit(pos.POSConfig(**base))
     simp = _fit(pos.POSConfig(**base, simplify=0.0, simplify_cycle=1, simplify_parts=3))
-    assert simp["model"].lstm.hidden_sizes == [16]
+    assert simp["model"].lstm.hidden_sizes == [16, 16]
     for a, b in zip(plain["model"].parameters(), simp["model"].parameters()):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- default tagger and presets
+def test_the_default_tagger_is_bidirectional_with_dropout_and_the_paper_preset_is_not():
+    default = pos.POSConfig().validate()
+    assert default.bidirectional and default.embedding_dropout > 0 and default.output_dropout > 0
+    # The paper's tagger (meProp paper, POS): one 500-unit LSTM, left to right, no dropout,
+    # one sentence a step, Adam.
+    paper = pos.POSConfig.preset("paper").validate()
+    assert (paper.hidden, paper.layers, paper.bidirectional, paper.batch_size,
+            paper.optimizer) == (500, 1, False, 1, "adam")
+    assert paper.embedding_dropout == paper.output_dropout == paper.error_feedback == 0
+    assert pos.POSConfig.preset("paper", k=5, hidden=8).k == 5
+    with pytest.raises(ValueError, match="preset"):
+        pos.POSConfig.preset("papers")
+
+
+def test_the_paper_preset_trains_exactly_the_tagger_without_the_new_options(treebank):
+    """The preset's model is the tagger built with no dropout or error feedback: same draws, same steps."""
+    config = pos.POSConfig.preset("paper", data_dir=str(treebank), hidden=8, k=2, epochs=2,
+                                  lr=0.01)
+    task_model = _fit(config)["model"]
+    assert not task_model.lstm.bidirectional and task_model.lstm.error_feedback == 0
+    assert task_model.embedding_dropout.p == task_model.output_dropout.p == 0
+    # The same training by hand with the tagger's plain constructor (the old signature).
+    data = POS_TASK.load_data(config)
+    v = data.vocab
+    model_rng, data_rng = __import__("meprop_numba.training.loop", fromlist=["x"]).run_generators(0)
+    model = pos.POSTagger(len(v.words), [len(f) for f in v.features], len(v.tags), hidden=8, k=2,
+                          rng=model_rng)
+    from meprop_numba.optim import Adam
+    from meprop_numba.training import train_step
+
+    optimizer = Adam(model.parameters(), lr=0.01)
+    timers = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
+    for _ in range(2):
+        for batch in POS_TASK.batches(config, data, data_rng):
+            train_step(model, optimizer, POS_TASK.loss, batch, timers)
+    for (name, a), (_, b) in zip(task_model.named_parameters(), model.named_parameters()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_dropout_is_off_at_evaluation_and_prediction_is_deterministic(treebank):
+    data = pos.load_pos_data(treebank, min_word_freq=1)
+    v = data.vocab
+    sizes = (len(v.words), [len(f) for f in v.features], len(v.tags))
+    with_dropout = pos.POSTagger(*sizes, hidden=8, bidirectional=True, embedding_dropout=0.5,
+                                 output_dropout=0.5, rng=3)
+    without = pos.POSTagger(*sizes, hidden=8, bidirectional=True, rng=3)
+    batch = pos.make_batch(data.train, with_dropout.feature_offsets)
+    first = with_dropout.forward(batch)
+    np.testing.assert_array_equal(first, with_dropout.forward(batch))
+    np.testing.assert_array_equal(first, without.forward(batch))
+    np.testing.assert_array_equal(with_dropout.predict(batch), without.predict(batch))
+    # In training the masks act (and differ from one forward to the next).
+    trained = [with_dropout.forward(batch, train=True) for _ in range(2)]
+    assert not np.allclose(trained[0], first) and not np.allclose(trained[0], trained[1])
+
+
+def test_the_default_tagger_at_full_k_trains_as_dense(treebank):
+    """k = hidden keeps every gate entry: with dropout (and error feedback) on, the run is dense BPTT's."""
+    base = dict(data_dir=str(treebank), hidden=6, epochs=3, lr=0.01, min_word_freq=1,
+                dtype="float64", error_feedback=0.8)
+    dense = _fit(pos.POSConfig(**base, k=None))
+    full = _fit(pos.POSConfig(**base, k=6))
+    assert full["model"].lstm.bidirectional and full["model"].lstm.error_feedback == 0.8
+    for (name, a), (_, b) in zip(dense["model"].named_parameters(),
+                                 full["model"].named_parameters()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert [e["train_loss"] for e in dense["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in full["epochs"]], rel=1e-9)
+
+
+def test_an_old_checkpoint_loads_as_the_configuration_it_was_trained_with(treebank, tmp_path):
+    """A checkpoint written before the new fields existed: unidirectional, no dropout, no feedback."""
+    from meprop_numba.training.checkpoint import save_checkpoint
+
+    config = pos.POSConfig.preset("paper", data_dir=str(treebank), hidden=8, k=2, epochs=2,
+                                  lr=0.01)
+    _fit(config, checkpoint_dir=tmp_path / "new")
+    state = load_checkpoint(tmp_path / "new" / "last.npz")
+    old = {name: value for name, value in state["config"].items()
+           if name not in ("error_feedback", "embedding_dropout", "output_dropout")}
+    (tmp_path / "old").mkdir()
+    save_checkpoint(tmp_path / "old" / "last.npz", task="pos", params=state["params"],
+                    config=old, epoch=state["epoch"], extra_state=state["extra_state"],
+                    best=state["best"])
+    model, loaded, _ = load_model(POS_TASK, tmp_path / "old", "last")
+    assert (loaded.bidirectional, loaded.embedding_dropout, loaded.output_dropout,
+            loaded.error_feedback) == (False, 0.0, 0.0, 0.0)
+    fresh, _, _ = load_model(POS_TASK, tmp_path / "new", "last")
+    data = POS_TASK.load_data(loaded, state["extra_state"])
+    batch = pos.make_batch(data.dev, model.feature_offsets)
+    np.testing.assert_array_equal(model.forward(batch), fresh.forward(batch))
+
+
+def test_command_line_default_preset_and_bad_values(treebank, tmp_path, capsys):
+    base = ["train", "--task", "pos", "--data-dir", str(treebank), "--hidden", "8", "--k", "2",
+            "--epochs", "1", "--no-progress"]
+    out = tmp_path / "default.json"
+    assert cli.main(base + ["--out", str(out), "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    saved = json.loads(out.read_text())["config"]
+    assert saved["bidirectional"] is True and saved["output_dropout"] == 0.5
+    assert saved["embedding_dropout"] == 0.2 and saved["error_feedback"] == 0
+    (tmp_path / "in.txt").write_text("I know Paris\nParis in 2024\n")
+    capsys.readouterr()
+    outputs = []
+    for _ in range(2):  # the checkpoint's tagger, dropout off: the same tags every time
+        assert cli.main(["predict", "--checkpoint-dir", str(tmp_path / "ck"),
+                         str(tmp_path / "in.txt")]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n\n") == 2
+    out = tmp_path / "paper.json"
+    assert cli.main(base + ["--preset", "paper", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())["config"]
+    assert saved["bidirectional"] is False and saved["hidden"] == 8
+    assert saved["embedding_dropout"] == saved["output_dropout"] == saved["error_feedback"] == 0
+    out = tmp_path / "mixed.json"
+    assert cli.main(base + ["--preset", "paper", "--bidirectional", "--output-dropout", "0.3",
+                            "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())["config"]
+    assert saved["bidirectional"] is True and saved["output_dropout"] == 0.3
+    assert saved["embedding_dropout"] == 0
+    capsys.readouterr()
+    for flags, message in ((["--output-dropout", "1.0"], "output_dropout must be in [0, 1)"),
+                           (["--embedding-dropout", "-0.1"], "embedding_dropout"),
+                           (["--error-feedback", "1.5"], "error_feedback must be in [0, 1)")):
+        bad = tmp_path / "bad.json"
+        assert cli.main(base + flags + ["--out", str(bad), "--checkpoint-dir",
+                                        str(tmp_path / "bad")]) == 2, flags
+        assert message in capsys.readouterr().err, flags
+        assert not bad.exists() and not (tmp_path / "bad").exists(), flags
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--preset", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

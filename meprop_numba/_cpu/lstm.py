@@ -151,6 +151,20 @@ def _gather_rows_product(W, rows, coef, t, b, K, out):
 def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     """meProp back propagation through time (the recurrence).
 
+    :func:`meprop_bptt_feedback` without a memory; returns its first three
+    outputs.
+    """
+    db, sel_out, val_out, _ = meprop_bptt_feedback(
+        dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask,
+        np.zeros(0, dtype=dH.dtype), dH.dtype.type(0))
+    return db, sel_out, val_out
+
+
+@njit(**JIT_OPTIONS)
+def meprop_bptt_feedback(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask,
+                         memory, beta):
+    """meProp back propagation through time (the recurrence), with error feedback.
+
     At every valid (t, b) the full gate gradient da (4h) is formed from the
     carried dh, dc; the bias gradient accumulates it densely. Then only k entries per
     gate block (``per_gate``) or k of the 4h entries are kept; these alone
@@ -170,13 +184,19 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
         and `mask` the sign-clearing mask: the gate gradient is formed in
         ``da_bits.view(float)``, so the top-k runs on its magnitude bits
         (:func:`meprop_numba._cpu.topk.topk_row`).
+    memory : (4h,) error-feedback memory, or (0,) for none; `beta` times it
+        is added to the gate gradient at every valid step before the
+        selection (after the bias gradient has taken the gradient as given).
 
     Returns
     -------
     db : (4h,) the bias gradient.
     sel_out : (T, B, K) int64, the kept entries (-1 at padded steps), K = 4k
         per gate or k.
-    val_out : (T, B, K), dL/da_t at the kept entries (0 at padded steps).
+    val_out : (T, B, K), dL/da_t at the kept entries (0 at padded steps),
+        the memory included.
+    dropped : (4h,) the sum over the valid steps of the entries not kept
+        (memory included), zeros without a memory.
 
     The outputs are allocated here rather than by the caller: at one
     sentence per minibatch the interpreter's share of the layer's backward
@@ -200,6 +220,8 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
     ranks = np.empty(four_h, dtype=np.int32)
     maxima = np.empty(k, dtype=da_bits.dtype)
     perm = np.empty(four_h, dtype=np.int64)
+    feedback = memory.shape[0] == four_h
+    dropped = np.zeros(four_h, dtype=dH.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if t >= lengths[b]:
@@ -229,6 +251,9 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
                 db[2 * h + j] += a2
                 db[3 * h + j] += a3
                 dc_next[b, j] = dc * gf
+            if feedback:
+                for j in range(four_h):
+                    da[j] += beta * memory[j]
             if per_gate:
                 for q in range(4):
                     if select == SELECT_TOPK:
@@ -245,9 +270,14 @@ def meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate, select, da_bits, mask):
                 _random_select(four_h, k, 0, sel_out[t, b], 0, perm)
             for p in range(K):
                 val_out[t, b, p] = da[sel_out[t, b, p]]
+            if feedback:  # da is free now (val_out holds the kept values)
+                for p in range(K):
+                    da[sel_out[t, b, p]] = 0
+                for j in range(four_h):
+                    dropped[j] += da[j]
             if t > 0:  # dh_{-1} is not needed
                 _gather_rows_product(W_h, sel_out, val_out, t, b, K, dh_next)
-    return db, sel_out, val_out
+    return db, sel_out, val_out, dropped
 
 
 @njit(**JIT_OPTIONS)

@@ -9,7 +9,11 @@ whole 4h vector (``scope="concat"``). Only the kept entries feed
 ``dh_{t-1}``, ``dx_t`` and the rows of ``dW_x`` and ``dW_h``, which are
 returned as :class:`meprop_numba.RowSparse`. The bias gradient is dense
 (from the full ``dL/da_t``), as for the linear layers. ``k=None`` is exact
-dense BPTT.
+dense BPTT. With ``error_feedback=beta`` the mean of the entries dropped in
+one backward is kept per layer and direction, and ``beta`` times it is
+added to every step's ``dL/da_t`` of the next backward before the selection
+(as :class:`meprop_numba.nn.Linear` does); the backward stays k entries a
+gate per step.
 
 The time loops run in compiled code (:mod:`meprop_numba._cpu.lstm`); the input
 products of all steps are one BLAS call per layer and direction.
@@ -21,7 +25,7 @@ import numpy as np
 
 from .._cpu import lstm as K
 from .._cpu.topk import magnitude_bits
-from .._validation import choice, float_array, integer_k
+from .._validation import choice, float_array, integer_k, unit_interval
 from ..sparse import RowSparse
 from .layers import _NO_TRAINING_FORWARD, Module
 
@@ -92,6 +96,14 @@ class LSTM(Module):
     selection : {"topk", "random"}, default "topk"
         ``"random"`` keeps k uniformly random entries instead (the meProp
         paper's random-k baseline), drawn from `rng`.
+    error_feedback : float, default 0
+        Memory decay ``beta`` in ``[0, 1)`` of error feedback (0 turns it
+        off; no effect when k is None): per layer and direction, the mean
+        over the valid steps of the gate-gradient entries the last backward
+        dropped (memory included) is kept, and the next backward adds
+        ``beta`` times it to ``dL/da_t`` at every valid step before
+        selecting. The bias gradient takes ``dL/da_t`` as given. The memory
+        is not part of :meth:`state_dict` (:meth:`reset_error_feedback`).
     dtype : {numpy.float32, numpy.float64}, default float32
     rng : numpy.random.Generator or int, optional
         Initialisation: every weight and bias uniform in
@@ -129,8 +141,8 @@ class LSTM(Module):
         If `k` is not an integer or `dtype` is not float32/float64.
     ValueError
         If a size is not a positive integer, `k` is outside ``[1, h]``
-        (``[1, 4h]`` with ``scope="concat"``), or `scope` / `selection` is
-        unknown.
+        (``[1, 4h]`` with ``scope="concat"``), `scope` / `selection` is
+        unknown, or `error_feedback` is outside ``[0, 1)``.
 
     Notes
     -----
@@ -158,7 +170,8 @@ class LSTM(Module):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False, k=None,
-                 scope="per_gate", selection="topk", dtype=np.float32, rng=None):
+                 scope="per_gate", selection="topk", error_feedback=0.0, dtype=np.float32,
+                 rng=None):
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -168,6 +181,8 @@ class LSTM(Module):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         choice(scope, _SCOPES, "scope")
         choice(selection, _SELECTIONS, "selection")
+        self.error_feedback = unit_interval(error_feedback, "error_feedback")
+        self._memory = {}
         self.input_size = int(input_size)
         self.hidden_size = h = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -416,6 +431,17 @@ class LSTM(Module):
             counts += kept.sum(axis=0)
         self.counted_steps += steps
 
+    def reset_error_feedback(self):
+        """Forget the error-feedback memory: the next backward starts as plain meProp.
+
+        Returns
+        -------
+        None
+            A training loop that resets it where it checkpoints (the POS
+            task: at each epoch start) resumes exactly.
+        """
+        self._memory = {}
+
     def _dense(self, dH, X, H, C, TC, G, W_x, W_h, lengths):
         T, B, h = dH.shape
         dA = np.empty((T, B, 4 * h), dtype=self.dtype)
@@ -433,6 +459,7 @@ class LSTM(Module):
             self._params[index] = array
         self._grads = [None] * len(self._params)
         self._workspaces = {}
+        self._memory = {}
         self._cache = None
         if self.selection_counts is not None:
             self.count_selections()
@@ -458,8 +485,18 @@ class LSTM(Module):
         ws_x, ws_h, da_bits, mask = self._workspace(base)
         # A direction narrowed by simplification to k or fewer units keeps them all.
         k = min(self.k, W_h.shape[1] if per_gate else W_h.shape[0])
-        g_b, sel, vals = K.meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate,
-                                       _SELECTIONS[self.selection], da_bits, mask)
+        if self.error_feedback:
+            memory = self._memory.get(base)
+            if memory is None:
+                memory = np.zeros(W_h.shape[0], dtype=self.dtype)
+            g_b, sel, vals, dropped = K.meprop_bptt_feedback(
+                dH, W_h, lengths, C, TC, G, k, per_gate, _SELECTIONS[self.selection], da_bits,
+                mask, memory, self.dtype.type(self.error_feedback))
+            dropped /= self.dtype.type(lengths.sum())
+            self._memory[base] = dropped
+        else:
+            g_b, sel, vals = K.meprop_bptt(dH, W_h, lengths, C, TC, G, k, per_gate,
+                                           _SELECTIONS[self.selection], da_bits, mask)
         dX, rows_x, rows_h = K.meprop_weight_grads(X, H, W_x, sel, vals, ws_x, ws_h)
         n = rows_x.shape[0]
         gW_x = RowSparse._trusted(rows_x, ws_x[:n], W_x.shape)
@@ -469,5 +506,7 @@ class LSTM(Module):
     def __repr__(self):
         sparsity = ("dense" if self.k is None
                     else f"k={self.k}, scope={self.scope!r}, selection={self.selection!r}")
+        if self.k is not None and self.error_feedback:
+            sparsity += f", error_feedback={self.error_feedback:g}"
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, {sparsity})")

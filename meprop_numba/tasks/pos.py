@@ -21,6 +21,7 @@ Python::
     >>> from meprop_numba.training import fit
     >>> results = fit(POSTask(), POSConfig(data_dir="UD_English-EWT", k=10))  # doctest: +SKIP
 """
+import argparse
 import dataclasses
 import math
 import os
@@ -28,9 +29,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._validation import unit_interval
 from ..data.conllu import find_split, read_conllu
 from ..nn.embedding import Embedding
-from ..nn.layers import Linear, Module
+from ..nn.layers import Dropout, Linear, Module
 from ..nn.loss import softmax_cross_entropy
 from ..nn.lstm import LSTM
 from ..simplify import LSTMUnits
@@ -45,6 +47,7 @@ __all__ = [
     "POSConfig",
     "POSData",
     "POSTagger",
+    "PRESETS",
     "POSTask",
     "load_pos_data",
     "make_batch",
@@ -262,6 +265,10 @@ class Batch:
         Gold tag ids.
     lengths : ndarray of int64, shape (B,)
         Sentence lengths; positions at or after them are padding.
+    epoch_start : bool, default False
+        The first batch of a training epoch (the LSTM's error-feedback
+        memory restarts there, so a run resumed from an epoch's checkpoint
+        continues exactly).
 
     Examples
     --------
@@ -277,6 +284,7 @@ class Batch:
     features: np.ndarray   # (B, T, 7) int64, already offset into the shared feature table
     tags: np.ndarray       # (B, T) int64
     lengths: np.ndarray    # (B,) int64
+    epoch_start: bool = False
 
     @property
     def mask(self):
@@ -400,9 +408,13 @@ class POSTagger(Module):
         LSTM depth.
     bidirectional : bool, default False
         A bidirectional LSTM.
-    k, scope, selection : see LSTM
+    k, scope, selection, error_feedback : see LSTM
         meProp settings of the LSTM (see :class:`~meprop_numba.nn.lstm.LSTM`);
         ``k=None`` is dense BPTT.
+    embedding_dropout, output_dropout : float, default 0
+        Dropout in ``[0, 1)`` on the concatenated word and feature
+        embeddings (the LSTM input) and on the LSTM outputs (the input of
+        the output layer); training forward passes only.
     dtype : {numpy.float32, numpy.float64}
     rng : numpy.random.Generator or int, optional
         All of the model's randomness (kept as ``rng``).
@@ -410,8 +422,9 @@ class POSTagger(Module):
     Raises
     ------
     ValueError
-        If `feature_sizes` does not list 7 sizes, or a size, `k`, `scope`
-        or `selection` is out of range (checked by the layers).
+        If `feature_sizes` does not list 7 sizes, or a size, `k`, `scope`,
+        `selection`, a dropout or `error_feedback` is out of range (checked
+        by the layers).
     TypeError
         If a size or `k` is not an integer, or `dtype` is not float32/float64.
 
@@ -428,8 +441,11 @@ class POSTagger(Module):
 
     def __init__(self, n_words, feature_sizes, n_tags, *, word_dim=50, feature_dim=20,
                  hidden=500, layers=1, bidirectional=False, k=None, scope="per_gate",
-                 selection="topk", dtype=np.float32, rng=None):
+                 selection="topk", error_feedback=0.0, embedding_dropout=0.0,
+                 output_dropout=0.0, dtype=np.float32, rng=None):
         self.rng = np.random.default_rng(rng)
+        self.embedding_dropout = Dropout(embedding_dropout, rng=self.rng)
+        self.output_dropout = Dropout(output_dropout, rng=self.rng)
         feature_sizes = [int(n) for n in feature_sizes]
         if len(feature_sizes) != N_FEATURES:
             raise ValueError(f"feature_sizes must list {N_FEATURES} sizes, got {len(feature_sizes)}")
@@ -441,7 +457,7 @@ class POSTagger(Module):
         self.word_dim, self.feature_dim = word_dim, feature_dim
         self.lstm = LSTM(word_dim + N_FEATURES * feature_dim, hidden, layers,
                          bidirectional=bidirectional, k=k, scope=scope, selection=selection,
-                         dtype=dtype, rng=self.rng)
+                         error_feedback=error_feedback, dtype=dtype, rng=self.rng)
         self.output = Linear(self.lstm.output_size, n_tags, dtype=dtype, rng=self.rng)
         self.dtype = np.dtype(dtype)
         self._mask = None
@@ -464,12 +480,12 @@ class POSTagger(Module):
         B, T = batch.words.shape
         w = self.word_embedding.forward(batch.words, train)
         f = self.feature_embedding.forward(batch.features, train).reshape(B, T, -1)
-        x = np.concatenate([w, f], axis=2)
+        x = self.embedding_dropout.forward(np.concatenate([w, f], axis=2), train)
         hs = self.lstm.forward(x, train, lengths=batch.lengths)
         mask = batch.mask
         if train:
             self._mask = mask
-        return self.output.forward(hs[mask], train)
+        return self.output.forward(self.output_dropout.forward(hs[mask], train), train)
 
     def backward(self, grad_out):
         """Back propagate the gradient of the token scores; returns None.
@@ -492,11 +508,11 @@ class POSTagger(Module):
         if self._mask is None:
             raise RuntimeError("backward called before forward(batch, train=True)")
         mask, self._mask = self._mask, None
-        d_tokens = self.output.backward(grad_out)
+        d_tokens = self.output_dropout.backward(self.output.backward(grad_out))
         B, T = mask.shape
         dh = np.zeros((B, T, self.lstm.output_size), dtype=self.dtype)
         dh[mask] = d_tokens
-        dx = self.lstm.backward(dh)
+        dx = self.embedding_dropout.backward(self.lstm.backward(dh))
         self.word_embedding.backward(dx[:, :, :self.word_dim])
         self.feature_embedding.backward(
             dx[:, :, self.word_dim:].reshape(B, T, N_FEATURES, self.feature_dim))
@@ -530,13 +546,30 @@ class POSTagger(Module):
 
 
 # ---------------------------------------------------------------- config and task
+#: Named configurations of :class:`POSConfig` (``POSConfig.preset``, ``--preset``).
+#: ``"paper"``: the meProp paper's tagger (one unidirectional LSTM of 500,
+#: no dropout, no error feedback, one sentence a step, Adam).
+PRESETS = {
+    "paper": {"hidden": 500, "layers": 1, "bidirectional": False, "error_feedback": 0.0,
+              "embedding_dropout": 0.0, "output_dropout": 0.0, "batch_size": 1,
+              "optimizer": "adam"},
+}
+#: Fields added after checkpoints were first written, with the value those were trained with.
+_ADDED_FIELDS = {"error_feedback": 0.0, "embedding_dropout": 0.0, "output_dropout": 0.0}
+
+
 @dataclasses.dataclass
 class POSConfig(RunConfig):
     """Options of a tagger run: the shared :class:`~meprop_numba.training.RunConfig` fields and these.
 
-    ``data_dir`` is the treebank directory. The defaults are the paper's
-    POS setting: one sentence a step (``batch_size=1``), AdaGrad at 0.01
-    when ``optimizer='adagrad'`` (``DEFAULT_LR``).
+    ``data_dir`` is the treebank directory. The defaults are a tagger a
+    user would pick: a bidirectional LSTM (500 units a direction) with
+    dropout 0.2 on the embeddings and 0.5 on the LSTM outputs (error
+    feedback in the LSTM backward is an option, off); one sentence a step
+    (``batch_size=1``), Adam at 0.001 (AdaGrad at 0.01 when
+    ``optimizer='adagrad'``, ``DEFAULT_LR``). ``POSConfig.preset("paper")``
+    is the meProp paper's tagger: one unidirectional 500-unit LSTM, no
+    dropout (:data:`PRESETS`).
 
     Parameters
     ----------
@@ -548,13 +581,20 @@ class POSConfig(RunConfig):
     hidden, layers : int
         LSTM width and depth (paper: hidden 500, one layer).
     bidirectional : bool
-        A bidirectional LSTM (paper: no).
+        A bidirectional LSTM (default yes; paper: no).
     k : int or None
         meProp k of the LSTM gate gradients (None: dense BPTT); at most
         `hidden` (``scope='per_gate'``) or ``4 * hidden`` (``'concat'``).
     scope : {"per_gate", "concat"}
         Top-k per gate block of h, or over all 4h gate entries.
     selection : {"topk", "random"}
+    error_feedback : float
+        Error-feedback memory decay of the meProp LSTM backward, in
+        ``[0, 1)`` (default 0, off, as in the paper; no effect with
+        ``k=None``; see :class:`~meprop_numba.nn.lstm.LSTM`).
+    embedding_dropout, output_dropout : float
+        Dropout in ``[0, 1)`` on the embeddings (default 0.2) and on the
+        LSTM outputs (default 0.5); 0 in the paper.
     word_dim, feature_dim : int
         Word and feature embedding sizes (50, 20).
     min_word_freq : int
@@ -575,6 +615,11 @@ class POSConfig(RunConfig):
     >>> config = POSConfig(k=10, optimizer="adagrad").validate()
     >>> config.hidden, config.k, config.scope, config.batch_size, config.learning_rate
     (500, 10, 'per_gate', 1, 0.01)
+    >>> config.bidirectional, config.embedding_dropout, config.output_dropout, config.error_feedback
+    (True, 0.2, 0.5, 0.0)
+    >>> paper = POSConfig.preset("paper", k=5)
+    >>> paper.bidirectional, paper.output_dropout, paper.error_feedback, paper.k
+    (False, 0.0, 0.0, 5)
     """
 
     DEFAULT_LR: ClassVar[dict] = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 0.1}
@@ -583,10 +628,13 @@ class POSConfig(RunConfig):
     tag: str = "xpos"
     hidden: int = 500
     layers: int = 1
-    bidirectional: bool = False
+    bidirectional: bool = True
     k: int = 10
     scope: str = "per_gate"
     selection: str = "topk"
+    error_feedback: float = 0.0
+    embedding_dropout: float = 0.2
+    output_dropout: float = 0.5
     word_dim: int = 50
     feature_dim: int = 20
     min_word_freq: int = 2
@@ -594,8 +642,56 @@ class POSConfig(RunConfig):
     max_train_sentences: int = None
     max_dev_sentences: int = None
 
+    @classmethod
+    def preset(cls, name, **changes):
+        """A config from a named preset of :data:`PRESETS`, with `changes` on top.
+
+        Parameters
+        ----------
+        name : str
+            A key of :data:`PRESETS` (``"paper"``).
+        **changes
+            Other fields.
+
+        Returns
+        -------
+        POSConfig
+            Not yet validated.
+
+        Raises
+        ------
+        ValueError
+            If `name` is not a preset.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **changes})
+
+    @classmethod
+    def from_dict(cls, d):
+        """As :meth:`RunConfig.from_dict`, filling the fields older configs lack.
+
+        Checkpoints older than the bidirectional-with-dropout default hold
+        no `error_feedback`, `embedding_dropout` or `output_dropout`: they
+        were trained without them (0).
+
+        Parameters
+        ----------
+        d : dict
+            A saved config, in :meth:`to_dict`'s form, possibly an older one.
+
+        Returns
+        -------
+        POSConfig
+        """
+        return super().from_dict({**_ADDED_FIELDS, **d})
+
     def check(self):
         """Check the tagger's fields; raise ValueError naming the bad one."""
+        if not isinstance(self.bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional must be True or False, got {self.bidirectional!r}")
+        for name in ("error_feedback", "embedding_dropout", "output_dropout"):
+            unit_interval(getattr(self, name), name)
         for name in ("hidden", "layers", "word_dim", "feature_dim", "min_word_freq"):
             check_positive_int(name, getattr(self, name))
         for name in ("max_train_sentences", "max_dev_sentences"):
@@ -673,9 +769,24 @@ class POSTask(Task):
                                 f"and optionally *-ud-test.conllu (default ${ENV_DATA_DIR})")
         group.add_argument("--tag", choices=("xpos", "upos"), default="xpos",
                            help="tag to predict (default xpos, the Penn Treebank tags for English)")
-        group.add_argument("--hidden", type=int, default=500, help="LSTM hidden size (default 500)")
-        group.add_argument("--layers", type=int, default=1, help="LSTM layers (default 1)")
-        group.add_argument("--bidirectional", action="store_true", help="bidirectional LSTM")
+        group.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                           help="start from a named configuration: 'paper' is the meProp "
+                                "paper's tagger (one unidirectional LSTM of 500, no dropout, no "
+                                "error feedback, batch 1, Adam); the options below override it")
+        group.add_argument("--hidden", type=int, default=None,
+                           help="LSTM hidden size per direction (default 500)")
+        group.add_argument("--layers", type=int, default=None, help="LSTM layers (default 1)")
+        group.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
+                           help="bidirectional LSTM (default yes; --no-bidirectional: "
+                                "left to right only)")
+        group.add_argument("--embedding-dropout", type=float, default=None, metavar="P",
+                           help="dropout on the word and feature embeddings, in [0, 1) "
+                                "(default 0.2)")
+        group.add_argument("--output-dropout", type=float, default=None, metavar="P",
+                           help="dropout on the LSTM outputs, in [0, 1) (default 0.5)")
+        group.add_argument("--error-feedback", type=float, default=None, metavar="BETA",
+                           help="error-feedback memory decay of the meProp LSTM backward, in "
+                                "[0, 1) (default 0: off)")
         group.add_argument("--k", type=k_arg, default=10,
                            help="meProp k of the LSTM gate gradients; 'none' for dense BPTT "
                                 "(default 10)")
@@ -696,8 +807,13 @@ class POSTask(Task):
 
     def config_from_args(self, args, shared):
         data_dir = args.data_dir or os.environ.get(ENV_DATA_DIR)
-        return POSConfig(**shared, data_dir=data_dir, tag=args.tag, hidden=args.hidden,
-                         layers=args.layers, bidirectional=args.bidirectional, k=args.k,
+        given = {name: getattr(args, name) for name in
+                 ("hidden", "layers", "bidirectional", "embedding_dropout", "output_dropout",
+                  "error_feedback") if getattr(args, name) is not None}
+        # The shared options (optimizer, batch size) default to POSConfig's, which are the
+        # paper preset's too.
+        base = {} if args.preset is None else PRESETS[args.preset]
+        return POSConfig(**{**base, **shared, **given}, data_dir=data_dir, tag=args.tag, k=args.k,
                          scope=args.scope, selection=args.selection,
                          min_word_freq=args.min_word_freq, word_dropout=args.word_dropout,
                          max_train_sentences=args.max_train_sentences,
@@ -730,6 +846,9 @@ class POSTask(Task):
                          feature_dim=config.feature_dim, hidden=config.hidden,
                          layers=config.layers, bidirectional=config.bidirectional, k=config.k,
                          scope=config.scope, selection=config.selection,
+                         error_feedback=config.error_feedback if config.k is not None else 0.0,
+                         embedding_dropout=config.embedding_dropout,
+                         output_dropout=config.output_dropout,
                          dtype=np.dtype(config.dtype), rng=rng)
 
     def n_batches(self, config, data):
@@ -742,10 +861,14 @@ class POSTask(Task):
         b = config.batch_size
         for i in range(self.n_batches(config, data)):
             chosen = [data.train[j] for j in order[i * b:(i + 1) * b]]
-            yield make_batch(chosen, offsets, word_dropout=config.word_dropout,
-                             word_counts=counts, rng=rng)
+            batch = make_batch(chosen, offsets, word_dropout=config.word_dropout,
+                               word_counts=counts, rng=rng)
+            batch.epoch_start = i == 0
+            yield batch
 
     def loss(self, model, batch):
+        if batch.epoch_start:
+            model.lstm.reset_error_feedback()
         return softmax_cross_entropy(model.forward(batch, train=True), batch.tags[batch.mask])
 
     def component_seconds(self, model):
@@ -788,7 +911,10 @@ class POSTask(Task):
         return (f"POS tagging ({s['tag_column']}, {s['tags']} tags) on {s['source']}: "
                 f"{s['train_sentences']} train sentences ({s['train_tokens']} tokens), "
                 f"{s['dev_sentences']} dev\nmodel: hidden {config.hidden}"
-                f"{' bidirectional' if config.bidirectional else ''}, {config.optimizer} "
+                f"{' bidirectional' if config.bidirectional else ''}, dropout "
+                f"{config.embedding_dropout:g} (embeddings) {config.output_dropout:g} (outputs)"
+                f"{'' if config.k is None else f', error feedback {config.error_feedback:g}'}, "
+                f"{config.optimizer} "
                 f"lr {config.learning_rate:g}, batch {config.batch_size}, {config.dtype}, "
                 f"seed {config.seed}")
 
