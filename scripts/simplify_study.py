@@ -98,8 +98,8 @@ def _config(task, args, arm, seed):
                     output_k=None, dev_size=5000, max_train=args.max_train)
     elif args.task == "pos":
         base.update(tag="xpos", layers=1, bidirectional=False, scope="per_gate", word_dim=50,
-                    feature_dim=20, min_word_freq=2, word_dropout=0.0,
-                    max_train_sentences=args.max_train, max_dev_sentences=args.max_dev)
+                    feature_dim=20, min_word_freq=2, word_dropout=0.0, embedding_dropout=0.0,
+                    output_dropout=0.0, error_feedback=0.0, max_train_sentences=args.max_train, max_dev_sentences=args.max_dev)
     else:
         base.update(dim=50, activation="cube", dropout=0.0, min_word_freq=2,
                     max_train_sentences=args.max_train, max_dev_sentences=args.max_dev)
