@@ -156,9 +156,9 @@ def test_sparse_backward_drops_unselected_entries(dtype):
      ("per_example", 100, 500, 2400, 20), ("per_example", 7, 40, 1030, 20)],
 )
 def test_linear_backward_benchmark_like_shapes(dtype, mode, batch, n, m, k):
-    # Kernels may switch strategy (threads, gathered BLAS products, column
-    # blocks, ...) with size: cover the benchmark shapes and shapes next to
-    # them (the parser's 100 x 500 x 2400 takes several column blocks).
+    # Kernels may switch strategy (threads, gathered BLAS products, ...) with
+    # size: cover the benchmark shapes and shapes next to them (the parser's
+    # 100 x 500 x 2400 among them).
     rng = np.random.default_rng(batch + n + m)
     x = rng.standard_normal((batch, m)).astype(dtype)
     W = rng.standard_normal((n, m)).astype(dtype)

@@ -59,84 +59,78 @@ def _transpose_selection(idx, n):
     return rows, offsets, examples
 
 
-#: Bytes of the per-example kernel's working set per column block: the
-#: block's slice of the selected rows of W and of x should stay in the
-#: 512 KB L2 cache while every example and every selected row passes over it.
-_BLOCK_BYTES = 384 << 10
-#: Narrowest column block: below it the per-pass set-up outweighs the cache gain.
-_MIN_BLOCK = 512
-
-
 @njit(**JIT_OPTIONS)
-def _gather8(out, r, src, which, coef, e, lo, hi, assign):
-    """out[r, lo:hi] (=, or += unless `assign`) sum_{q < 8} coef[e + q] src[which[e + q], lo:hi].
+def _gather8(out, r, src, which, coef, e, assign):
+    """out[r] (=, or += unless `assign`) sum_{q < 8} coef[e + q] src[which[e + q]].
 
-    The column index runs unsigned: numba wraps negative signed indices,
-    and that per-element test on ``lo + t`` keeps LLVM from vectorising.
+    Whole rows by 2-D index: no row views to build per pass, and a column
+    index that starts at 0 (numba's wrap-around test of negative indices
+    would otherwise keep LLVM from vectorising).
     """
     i0, i1, i2, i3 = which[e], which[e + 1], which[e + 2], which[e + 3]
     i4, i5, i6, i7 = which[e + 4], which[e + 5], which[e + 6], which[e + 7]
     c0, c1, c2, c3 = coef[e], coef[e + 1], coef[e + 2], coef[e + 3]
     c4, c5, c6, c7 = coef[e + 4], coef[e + 5], coef[e + 6], coef[e + 7]
     if assign:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] = ((c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
                          + ((c4 * src[i4, t] + c5 * src[i5, t]) + (c6 * src[i6, t] + c7 * src[i7, t])))
     else:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] += ((c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
                           + ((c4 * src[i4, t] + c5 * src[i5, t]) + (c6 * src[i6, t] + c7 * src[i7, t])))
 
 
 @njit(**JIT_OPTIONS)
-def _gather4(out, r, src, which, coef, e, lo, hi, assign):
+def _gather4(out, r, src, which, coef, e, assign):
     """:func:`_gather8` with four rows."""
     i0, i1, i2, i3 = which[e], which[e + 1], which[e + 2], which[e + 3]
     c0, c1, c2, c3 = coef[e], coef[e + 1], coef[e + 2], coef[e + 3]
     if assign:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] = (c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
     else:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] += (c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
 
 
 @njit(**JIT_OPTIONS)
-def _gather1(out, r, src, which, coef, e, lo, hi, assign):
+def _gather1(out, r, src, which, coef, e, assign):
     """:func:`_gather8` with one row."""
     i0 = which[e]
     c0 = coef[e]
     if assign:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] = c0 * src[i0, t]
     else:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] += c0 * src[i0, t]
 
 
 @njit(**JIT_OPTIONS)
-def _gather_sum(out, r, src, which, coef, start, end, lo, hi):
-    """out[r, lo:hi] = sum over e in [start, end) of coef[e] src[which[e], lo:hi].
+def _gather_sum(out, r, src, which, coef, start, end):
+    """out[r] = sum over e in [start, end) of coef[e] src[which[e]].
 
-    Eight source rows per pass, so each output element is stored once per
-    eight contributions; the first pass assigns (no zeroing beforehand).
+    Eight source rows per pass, so each output element is loaded and
+    stored once per eight contributions; the first pass assigns (no
+    zeroing beforehand).
     """
     if start == end:
-        for t in range(np.uint64(lo), np.uint64(hi)):
+        for t in range(out.shape[1]):
             out[r, t] = 0
         return
     e = start
     assign = True
     while e + 8 <= end:
-        _gather8(out, r, src, which, coef, e, lo, hi, assign)
+        _gather8(out, r, src, which, coef, e, assign)
         assign = False
         e += 8
     while e + 4 <= end:
-        _gather4(out, r, src, which, coef, e, lo, hi, assign)
+        _gather4(out, r, src, which, coef, e, assign)
         assign = False
         e += 4
     while e < end:
-        _gather1(out, r, src, which, coef, e, lo, hi, assign)
+        _gather1(out, r, src, which, coef, e, assign)
         assign = False
         e += 1
 
@@ -167,59 +161,45 @@ def _selection_plan(g, idx):
 
 
 @njit(**JIT_OPTIONS)
-def _column_block(n_rows, m, itemsize):
-    """Columns per block: `n_rows` rows of a block fill about ``_BLOCK_BYTES``."""
-    block = _BLOCK_BYTES // max(1, n_rows * itemsize)
-    block = max(_MIN_BLOCK, (block // 64) * 64)
-    return min(block, max(m, 1))
-
-
-@njit(**JIT_OPTIONS)
 def per_example_backward(x, W, g, idx, need_dx):
     """Sparse backward with one selection per example.
 
     Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i]
     (an empty (0, m) array unless `need_dx`); values[p] = sum over the
     examples b that selected rows[p] of g[b, rows[p]] x[b]; db = sum_b g[b].
-    The columns are taken in blocks sized so that the block's share of the
-    selected rows of W and of x stays in L2 while dx (per example) and the
-    weight gradient (per distinct row) gather from it, eight rows a pass.
+    dx is gathered per example and values per distinct row, eight source
+    rows a pass. (Blocking the columns so that the selected rows stay in L2
+    measured slower at the parser's shapes, 100 x 500 x 2400: see
+    ``docs/results_parse.md``.)
     """
     B, m = x.shape
     k = idx.shape[1]
     flat, cx, rows, offsets, examples, cw = _selection_plan(g, idx)
     R = rows.shape[0]
     dx = np.empty((B, m) if need_dx else (0, m), dtype=x.dtype)
+    if need_dx:
+        for b in range(B):
+            _gather_sum(dx, b, W, flat, cx, b * k, b * k + k)
     values = np.empty((R, m), dtype=x.dtype)
-    block = _column_block(R + B, m, x.itemsize)
-    for lo in range(0, m, block):
-        hi = min(m, lo + block)
-        if need_dx:
-            for b in range(B):
-                _gather_sum(dx, b, W, flat, cx, b * k, b * k + k, lo, hi)
-        for p in range(R):
-            _gather_sum(values, p, x, examples, cw, offsets[p], offsets[p + 1], lo, hi)
+    for p in range(R):
+        _gather_sum(values, p, x, examples, cw, offsets[p], offsets[p + 1])
     return dx, rows, values, _column_sums(g)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def per_example_backward_parallel(x, W, g, idx, need_dx):
-    """Parallel twin of :func:`per_example_backward`: examples, then distinct rows, over threads.
-
-    The same sums in the same order (one column block: each thread's rows
-    stream through their own cache).
-    """
+    """Parallel twin of :func:`per_example_backward`: examples, then distinct rows, over threads."""
     B, m = x.shape
     k = idx.shape[1]
     flat, cx, rows, offsets, examples, cw = _selection_plan(g, idx)
     R = rows.shape[0]
     dx = np.empty((B, m) if need_dx else (0, m), dtype=x.dtype)
-    values = np.empty((R, m), dtype=x.dtype)
     if need_dx:
         for b in prange(B):
-            _gather_sum(dx, b, W, flat, cx, b * k, b * k + k, 0, m)
+            _gather_sum(dx, b, W, flat, cx, b * k, b * k + k)
+    values = np.empty((R, m), dtype=x.dtype)
     for p in prange(R):
-        _gather_sum(values, p, x, examples, cw, offsets[p], offsets[p + 1], 0, m)
+        _gather_sum(values, p, x, examples, cw, offsets[p], offsets[p + 1])
     return dx, rows, values, _column_sums(g)
 
 
