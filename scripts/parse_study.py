@@ -9,6 +9,7 @@ results as JSON.
 
 Arms are ``dense``, ``k=N`` (per-example top-k), ``random=N``,
 ``unified=N`` and ``hidden=N`` (a dense parser of hidden size N).
+``--dropout`` applies to every arm, ``--error-feedback`` to the meProp arms.
 
 Usage::
 
@@ -46,6 +47,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--activation", default="cube")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.0, help="on the hidden activations, every arm")
+    p.add_argument("--error-feedback", type=float, default=0.0,
+                   help="error-feedback decay of the meProp hidden layer (meProp arms)")
     p.add_argument("--arms", nargs="+", default=["dense", "k=20"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default=None, help="JSON file for all results")
@@ -61,7 +65,7 @@ def main(argv=None):
     shared = dict(data_dir=args.data_dir, max_train_sentences=args.sentences,
                   max_dev_sentences=args.dev_sentences, epochs=args.epochs,
                   batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                  activation=args.activation, threads=args.threads)
+                  activation=args.activation, threads=args.threads, dropout=args.dropout)
     data = task.load_data(ParseConfig(**shared).validate())
     print(task.describe(ParseConfig(**shared), data))
     print("\n| run | seed | best dev UAS | best dev LAS | hidden backward / epoch (s) "
@@ -69,7 +73,10 @@ def main(argv=None):
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
-            config = ParseConfig(**{**shared, **_arm(arm, shared), "seed": seed}).validate()
+            arm_options = _arm(arm, shared)
+            if arm_options["k"] is not None:
+                arm_options["error_feedback"] = args.error_feedback
+            config = ParseConfig(**{**shared, **arm_options, "seed": seed}).validate()
             results = fit(task, config, data, progress=False)
             results.pop("model", None)
             best = results["epochs"][results["best_epoch"] - 1]

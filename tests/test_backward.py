@@ -152,11 +152,13 @@ def test_sparse_backward_drops_unselected_entries(dtype):
      ("per_example", 257, 600, 100, 20), ("per_example", 3, 4096, 17, 4000),
      ("unified", 50, 500, 500, 20), ("unified", 300, 2048, 300, 64),
      ("unified", 7, 300, 40, 299), ("indices_per_example", 64, 1000, 50, 30),
-     ("indices_shared", 64, 1000, 50, 30), ("dense_none", 40, 300, 200, None)],
+     ("indices_shared", 64, 1000, 50, 30), ("dense_none", 40, 300, 200, None),
+     ("per_example", 100, 500, 2400, 20), ("per_example", 7, 40, 1030, 20)],
 )
 def test_linear_backward_benchmark_like_shapes(dtype, mode, batch, n, m, k):
     # Kernels may switch strategy (threads, gathered BLAS products, ...) with
-    # size: cover the benchmark shapes and shapes next to them.
+    # size: cover the benchmark shapes and shapes next to them (the parser's
+    # 100 x 500 x 2400 among them).
     rng = np.random.default_rng(batch + n + m)
     x = rng.standard_normal((batch, m)).astype(dtype)
     W = rng.standard_normal((n, m)).astype(dtype)

@@ -395,6 +395,9 @@ def test_task_config_checks():
         ParseConfig(activation="tanh").validate()
     with pytest.raises(ValueError, match="dropout"):
         ParseConfig(dropout=1.0).validate()
+    for bad in (1.0, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="error_feedback"):
+            ParseConfig(error_feedback=bad).validate()
     with pytest.raises(ValueError, match="data_dir"):
         ParseTask().load_data(ParseConfig().validate())
 
@@ -413,16 +416,24 @@ def test_vocabulary_round_trip_and_unknowns():
         ParseVocabulary([Sentence(("a",), ("X",), ("_",))])
 
 
-def test_parse_through_the_training_loop_resumes_bit_identically(toy_treebank, tmp_path):
+@pytest.mark.parametrize("error_feedback", [0.0, 0.8])
+def test_parse_through_the_training_loop_resumes_bit_identically(toy_treebank, tmp_path,
+                                                                 error_feedback):
     from meprop_numba.training import fit
 
     task = ParseTask()
 
-    def config(epochs):
+    def config(epochs, beta=error_feedback):
         return ParseConfig(data_dir=str(toy_treebank), hidden=16, dim=4, k=4, batch_size=4,
-                           min_word_freq=1, epochs=epochs, dropout=0.25).validate()
+                           min_word_freq=1, epochs=epochs, dropout=0.25,
+                           error_feedback=beta).validate()
     data = task.load_data(config(1))
     full = fit(task, config(3), data, progress=False)
+    assert full["model"].hidden.error_feedback == error_feedback
+    if error_feedback:  # the memory takes part: training differs from plain meProp
+        plain = fit(task, config(3, 0.0), data, progress=False)
+        assert any(a.tobytes() != b.tobytes()
+                   for a, b in zip(full["model"].params(), plain["model"].params()))
     fit(task, config(1), data, checkpoint_dir=tmp_path, progress=False)
     resumed = fit(task, config(3), data, checkpoint_dir=tmp_path, resume=True, progress=False)
     for a, b in zip(full["model"].params(), resumed["model"].params()):

@@ -60,85 +60,104 @@ def _transpose_selection(idx, n):
 
 
 @njit(**JIT_OPTIONS)
-def _add_eight(out, c0, c1, c2, c3, c4, c5, c6, c7, a0, a1, a2, a3, a4, a5, a6, a7):
-    """out += c0 a0 + ... + c7 a7 in one pass over out."""
-    for t in range(out.shape[0]):
-        out[t] += ((c0 * a0[t] + c1 * a1[t]) + (c2 * a2[t] + c3 * a3[t])
-                   + ((c4 * a4[t] + c5 * a5[t]) + (c6 * a6[t] + c7 * a7[t])))
+def _gather8(out, r, src, which, coef, e, assign):
+    """out[r] (=, or += unless `assign`) sum_{q < 8} coef[e + q] src[which[e + q]].
 
-
-@njit(**JIT_OPTIONS)
-def _dx_example(W, g, idx, dx, b):
-    """dx[b] += sum_j g[b, idx[b, j]] W[idx[b, j]], eight rows of W per pass over dx[b].
-
-    Eight rather than four: each pass loads and stores dx[b] once, and at
-    the parser's shapes (k=20 rows of 2,400) the wider pass took 15-25 %
-    less time (scripts/parse_speed.py).
+    Whole rows by 2-D index: no row views to build per pass, and a column
+    index that starts at 0 (numba's wrap-around test of negative indices
+    would otherwise keep LLVM from vectorising).
     """
-    k = idx.shape[1]
-    m = W.shape[1]
-    d = dx[b]
-    j = 0
-    while j + 8 <= k:
-        i0, i1, i2, i3 = idx[b, j], idx[b, j + 1], idx[b, j + 2], idx[b, j + 3]
-        i4, i5, i6, i7 = idx[b, j + 4], idx[b, j + 5], idx[b, j + 6], idx[b, j + 7]
-        c0, c1, c2, c3 = g[b, i0], g[b, i1], g[b, i2], g[b, i3]
-        c4, c5, c6, c7 = g[b, i4], g[b, i5], g[b, i6], g[b, i7]
-        _add_eight(d, c0, c1, c2, c3, c4, c5, c6, c7,
-                   W[i0], W[i1], W[i2], W[i3], W[i4], W[i5], W[i6], W[i7])
-        j += 8
-    while j + 4 <= k:
-        i0, i1, i2, i3 = idx[b, j], idx[b, j + 1], idx[b, j + 2], idx[b, j + 3]
-        c0, c1, c2, c3 = g[b, i0], g[b, i1], g[b, i2], g[b, i3]
-        w0, w1, w2, w3 = W[i0], W[i1], W[i2], W[i3]
-        for t in range(m):
-            d[t] += c0 * w0[t] + c1 * w1[t] + c2 * w2[t] + c3 * w3[t]
-        j += 4
-    while j < k:
-        i = idx[b, j]
-        c = g[b, i]
-        w = W[i]
-        for t in range(m):
-            d[t] += c * w[t]
-        j += 1
+    i0, i1, i2, i3 = which[e], which[e + 1], which[e + 2], which[e + 3]
+    i4, i5, i6, i7 = which[e + 4], which[e + 5], which[e + 6], which[e + 7]
+    c0, c1, c2, c3 = coef[e], coef[e + 1], coef[e + 2], coef[e + 3]
+    c4, c5, c6, c7 = coef[e + 4], coef[e + 5], coef[e + 6], coef[e + 7]
+    if assign:
+        for t in range(out.shape[1]):
+            out[r, t] = ((c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
+                         + ((c4 * src[i4, t] + c5 * src[i5, t]) + (c6 * src[i6, t] + c7 * src[i7, t])))
+    else:
+        for t in range(out.shape[1]):
+            out[r, t] += ((c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
+                          + ((c4 * src[i4, t] + c5 * src[i5, t]) + (c6 * src[i6, t] + c7 * src[i7, t])))
 
 
 @njit(**JIT_OPTIONS)
-def _dw_row(x, g, rows, offsets, examples, values, p):
-    """values[p] = sum over the examples that selected rows[p] of g[b, rows[p]] x[b], eight at a time."""
-    m = x.shape[1]
-    i = rows[p]
-    v = values[p]
-    e = offsets[p]
-    end = offsets[p + 1]
-    b = examples[e]
-    c = g[b, i]
-    xb = x[b]
-    for t in range(m):
-        v[t] = c * xb[t]
-    e += 1
+def _gather4(out, r, src, which, coef, e, assign):
+    """:func:`_gather8` with four rows."""
+    i0, i1, i2, i3 = which[e], which[e + 1], which[e + 2], which[e + 3]
+    c0, c1, c2, c3 = coef[e], coef[e + 1], coef[e + 2], coef[e + 3]
+    if assign:
+        for t in range(out.shape[1]):
+            out[r, t] = (c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
+    else:
+        for t in range(out.shape[1]):
+            out[r, t] += (c0 * src[i0, t] + c1 * src[i1, t]) + (c2 * src[i2, t] + c3 * src[i3, t])
+
+
+@njit(**JIT_OPTIONS)
+def _gather1(out, r, src, which, coef, e, assign):
+    """:func:`_gather8` with one row."""
+    i0 = which[e]
+    c0 = coef[e]
+    if assign:
+        for t in range(out.shape[1]):
+            out[r, t] = c0 * src[i0, t]
+    else:
+        for t in range(out.shape[1]):
+            out[r, t] += c0 * src[i0, t]
+
+
+@njit(**JIT_OPTIONS)
+def _gather_sum(out, r, src, which, coef, start, end):
+    """out[r] = sum over e in [start, end) of coef[e] src[which[e]].
+
+    Eight source rows per pass, so each output element is loaded and
+    stored once per eight contributions; the first pass assigns (no
+    zeroing beforehand).
+    """
+    if start == end:
+        for t in range(out.shape[1]):
+            out[r, t] = 0
+        return
+    e = start
+    assign = True
     while e + 8 <= end:
-        b0, b1, b2, b3 = examples[e], examples[e + 1], examples[e + 2], examples[e + 3]
-        b4, b5, b6, b7 = examples[e + 4], examples[e + 5], examples[e + 6], examples[e + 7]
-        c0, c1, c2, c3 = g[b0, i], g[b1, i], g[b2, i], g[b3, i]
-        c4, c5, c6, c7 = g[b4, i], g[b5, i], g[b6, i], g[b7, i]
-        _add_eight(v, c0, c1, c2, c3, c4, c5, c6, c7,
-                   x[b0], x[b1], x[b2], x[b3], x[b4], x[b5], x[b6], x[b7])
+        _gather8(out, r, src, which, coef, e, assign)
+        assign = False
         e += 8
     while e + 4 <= end:
-        b0, b1, b2, b3 = examples[e], examples[e + 1], examples[e + 2], examples[e + 3]
-        c0, c1, c2, c3 = g[b0, i], g[b1, i], g[b2, i], g[b3, i]
-        x0, x1, x2, x3 = x[b0], x[b1], x[b2], x[b3]
-        for t in range(m):
-            v[t] += c0 * x0[t] + c1 * x1[t] + c2 * x2[t] + c3 * x3[t]
+        _gather4(out, r, src, which, coef, e, assign)
+        assign = False
         e += 4
     while e < end:
-        b = examples[e]
-        c = g[b, i]
-        xb = x[b]
-        for t in range(m):
-            v[t] += c * xb[t]
+        _gather1(out, r, src, which, coef, e, assign)
+        assign = False
         e += 1
+
+
+@njit(**JIT_OPTIONS)
+def _selection_plan(g, idx):
+    """The per-example selection as flat gather lists for both products.
+
+    Returns ``(flat, cx, rows, offsets, examples, cw)``: example b's input
+    gradient gathers rows ``flat[b k:(b + 1) k]`` of W with coefficients
+    ``cx`` (its selected entries of g); distinct row p = ``rows[p]`` of the
+    weight gradient gathers rows ``examples[offsets[p]:offsets[p + 1]]`` of
+    x with coefficients ``cw``.
+    """
+    B, k = idx.shape
+    rows, offsets, examples = _transpose_selection(idx, g.shape[1])
+    flat = np.ascontiguousarray(idx).reshape(-1)
+    cx = np.empty(B * k, dtype=g.dtype)
+    for b in range(B):
+        for j in range(k):
+            cx[b * k + j] = g[b, idx[b, j]]
+    cw = np.empty(examples.shape[0], dtype=g.dtype)
+    for p in range(rows.shape[0]):
+        i = rows[p]
+        for e in range(offsets[p], offsets[p + 1]):
+            cw[e] = g[examples[e], i]
+    return flat, cx, rows, offsets, examples, cw
 
 
 @njit(**JIT_OPTIONS)
@@ -148,19 +167,22 @@ def per_example_backward(x, W, g, idx, need_dx):
     Returns ``(dx, rows, values, db)``: dx[b] = sum_{i in S_b} g[b, i] W[i]
     (an empty (0, m) array unless `need_dx`); values[p] = sum over the
     examples b that selected rows[p] of g[b, rows[p]] x[b]; db = sum_b g[b].
-    dx is accumulated per example and values per distinct row, each in
-    passes that add up to eight contributions at once, so every output row
-    is loaded and stored once per eight inputs.
+    dx is gathered per example and values per distinct row, eight source
+    rows a pass. (Blocking the columns so that the selected rows stay in L2
+    measured slower at the parser's shapes, 100 x 500 x 2400: see
+    ``docs/results_parse.md``.)
     """
     B, m = x.shape
-    rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
+    k = idx.shape[1]
+    flat, cx, rows, offsets, examples, cw = _selection_plan(g, idx)
+    R = rows.shape[0]
+    dx = np.empty((B, m) if need_dx else (0, m), dtype=x.dtype)
     if need_dx:
         for b in range(B):
-            _dx_example(W, g, idx, dx, b)
-    values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    for p in range(rows.shape[0]):
-        _dw_row(x, g, rows, offsets, examples, values, p)
+            _gather_sum(dx, b, W, flat, cx, b * k, b * k + k)
+    values = np.empty((R, m), dtype=x.dtype)
+    for p in range(R):
+        _gather_sum(values, p, x, examples, cw, offsets[p], offsets[p + 1])
     return dx, rows, values, _column_sums(g)
 
 
@@ -168,14 +190,16 @@ def per_example_backward(x, W, g, idx, need_dx):
 def per_example_backward_parallel(x, W, g, idx, need_dx):
     """Parallel twin of :func:`per_example_backward`: examples, then distinct rows, over threads."""
     B, m = x.shape
-    rows, offsets, examples = _transpose_selection(idx, W.shape[0])
-    dx = np.zeros((B, m) if need_dx else (0, m), dtype=x.dtype)
+    k = idx.shape[1]
+    flat, cx, rows, offsets, examples, cw = _selection_plan(g, idx)
+    R = rows.shape[0]
+    dx = np.empty((B, m) if need_dx else (0, m), dtype=x.dtype)
     if need_dx:
         for b in prange(B):
-            _dx_example(W, g, idx, dx, b)
-    values = np.empty((rows.shape[0], m), dtype=x.dtype)
-    for p in prange(rows.shape[0]):
-        _dw_row(x, g, rows, offsets, examples, values, p)
+            _gather_sum(dx, b, W, flat, cx, b * k, b * k + k)
+    values = np.empty((R, m), dtype=x.dtype)
+    for p in prange(R):
+        _gather_sum(values, p, x, examples, cw, offsets[p], offsets[p + 1])
     return dx, rows, values, _column_sums(g)
 
 

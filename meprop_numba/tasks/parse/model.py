@@ -44,6 +44,9 @@ class ParserModel(Module):
     activation : {'cube', 'relu'}, default 'cube'
     dropout : float, default 0.0
         Dropout on the hidden activations.
+    error_feedback : float, default 0.0
+        Error-feedback decay of the meProp hidden layer
+        (:class:`~meprop_numba.nn.Linear`'s `error_feedback`; unused when dense).
     dtype : {numpy.float32, numpy.float64}, default float32
     rng : numpy.random.Generator or int, optional
         Source of the initial weights, dropout masks and random-k
@@ -74,7 +77,8 @@ class ParserModel(Module):
     """
 
     def __init__(self, n_words, n_pos, n_labels, n_transitions, *, dim=50, hidden=500, k=20,
-                 selection="topk", activation="cube", dropout=0.0, dtype=np.float32, rng=None):
+                 selection="topk", activation="cube", dropout=0.0, error_feedback=0.0,
+                 dtype=np.float32, rng=None):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if k is not None and int(k) > int(hidden):
@@ -83,7 +87,8 @@ class ParserModel(Module):
         self.word_embedding = Embedding(n_words, dim, dtype=dtype, rng=self.rng)
         self.pos_embedding = Embedding(n_pos, dim, dtype=dtype, rng=self.rng)
         self.label_embedding = Embedding(n_labels, dim, dtype=dtype, rng=self.rng)
-        self.hidden = Linear(N_SLOTS * dim, hidden, k, selection, dtype=dtype, rng=self.rng)
+        self.hidden = Linear(N_SLOTS * dim, hidden, k, selection, dtype=dtype, rng=self.rng,
+                             error_feedback=error_feedback if k is not None else 0.0)
         self.activation = ACTIVATIONS[activation]()
         self.dropout = Dropout(dropout, rng=self.rng)
         self.output = Linear(hidden, n_transitions, None, dtype=dtype, rng=self.rng)

@@ -54,6 +54,9 @@ class ParseConfig(RunConfig):
     activation : {'cube', 'relu'}, default 'cube'
     dropout : float, default 0.0
         On the hidden activations.
+    error_feedback : float, default 0.0
+        Error-feedback decay of the meProp hidden layer (see
+        :class:`~meprop_numba.nn.Linear`); the memory restarts at each epoch.
     min_word_freq : int, default 2
         Training words seen fewer times share the UNK embedding.
     max_train_sentences, max_dev_sentences : int or None
@@ -80,6 +83,7 @@ class ParseConfig(RunConfig):
     selection: str = "topk"
     activation: str = "cube"
     dropout: float = 0.0
+    error_feedback: float = 0.0
     min_word_freq: int = 2
     max_train_sentences: int = None
     max_dev_sentences: int = None
@@ -100,6 +104,9 @@ class ParseConfig(RunConfig):
                              f"got {self.activation!r}")
         if isinstance(self.dropout, bool) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if (isinstance(self.error_feedback, bool) or not isinstance(self.error_feedback, (int, float))
+                or not 0.0 <= self.error_feedback < 1.0):
+            raise ValueError(f"error_feedback must be in [0, 1), got {self.error_feedback!r}")
 
 
 @dataclasses.dataclass
@@ -219,6 +226,9 @@ class ParseTask(Task):
                            help="hidden activation (default cube, as Chen & Manning)")
         group.add_argument("--dropout", type=float, default=0.0,
                            help="dropout on the hidden activations (default 0)")
+        group.add_argument("--error-feedback", type=float, default=0.0, metavar="BETA",
+                           help="error-feedback decay of the meProp hidden layer, in [0, 1) "
+                                "(default 0: plain meProp)")
         group.add_argument("--min-word-freq", type=positive_int_arg, default=2,
                            help="words seen fewer times share the UNK embedding (default 2)")
         group.add_argument("--max-train-sentences", type=positive_int_arg, default=None,
@@ -227,7 +237,8 @@ class ParseTask(Task):
                            help="evaluate on the first N dev sentences only")
 
     def config_from_args(self, args, shared):
-        names = ("hidden", "dim", "k", "selection", "activation", "dropout", "min_word_freq",
+        names = ("hidden", "dim", "k", "selection", "activation", "dropout", "error_feedback",
+                 "min_word_freq",
                  "max_train_sentences", "max_dev_sentences")
         data_dir = args.data_dir or os.environ.get(ENV_DATA_DIR)
         return ParseConfig(**shared, data_dir=data_dir, **{n: getattr(args, n) for n in names})
@@ -247,7 +258,8 @@ class ParseTask(Task):
         return ParserModel(len(v.words), len(v.pos), len(v.labels) + 1, v.n_transitions,
                            dim=config.dim, hidden=config.hidden, k=config.k,
                            selection=config.selection, activation=config.activation,
-                           dropout=config.dropout, dtype=np.dtype(config.dtype), rng=rng)
+                           dropout=config.dropout, error_feedback=config.error_feedback,
+                           dtype=np.dtype(config.dtype), rng=rng)
 
     def n_batches(self, config, data):
         return -(-len(data.transitions) // config.batch_size)
@@ -256,10 +268,14 @@ class ParseTask(Task):
         order = rng.permutation(len(data.transitions))
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            yield data.features[idx], data.transitions[idx]
+            # The third entry marks an epoch's first batch: the error-feedback
+            # memory restarts there, so a run resumed from a checkpoint continues exactly.
+            yield data.features[idx], data.transitions[idx], start == 0
 
     def loss(self, model, batch):
-        features, transitions = batch
+        features, transitions, epoch_start = batch if len(batch) == 3 else (*batch, False)
+        if epoch_start:
+            model.hidden.reset_error_feedback()
         return softmax_cross_entropy(model.forward(features, train=True), transitions)
 
     def component_seconds(self, model):
@@ -293,9 +309,11 @@ class ParseTask(Task):
                 "pos": len(data.vocab.pos)}
 
     def label(self, config):
+        dropout = f" dropout {config.dropout:g}" if config.dropout else ""
         if config.k is None:
-            return f"dense h={config.hidden}"
-        return f"meProp k={config.k} {config.selection}"
+            return f"dense h={config.hidden}{dropout}"
+        feedback = f" error feedback {config.error_feedback:g}" if config.error_feedback else ""
+        return f"meProp k={config.k} {config.selection}{dropout}{feedback}"
 
     def describe(self, config, data):
         s = data.stats
