@@ -565,7 +565,7 @@ def test_optimizer_refuses_a_parameter_listed_twice(make):
 
 
 def test_cuda_step_uses_the_shared_checks():
-    # The CUDA path's checks are the CPU path's (optim.check_param / check_grad): CPU
+    # The CUDA path's checks are the CPU path's (optim._check_param / _check_grad): CPU
     # tensors reach them and are refused before any device work.
     from meprop_numba.torch import _backend
 
@@ -574,14 +574,14 @@ def test_cuda_step_uses_the_shared_checks():
     with pytest.raises(TypeError, match=r"one kind of device \(cuda here\)"):
         _backend.cuda_step(optim.Adam([p]))
     with pytest.raises(ValueError, match="sparse_dim 1"):
-        optim.check_grad(p, torch.ones(3, 2).to_sparse(), 0, 0)
+        optim._check_grad(p, torch.ones(3, 2).to_sparse(), 0, 0)
     with pytest.raises(ValueError, match="values of shape"):
-        optim.check_grad(p, sparse_grad([0], torch.ones(1, 5), (3, 5)), 0, 0)
+        optim._check_grad(p, sparse_grad([0], torch.ones(1, 5), (3, 5)), 0, 0)
     with pytest.raises(TypeError, match="float64 on cpu, expected torch.float32"):
-        optim.check_grad(p, torch.ones(3, 2, dtype=torch.float64), 0, 0)
+        optim._check_grad(p, torch.ones(3, 2, dtype=torch.float64), 0, 0)
     with pytest.raises(ValueError, match="5 elements, expected 6"):
-        optim.check_grad(p, torch.ones(5), 0, 0)
-    rows, values = optim.check_grad(p, sparse_grad([2], torch.ones(1, 2), (3, 2)), 0, 0)
+        optim._check_grad(p, torch.ones(5), 0, 0)
+    rows, values = optim._check_grad(p, sparse_grad([2], torch.ones(1, 2), (3, 2)), 0, 0)
     assert rows.tolist() == [2] and values.shape == (1, 2)
 
 

@@ -42,7 +42,7 @@ def cuda_step(optimizer):
     """One step of a :mod:`meprop_numba.torch.optim` optimizer whose parameters are CUDA tensors.
 
     Every parameter and gradient is checked first, by the CPU step's own checks
-    (:func:`~meprop_numba.torch.optim.check_param`, :func:`~meprop_numba.torch.optim.check_grad`:
+    (``optim._check_param``, ``optim._check_grad``:
     dtype, device, layout, shapes), then on the device (NaN/Inf, the rows of a row-sparse
     one), so a bad one changes no parameter; then each parameter is updated in place by the
     :mod:`meprop_numba._cuda` kernels, only the rows of a row-sparse gradient.
@@ -50,7 +50,7 @@ def cuda_step(optimizer):
     import torch
 
     from .. import _cuda
-    from .optim import _name, check_grad, check_param, coalesced
+    from .optim import _name, _check_grad, _check_param, _coalesced
 
     kind = {"Adam": "adam", "SGD": "sgd", "AdaGrad": "adagrad"}[type(optimizer).__name__]
     work = []
@@ -59,13 +59,13 @@ def cuda_step(optimizer):
             g = p.grad
             if g is None:
                 continue
-            check_param(p, i, j, "cuda")
-            rows, values = check_grad(p, g, i, j)
+            _check_param(p, i, j, "cuda")
+            rows, values = _check_grad(p, g, i, j)
             if rows is None:
                 grad = values.detach().reshape(p.shape).contiguous()
             else:
                 if not g.is_coalesced():  # the engine drops the flag; the device check refuses unordered rows
-                    g = coalesced(g)
+                    g = _coalesced(g)
                     rows, values = g._indices()[0], g._values()
                 grad = (rows, values.contiguous())
             with torch.cuda.device(p.device):

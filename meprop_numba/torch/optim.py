@@ -53,7 +53,7 @@ def _name(i, j, p):
     return f"param_groups[{i}]['params'][{j}] (shape {tuple(p.shape)})"
 
 
-def check_param(p, i, j, device):
+def _check_param(p, i, j, device):
     """Refuse a parameter the kernels cannot update in place; `device` is the type of the others' ('cpu', 'cuda')."""
     if p.dtype not in _NUMPY_DTYPES:
         raise TypeError(f"{_name(i, j, p)} has dtype {p.dtype}; these optimizers update float32/float64 "
@@ -65,7 +65,7 @@ def check_param(p, i, j, device):
         raise ValueError(f"{_name(i, j, p)} must be contiguous (it is updated in place)")
 
 
-def check_grad(p, g, i, j):
+def _check_grad(p, g, i, j):
     """``(rows, values)`` tensors of a row-sparse gradient or ``(None, g)`` of a dense one, after the checks of any device.
 
     `g` is the gradient of the checked parameter `p`
@@ -91,7 +91,7 @@ def check_grad(p, g, i, j):
     return None, g
 
 
-def coalesced(g):
+def _coalesced(g):
     """`g` with sorted distinct rows, repeats summed (``g.coalesce()`` returns a tensor flagged coalesced as it is)."""
     return torch.sparse_coo_tensor(g._indices(), g._values(), g.shape, check_invariants=False).coalesce()
 
@@ -101,7 +101,7 @@ def _grad_arrays(p, P, g, i, j):
 
     `P` is the NumPy view of the checked CPU parameter `p` (``param_groups[i]['params'][j]``).
     """
-    rows, values = check_grad(p, g, i, j)
+    rows, values = _check_grad(p, g, i, j)
     if rows is None:
         flat = (values.detach() if values.requires_grad else values).numpy().reshape(-1)  # a copy only if strided
         _finite(flat, p, i, j)
@@ -115,7 +115,7 @@ def _grad_arrays(p, P, g, i, j):
         raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows.min()} to {rows.max()}, "
                          f"outside [0, {P.shape[0]})")
     if status == 2:
-        g = coalesced(g)
+        g = _coalesced(g)
         rows, values = g._indices().numpy()[0], g._values().numpy()
     if not values.flags.c_contiguous:
         values = np.ascontiguousarray(values)
@@ -259,7 +259,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
         signature = (p.data_ptr(), p.dtype, p.shape, p.stride())
         if entry is not None and entry[0] is p and entry[1] == signature:
             return entry[2]
-        check_param(p, i, j, "cpu")
+        _check_param(p, i, j, "cpu")
         P = p.detach().numpy()
         cache[id(p)] = (p, signature, (P, P.reshape(-1)))
         self.__dict__.get("_state_cache", {}).pop(id(p), None)  # its state is re-checked against it
