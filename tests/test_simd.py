@@ -82,3 +82,58 @@ def test_integer_masks_take_scalars_of_other_widths():
     ge, gt, eq, _, _ = _int_masks(a, 0, np.int64(0x7FFFFFFF), np.int64(40))
     assert int(ge) == _as_mask((a[:64] & 0x7FFFFFFF) >= 40)
     assert int(gt) == _as_mask(a[:64] > 40) and int(eq) == _as_mask(a[:64] == 40)
+
+
+# ------------------------------------------------------------ gathered-row sums
+@st.composite
+def _gather_problems(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    m = draw(st.integers(1, 300))
+    n_src = draw(st.integers(1, 12))
+    counts = draw(st.lists(st.integers(0, 9), min_size=1, max_size=8))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    which = np.array(draw(st.lists(st.integers(0, n_src - 1), min_size=int(offsets[-1]),
+                                   max_size=int(offsets[-1]))), dtype=np.int64)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # src starts a chosen number of elements into a buffer: C-contiguous, its rows starting
+    # anywhere within a 64-byte line, all alike when a row is a multiple of 64 bytes
+    skip = draw(st.integers(0, 15))
+    buffer = rng.standard_normal(n_src * m + skip).astype(dtype)
+    src = buffer[skip:].reshape(n_src, m)
+    coef = rng.standard_normal(which.shape[0]).astype(dtype)
+    return src, which, coef, offsets
+
+
+@SETTINGS
+@given(_gather_problems(), st.booleans())
+def test_gather_rows_matches_numpy(problem, parallel):
+    from meprop_numba._cpu.linear import _gather_rows, _gather_rows_parallel
+    src, which, coef, offsets = problem
+    R, m = offsets.shape[0] - 1, src.shape[1]
+    out = np.full((R, m), np.nan, dtype=src.dtype)
+    (_gather_rows_parallel if parallel else _gather_rows)(out, src, which, coef, offsets)
+    expected = np.zeros((R, m))
+    for r in range(R):
+        for e in range(offsets[r], offsets[r + 1]):
+            expected[r] += float(coef[e]) * src[which[e]].astype(np.float64)
+    tol = 1e-5 if src.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max(initial=0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", [16, 72, 2400])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_gather_rows_on_rows_that_start_inside_a_line(dtype, m, parallel):
+    # rows of 64-byte multiples from every offset within a line: the tiled path with its head tile
+    from meprop_numba._cpu.linear import _gather_rows, _gather_rows_parallel
+    rng = np.random.default_rng(m)
+    which = rng.integers(0, 6, 40).astype(np.int64)
+    offsets = np.array([0, 7, 7, 20, 40], dtype=np.int64)
+    coef = rng.standard_normal(40).astype(dtype)
+    for skip in range(16):
+        src = rng.standard_normal(6 * m + skip).astype(dtype)[skip:].reshape(6, m)
+        out = np.empty((4, m), dtype=dtype)
+        (_gather_rows_parallel if parallel else _gather_rows)(out, src, which, coef, offsets)
+        expected = np.stack([coef[a:b].astype(np.float64) @ src[which[a:b]].astype(np.float64)
+                             for a, b in zip(offsets[:-1], offsets[1:])])
+        np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
