@@ -111,7 +111,7 @@ def test_gather_rows_matches_numpy(problem, parallel):
     src, which, coef, offsets = problem
     R, m = offsets.shape[0] - 1, src.shape[1]
     out = np.full((R, m), np.nan, dtype=src.dtype)
-    (_gather_rows_parallel if parallel else _gather_rows)(out, src, which, coef, offsets)
+    (_gather_rows_parallel if parallel else _gather_rows)(out, src, which, coef, offsets, False)
     expected = np.zeros((R, m))
     for r in range(R):
         for e in range(offsets[r], offsets[r + 1]):
@@ -133,7 +133,30 @@ def test_gather_rows_on_rows_that_start_inside_a_line(dtype, m, parallel):
     for skip in range(16):
         src = rng.standard_normal(6 * m + skip).astype(dtype)[skip:].reshape(6, m)
         out = np.empty((4, m), dtype=dtype)
-        (_gather_rows_parallel if parallel else _gather_rows)(out, src, which, coef, offsets)
+        (_gather_rows_parallel if parallel else _gather_rows)(out, src, which, coef, offsets, False)
         expected = np.stack([coef[a:b].astype(np.float64) @ src[which[a:b]].astype(np.float64)
                              for a, b in zip(offsets[:-1], offsets[1:])])
         np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_gather_rows_in_source_blocks_equals_one_pass_to_the_bit(dtype, parallel):
+    # more source rows than a block (1,024): ordered sources go block by block, added up
+    from meprop_numba._cpu.linear import _BLOCK_ROWS, _gather_rows, _gather_rows_parallel
+    rng = np.random.default_rng(7)
+    n_src, m = 2 * _BLOCK_ROWS + 300, 50
+    src = rng.standard_normal(n_src * m + 3).astype(dtype)[3:].reshape(n_src, m)  # rows inside a line
+    segments = [np.sort(rng.choice(n_src, size, replace=False)) for size in (0, 1, 900, 2000, 40)]
+    segments.append(np.arange(_BLOCK_ROWS - 2, _BLOCK_ROWS + 2))  # across a block boundary
+    which = np.concatenate(segments).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in segments])]).astype(np.int64)
+    coef = rng.standard_normal(which.shape[0]).astype(dtype)
+    gather = _gather_rows_parallel if parallel else _gather_rows
+    blocked, whole = (np.full((len(segments), m), np.nan, dtype=dtype) for _ in range(2))
+    gather(blocked, src, which, coef, offsets, True)
+    gather(whole, src, which, coef, offsets, False)
+    assert blocked.tobytes() == whole.tobytes()
+    expected = np.stack([coef[a:b].astype(np.float64) @ src[which[a:b]].astype(np.float64)
+                         for a, b in zip(offsets[:-1], offsets[1:])])
+    np.testing.assert_allclose(blocked, expected, rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-3)

@@ -24,7 +24,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["masked_ge_mask64", "int_gt_mask64", "int_eq_mask64", "int_gt_mask32",
-           "int_eq_mask32", "popcount", "lowest_bit", "row_tile_sum4", "row_tile_sum1"]
+           "int_eq_mask32", "popcount", "lowest_bit", "row_tile_sum4", "row_tile_sum1",
+           "row_tile_add4", "row_tile_add1"]
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -118,10 +119,12 @@ lowest_bit = _bit_count("llvm.cttz.i64", [ir.Constant(ir.IntType(1), 0)])
 lowest_bit.__doc__ = "Index of the lowest set bit of an integer's 64-bit pattern (64 for 0), as int64."
 
 
-def _row_tile_sum(vectors):
+def _row_tile_sum(vectors, add):
     """An intrinsic ``(out, r, c0, src, which, coef, start, end)`` that sets one tile of an output row.
 
     ``out[r, c0:c0 + w] = sum over e in [start, end) of coef[e] * src[which[e], c0:c0 + w]``
+    (with `add`, ``+=``: the sum starts from the tile's values, so a sum
+    split into consecutive ranges of e rounds exactly as in one call)
     with ``w = vectors * lanes`` columns, ``lanes = 64 // itemsize`` (one
     64-byte vector: 16 float32 or 8 float64). The sum runs in `vectors`
     vector registers, one fused multiply-add per source row and vector, in
@@ -157,9 +160,14 @@ def _row_tile_sum(vectors):
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                              f"llvm.fmuladd.v{lanes}f{size * 8}")
         zero = ir.Constant(vty, [0.0] * lanes)
+        target = builder.gep(builder.bitcast(out.data, bytes_ptr), [builder.add(builder.mul(r, out_stride), col_bytes)])
         sums = [cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
-        for s in sums:
-            builder.store(zero, s)
+        for v, s in enumerate(sums):
+            if add:
+                p = builder.bitcast(builder.gep(target, [_I64(64 * v)]), vty.as_pointer())
+                builder.store(builder.load(p, align=size), s)
+            else:
+                builder.store(zero, s)
         with cgutils.for_range_slice(builder, start, end, _I64(1), inc=True) as (e, _):
             row = builder.load(cgutils.get_item_pointer(context, builder, whichty, which, [e]))
             row = context.cast(builder, row, whichty.dtype, types.intp)
@@ -168,7 +176,6 @@ def _row_tile_sum(vectors):
             for v, s in enumerate(sums):
                 p = builder.bitcast(builder.gep(first, [_I64(64 * v)]), vty.as_pointer())
                 builder.store(builder.call(fma, [c, builder.load(p, align=size), builder.load(s)]), s)
-        target = builder.gep(builder.bitcast(out.data, bytes_ptr), [builder.add(builder.mul(r, out_stride), col_bytes)])
         for v, s in enumerate(sums):
             p = builder.bitcast(builder.gep(target, [_I64(64 * v)]), vty.as_pointer())
             builder.store(builder.load(s), p, align=size)
@@ -177,6 +184,8 @@ def _row_tile_sum(vectors):
     return intrinsic(typer)
 
 
-#: Tiles of four and of one 64-byte vector (:func:`_row_tile_sum`).
-row_tile_sum4 = _row_tile_sum(4)
-row_tile_sum1 = _row_tile_sum(1)
+#: Tiles of four and of one 64-byte vector (:func:`_row_tile_sum`), set or added to.
+row_tile_sum4 = _row_tile_sum(4, False)
+row_tile_sum1 = _row_tile_sum(1, False)
+row_tile_add4 = _row_tile_sum(4, True)
+row_tile_add1 = _row_tile_sum(1, True)
