@@ -553,6 +553,8 @@ def subset_timing(args):
             times = {arm: [] for arm in arms}
             data_rng = _seeds(args.seeds[0])[1]
             for epoch in range(args.epochs):
+                for model, _ in arms.values():
+                    task.start_epoch(model)
                 for step, b in enumerate(task.batches(configs["dense"], data, data_rng)):
                     order = list(arms)[step % 3:] + list(arms)[:step % 3]  # each arm first in turn
                     for arm in order:

@@ -139,11 +139,17 @@ def _step_calls(task, config, data, models, steps):
         batches.append(batch)
         if len(batches) == steps:
             break
-    calls = []
-    for model in models:
+
+    def steps_of(model):
         opt = Adam(model.parameters(), lr=1e-3)
-        calls.append(lambda m=model, o=opt: [train_step(m, o, task.loss, b) for b in batches])
-    return calls, len(batches)
+
+        def call():
+            task.start_epoch(model)  # the batches are an epoch's first ones
+            for b in batches:
+                train_step(model, opt, task.loss, b)
+        return call
+
+    return [steps_of(model) for model in models], len(batches)
 
 
 def _widths(model):

@@ -145,6 +145,7 @@ def ours_run(data, k, mode, batch_size, hidden, layers, epochs, seed, dataset, d
     optimizer = build_optimizer(config, model.parameters())
     accuracies = []
     for _ in range(epochs):
+        task.start_epoch(model)
         for batch in task.batches(config, data, data_rng):
             train_step(model, optimizer, task.loss, batch)
         accuracies.append(task.evaluate(model, data, "test")["accuracy"])

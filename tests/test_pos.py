@@ -437,6 +437,7 @@ def test_the_paper_preset_trains_exactly_the_tagger_without_the_new_options(tree
     optimizer = Adam(model.parameters(), lr=0.01)
     timers = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
     for _ in range(2):
+        POS_TASK.start_epoch(model)
         for batch in POS_TASK.batches(config, data, data_rng):
             train_step(model, optimizer, POS_TASK.loss, batch, timers)
     for (name, a), (_, b) in zip(task_model.named_parameters(), model.named_parameters()):

@@ -71,6 +71,10 @@ Methods (the loop calls them in this order)
 ``batches(config, data, rng)``
     Iterator over one epoch's training batches (shuffled with `rng`, the
     data generator; exactly ``n_batches`` of them).
+``start_epoch(model)``
+    Called before an epoch's first batch (default: nothing). The tasks
+    restart their error-feedback memories here, so that a run resumed from
+    an epoch's checkpoint (which holds no memory) continues exactly.
 ``loss(model, batch)``
     Forward pass in training mode plus the loss: returns ``(loss, grad)``
     with `loss` a Python float (the mean over the batch) and `grad` the
@@ -289,6 +293,15 @@ class Task:
             A batch, as :meth:`loss` takes it.
         """
         raise NotImplementedError
+
+    def start_epoch(self, model):
+        """Prepare `model` for a training epoch, before its first batch (default: nothing).
+
+        Parameters
+        ----------
+        model : meprop_numba.nn.Module
+            The model being trained.
+        """
 
     def loss(self, model, batch):
         """The training forward pass and the loss.

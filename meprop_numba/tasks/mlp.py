@@ -325,15 +325,13 @@ class MLPTask(Task):
         b = config.batch_size
         for step in range(self.n_batches(config, data)):
             rows = order[step * b:(step + 1) * b]
-            # The third entry marks an epoch's first batch: the error-feedback
-            # memory restarts there, so a run resumed from an epoch's checkpoint
-            # (which holds no memory) continues exactly.
-            yield x[rows], data.y_train[rows], step == 0
+            yield x[rows], data.y_train[rows]
+
+    def start_epoch(self, model):
+        model.reset_error_feedback()
 
     def loss(self, model, batch):
-        x, y, epoch_start = batch if len(batch) == 3 else (*batch, False)
-        if epoch_start:
-            model.reset_error_feedback()
+        x, y = batch
         return softmax_cross_entropy(model.forward(x, train=True), y, workspace=model.workspace)
 
     def component_seconds(self, model):

@@ -265,10 +265,6 @@ class Batch:
         Gold tag ids.
     lengths : ndarray of int64, shape (B,)
         Sentence lengths; positions at or after them are padding.
-    epoch_start : bool, default False
-        The first batch of a training epoch (the LSTM's error-feedback
-        memory restarts there, so a run resumed from an epoch's checkpoint
-        continues exactly).
 
     Examples
     --------
@@ -284,7 +280,6 @@ class Batch:
     features: np.ndarray   # (B, T, 7) int64, already offset into the shared feature table
     tags: np.ndarray       # (B, T) int64
     lengths: np.ndarray    # (B,) int64
-    epoch_start: bool = False
 
     @property
     def mask(self):
@@ -861,14 +856,13 @@ class POSTask(Task):
         b = config.batch_size
         for i in range(self.n_batches(config, data)):
             chosen = [data.train[j] for j in order[i * b:(i + 1) * b]]
-            batch = make_batch(chosen, offsets, word_dropout=config.word_dropout,
-                               word_counts=counts, rng=rng)
-            batch.epoch_start = i == 0
-            yield batch
+            yield make_batch(chosen, offsets, word_dropout=config.word_dropout,
+                             word_counts=counts, rng=rng)
+
+    def start_epoch(self, model):
+        model.lstm.reset_error_feedback()
 
     def loss(self, model, batch):
-        if batch.epoch_start:
-            model.lstm.reset_error_feedback()
         return softmax_cross_entropy(model.forward(batch, train=True), batch.tags[batch.mask])
 
     def component_seconds(self, model):

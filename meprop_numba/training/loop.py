@@ -859,6 +859,7 @@ def _fit(task, config, data, extra_state, state, checkpoint_dir, out, progress, 
             loss_sum, eval_s, row = 0.0, 0.0, None
             bar = _progress_bar(n_steps, f"{label} epoch {epoch}/{config.epochs}", progress)
             epoch_start = time.perf_counter()
+            task.start_epoch(model)
             for step, batch in enumerate(task.batches(config, data, data_rng), start=1):
                 if parallel is not None:
                     batch = parallel.shard(batch)

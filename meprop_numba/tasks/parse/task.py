@@ -268,14 +268,13 @@ class ParseTask(Task):
         order = rng.permutation(len(data.transitions))
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            # The third entry marks an epoch's first batch: the error-feedback
-            # memory restarts there, so a run resumed from a checkpoint continues exactly.
-            yield data.features[idx], data.transitions[idx], start == 0
+            yield data.features[idx], data.transitions[idx]
+
+    def start_epoch(self, model):
+        model.hidden.reset_error_feedback()
 
     def loss(self, model, batch):
-        features, transitions, epoch_start = batch if len(batch) == 3 else (*batch, False)
-        if epoch_start:
-            model.hidden.reset_error_feedback()
+        features, transitions = batch
         return softmax_cross_entropy(model.forward(features, train=True), transitions)
 
     def component_seconds(self, model):
