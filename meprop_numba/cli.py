@@ -294,6 +294,8 @@ def _run_train(args):
         results = fit(task, config, data, checkpoint_dir=args.checkpoint_dir,
                       resume=args.resume, overwrite=args.overwrite, out=args.out,
                       progress=progress, log=_resume_log, parallel=parallel)
+        if parallel is not None:
+            parallel.close()
     except TrainingDiverged as exc:
         if exc.results and exc.results["epochs"]:
             print(epoch_table([(label, exc.results)], task.metric, task.component_timers))
@@ -313,6 +315,9 @@ def _run_train(args):
             raise
         _error(exc)
         return EXIT_PEER
+    finally:
+        if parallel is not None:  # leaving the group: a rank that exits in it can abort at exit
+            parallel.close(wait=False)
     if not show:
         return EXIT_OK
     print(epoch_table([(label, results)], task.metric, task.component_timers))

@@ -326,3 +326,27 @@ def test_one_rank_trains_as_without_data_parallel(one_rank_group, tmp_path):
     n_steps = 120 // 20
     assert parallel.bytes_sent["scores"] == n_steps * 2 * 16 * 8  # two hidden layers' column scores
     assert sorted(parallel.bytes_sent) == ["broadcast", "dense", "other", "scores"]
+
+
+def test_close_leaves_the_group_init_from_env_joined_and_only_that(monkeypatch):
+    import datetime
+
+    from meprop_numba.torch.distributed import _free_port
+
+    dist = torch.distributed
+    from meprop_numba.training.distributed import init_from_env
+
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(name, value)
+    parallel = init_from_env(timeout=30)
+    assert dist.is_initialized()
+    parallel.close()
+    assert not dist.is_initialized()  # an exit in the group could abort in gloo's threads
+    parallel.close()  # a second call does nothing
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        DataParallel().close()
+        assert dist.is_initialized()  # the caller's own group stays
+    finally:
+        dist.destroy_process_group()

@@ -117,12 +117,15 @@ def init_from_env(timeout=DEFAULT_TIMEOUT):
     if torchrun_world() is None:
         raise ValueError("RANK and WORLD_SIZE are not set: start the ranks with torchrun")
     dist = _torch_distributed()
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         try:
             dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=float(timeout)))
         except Exception as err:
             raise RuntimeError(f"data parallel: cannot join the process group ({err})") from err
-    return DataParallel()
+    parallel = DataParallel()
+    parallel._leaves_group = joined
+    return parallel
 
 
 def _torch_distributed():
@@ -198,6 +201,8 @@ class DataParallel(_Counted):
         self.rank, self.world_size = self._comm.rank, self._comm.world
         self._names = []
         self._same_rows = set()
+        self._leaves_group = False  # init_from_env's groups are left by close()
+        self._closed = False
 
     @property
     def is_writer(self):
@@ -388,6 +393,38 @@ class DataParallel(_Counted):
         total = torch.tensor([float(value)], dtype=torch.float64)
         self._comm.all_reduce(total, what, "other")
         return float(total[0]) / self.world_size
+
+    def close(self, wait=True):
+        """End this rank's part: wait for every rank, then leave the group :func:`init_from_env` joined.
+
+        A process that exits while still in a gloo group can abort at exit
+        (its connection threads are torn down running), so the command line
+        closes the group after training; a group created by the caller is
+        left to the caller. A second call does nothing.
+
+        Parameters
+        ----------
+        wait : bool, default True
+            Pass a barrier first (after a successful run); False leaves at
+            once (after an error, when another rank may be gone).
+
+        Raises
+        ------
+        RuntimeError
+            If the barrier fails (another rank stopped or timed out); the
+            group is left all the same.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if wait:
+                self.barrier("the end of the run")
+        finally:
+            if self._leaves_group:
+                dist = _torch_distributed()
+                if dist.is_initialized():
+                    dist.destroy_process_group()
 
     def barrier(self, what):
         """Wait for every rank.
