@@ -129,6 +129,34 @@ def _gather_tile(out, src, which, coef, lo, hi, c0, wide, add):
             row_tile_sum1(out, r, c0, src, which, coef, lo[r], hi[r])
 
 
+#: Below this many sources per output row on average, :func:`_gather_rows` goes row by row.
+_FEW_SOURCES = 8
+
+
+@njit(**JIT_OPTIONS)
+def _few_sources(out, offsets):
+    """Whether the output rows gather fewer than :data:`_FEW_SOURCES` rows each on average.
+
+    Then the sums go row by row (each output row written once, in order)
+    rather than tile by tile: with a row or two per sum, as in the weight
+    gradient of a small minibatch, a tile of the sources is hardly reused
+    while the tile order writes the output rows in scattered pieces
+    (measured 1.2-1.3x slower at 50 x 784, 434 rows of 2.3 sources).
+    """
+    R = out.shape[0]
+    return offsets[R] - offsets[0] < _FEW_SOURCES * R
+
+
+@njit(**JIT_OPTIONS)
+def _gather_row(out, r, src, which, coef, offsets, starts, wide):
+    """Every tile of output row r, in order."""
+    for t in range(starts.shape[0]):
+        if wide[t]:
+            row_tile_sum4(out, r, starts[t], src, which, coef, offsets[r], offsets[r + 1])
+        else:
+            row_tile_sum1(out, r, starts[t], src, which, coef, offsets[r], offsets[r + 1])
+
+
 @njit(**JIT_OPTIONS)
 def _gather_narrow(out, src, which, coef, offsets):
     """:func:`_gather_rows` for rows narrower than one vector."""
@@ -188,7 +216,8 @@ def _gather_rows(out, src, which, coef, offsets, ordered):
 
     Tile by tile of columns (:func:`_column_tiles`), every output row's
     tile in turn, so that the tile's part of the gathered rows stays in L1
-    while all rows use it; within a tile the sum is held in vector
+    while all rows use it (row by row where rows gather few sources,
+    :func:`_few_sources`); within a tile the sum is held in vector
     registers (:func:`meprop_numba._cpu.simd.row_tile_sum4`). Where each
     row's sources are `ordered` (increasing) and `src` is taller than
     :data:`_BLOCK_ROWS`, the sources go block by block of rows
@@ -199,6 +228,10 @@ def _gather_rows(out, src, which, coef, offsets, ordered):
         _gather_narrow(out, src, which, coef, offsets)
         return
     starts, wide, lo, hi = _column_tiles(src, out.shape[1])
+    if _few_sources(out, offsets):
+        for r in range(out.shape[0]):
+            _gather_row(out, r, src, which, coef, offsets, starts, wide)
+        return
     bounds = _source_blocks(which, offsets, src.shape[0], ordered)
     for j in range(bounds.shape[0] - 1):
         for t in range(lo, hi):
@@ -213,6 +246,10 @@ def _gather_rows_parallel(out, src, which, coef, offsets, ordered):
         _gather_narrow(out, src, which, coef, offsets)
         return
     starts, wide, lo, hi = _column_tiles(src, out.shape[1])
+    if _few_sources(out, offsets):
+        for r in prange(out.shape[0]):
+            _gather_row(out, r, src, which, coef, offsets, starts, wide)
+        return
     bounds = _source_blocks(which, offsets, src.shape[0], ordered)
     for j in range(bounds.shape[0] - 1):
         for t in prange(lo, hi):
