@@ -81,7 +81,8 @@ def instrument():
     base._work = timed("optimizer/checks (gradients, parameters)", base._work)
     base._state_views = timed("optimizer/state views", base._state_views)
     for name in ("row_gradient_status", "count_nonfinite"):
-        setattr(optim.K, name, timed("optimizer/checks (gradients, parameters)/NaN, Inf and rows", getattr(optim.K, name)))
+        setattr(optim.K, name, timed("optimizer/checks (gradients, parameters)/NaN, Inf and rows",
+                                     getattr(optim.K, name)))
     for name in ("adam_rows", "adam_flat"):
         setattr(optim.K, name, timed("optimizer/update kernels", getattr(optim.K, name)))
 

@@ -81,9 +81,9 @@ def _backward_tensors(x, weight, grad, k, unified, indices, need_dx, counter=Non
 
 
 def _host_backward(x, weight, grad, k, unified, indices, need_dx, counter):
-    """The CPU part of :func:`_backward_tensors`: ``dx`` (a tensor of `x`'s shape, or None) and NumPy ``rows, values, db``.
+    """The CPU part of :func:`_backward_tensors`: ``dx`` and NumPy ``rows, values, db``.
 
-    None for an empty batch.  `rows` is a writeable copy (the kernels' own is
+    `dx` is a tensor of `x`'s shape, or None.  None for an empty batch.  `rows` is a writeable copy (the kernels' own is
     read-only, and torch warns on such arrays).
     """
     n, m = weight.shape

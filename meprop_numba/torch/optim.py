@@ -169,7 +169,6 @@ def _finite(a, p, i, j):
 _TORCH_ONLY = {"weight_decay": 0.0, "amsgrad": False, "maximize": False, "nesterov": False, "dampening": 0.0}
 
 
-_ORDER = reversed
 _PRE_HOOKS = _torch_optimizer._global_optimizer_pre_hooks
 _POST_HOOKS = _torch_optimizer._global_optimizer_post_hooks
 _profiling = torch.autograd._profiler_enabled
@@ -486,7 +485,7 @@ class Adam(_KernelOptimizer):
             _backend.cuda_step(self)
             return loss
         key = args = None
-        for group, e, rows, grad in _ORDER(self._work()):
+        for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
             M, V, step = self._state_views(e, group, rows is None)
             t = _advance(step)
             b1, b2 = group["betas"]
@@ -556,7 +555,7 @@ class SGD(_KernelOptimizer):
         if _backend.on_cuda(self.param_groups):
             _backend.cuda_step(self)
             return loss
-        for group, e, rows, grad in _ORDER(self._work()):
+        for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
             cast = e.array.dtype.type
             lr, mu = cast(group["lr"]), group["momentum"]
             if mu == 0:
@@ -638,7 +637,7 @@ class AdaGrad(_KernelOptimizer):
         if _backend.on_cuda(self.param_groups):
             _backend.cuda_step(self)
             return loss
-        for group, e, rows, grad in _ORDER(self._work()):
+        for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
             S, step = self._state_views(e, group, rows is None)
             t = _advance(step)
             cast = e.array.dtype.type
