@@ -204,9 +204,15 @@ def overheads(repeat):
     rows.append(("the same through the torch wrapper (views, tensors back)", wrapped))
     layer = MePropLinear(500, 500, k=20)
     xl = torch.rand(10, 500, requires_grad=True)
-    rows.append(("MePropLinear forward + backward, same shapes", us(lambda: layer(xl).backward(g))))
+
+    def fresh(module):  # each backward from cleared gradients, as after zero_grad (summing sparse ones grows)
+        module.zero_grad(set_to_none=True)
+        xl.grad = None
+        module(xl).backward(g)
+
+    rows.append(("MePropLinear forward + backward, same shapes", us(lambda: fresh(layer))))
     dense = torch.nn.Linear(500, 500)
-    rows.append(("nn.Linear forward + backward, same shapes", us(lambda: dense(xl).backward(g))))
+    rows.append(("nn.Linear forward + backward, same shapes", us(lambda: fresh(dense))))
     p = torch.nn.Parameter(torch.zeros(500, 784))
     p.grad = torch.sparse_coo_tensor(rows_idx[:20].unsqueeze(0), values[:20], (500, 784), check_invariants=True)
     opt = optim.Adam([p])
