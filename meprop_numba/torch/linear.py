@@ -179,9 +179,12 @@ def _apply_sparse_grad(x, weight, bias, k, selection):
     return _APPLY(_UNWRAP(x), _UNWRAP(weight), None if bias is None else _UNWRAP(bias), k, selection)
 
 
-_FUNCTORCH_ACTIVE = torch._C._are_functorch_transforms_active
-_UNWRAP = torch._C._functorch.unwrap_if_dead
-_APPLY = super(torch.autograd.Function, _SparseGradLinear).apply  # torch._C._FunctionBase.apply, bound to the class
+try:  # private torch names (torch 2.x): without them, the public apply
+    _FUNCTORCH_ACTIVE = torch._C._are_functorch_transforms_active
+    _UNWRAP = torch._C._functorch.unwrap_if_dead
+    _APPLY = super(torch.autograd.Function, _SparseGradLinear).apply  # torch._C._FunctionBase.apply, bound
+except AttributeError:  # pragma: no cover - other torch versions
+    _apply_sparse_grad = _SparseGradLinear.apply  # noqa: F811
 
 
 # ------------------------------------------------------------- custom ops (torch.compile, dense gradients)
