@@ -10,9 +10,11 @@ Cases (float32, timings taken in turns, medians of the rounds):
    embedded Fashion-MNIST subset (shuffled once), as a user would: on one
    fixed minibatch the loss falls to ~1e-6 within 100 steps and the
    gradients stop being those of training.
-2. One layer, B=256, 4096 -> 4096, unified k=64: the backward alone, and
-   forward + backward + Adam step (inputs and output gradients cycle
-   through 4 random sets).
+2. One layer, B=256, 4096 -> 4096, unified k=64: the backward alone (each
+   starting without gradients, as after ``zero_grad()``: accumulating into
+   the previous ones would time the accumulation too, and a row-sparse
+   gradient summed over many backwards grows), and forward + backward + Adam
+   step (inputs and output gradients cycle through 4 random sets).
 3. Per-call overheads: an empty ``autograd.Function``, the NumPy round trip,
    packing the row gradient as COO, the wrapper around the kernel.
 
@@ -129,8 +131,10 @@ def one_layer(meprop, B=256, n=4096, k=64, sets=4):
                        for _ in range(sets)])
     pending = []
 
-    def forward():
+    def forward():  # untimed: also clears the gradients, as opt.zero_grad() does before a training backward
         x, g = following()
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
         pending.append((layer(x), g))
 
     def backward():
@@ -200,9 +204,15 @@ def overheads(repeat):
     rows.append(("the same through the torch wrapper (views, tensors back)", wrapped))
     layer = MePropLinear(500, 500, k=20)
     xl = torch.rand(10, 500, requires_grad=True)
-    rows.append(("MePropLinear forward + backward, same shapes", us(lambda: layer(xl).backward(g))))
+
+    def fresh(module):  # each backward from cleared gradients, as after zero_grad (summing sparse ones grows)
+        module.zero_grad(set_to_none=True)
+        xl.grad = None
+        module(xl).backward(g)
+
+    rows.append(("MePropLinear forward + backward, same shapes", us(lambda: fresh(layer))))
     dense = torch.nn.Linear(500, 500)
-    rows.append(("nn.Linear forward + backward, same shapes", us(lambda: dense(xl).backward(g))))
+    rows.append(("nn.Linear forward + backward, same shapes", us(lambda: fresh(dense))))
     p = torch.nn.Parameter(torch.zeros(500, 784))
     p.grad = torch.sparse_coo_tensor(rows_idx[:20].unsqueeze(0), values[:20], (500, 784), check_invariants=True)
     opt = optim.Adam([p])

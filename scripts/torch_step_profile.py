@@ -65,9 +65,9 @@ def instrument():
     sgl = linear._SparseGradLinear
     sgl.backward = staticmethod(timed("backward/meProp layers", sgl.backward))
     linear._random_indices = timed("backward/meProp layers/random selection", linear._random_indices)
-    linear._backward_tensors = timed("backward/meProp layers/torch wrapper", linear._backward_tensors)
-    linear._backend.linear_backward = timed("backward/meProp layers/torch wrapper/linear_backward",
-                                            linear._backend.linear_backward)
+    linear._host_backward = timed("backward/meProp layers/torch wrapper", linear._host_backward)
+    linear._backend.linear_backward_selected = timed("backward/meProp layers/torch wrapper/linear_backward",
+                                                     linear._backend.linear_backward_selected)
     torch_module = linear.torch
 
     class _Timed:  # the layer module's `torch`, with sparse_coo_tensor timed
@@ -80,6 +80,9 @@ def instrument():
     base = optim._KernelOptimizer
     base._work = timed("optimizer/checks (gradients, parameters)", base._work)
     base._state_views = timed("optimizer/state views", base._state_views)
+    for name in ("row_gradient_status", "count_nonfinite"):
+        setattr(optim.K, name, timed("optimizer/checks (gradients, parameters)/NaN, Inf and rows",
+                                     getattr(optim.K, name)))
     for name in ("adam_rows", "adam_flat"):
         setattr(optim.K, name, timed("optimizer/update kernels", getattr(optim.K, name)))
 

@@ -546,6 +546,114 @@ def test_check_rows_kernel_equals_reference(rows, nrows):
     assert check_rows(np.array(rows, dtype=np.int64), nrows) == expected
 
 
+BAD_VALUES = st.sampled_from([float("nan"), float("inf"), -float("inf"), 3.0e38, -3.4e38, 1e-45, 0.0, 1.0])
+
+
+@settings(deadline=None, max_examples=60)
+@given(rows=st.lists(st.integers(-2, 9), max_size=6), nrows=st.integers(0, 8), width=st.integers(1, 5),
+       bad=st.lists(st.tuples(st.integers(0, 100), BAD_VALUES), max_size=3),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_nan_inf_kernels_equal_reference(rows, nrows, width, bad, dtype):
+    from meprop_numba._cpu.optim import count_nonfinite, row_gradient_status
+
+    values = np.ones((len(rows), width), dtype=dtype)
+    flat = values.reshape(-1)
+    for position, value in bad:
+        if flat.size:
+            flat[position % flat.size] = value
+    big = np.finfo(dtype).max
+    assert count_nonfinite(flat, big) == np.count_nonzero(~np.isfinite(flat))
+    rows = np.array(rows, dtype=np.int64)
+    expected = (1 if any(r < 0 or r >= nrows for r in rows)
+                else 2 if any(b <= a for a, b in zip(rows, rows[1:]))
+                else 3 if not np.isfinite(values).all() else 0)
+    assert row_gradient_status(rows, nrows, values, big) == expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+@pytest.mark.parametrize("make", [optim.Adam, lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), optim.AdaGrad])
+def test_optimizer_refuses_nan_or_inf_in_any_gradient_layout(make, layout, bad):
+    a, b = torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(4, 3))
+    opt = make([a, b])
+    a.grad = sparse_grad([0, 2], torch.ones(2, 3), (4, 3))
+    values = torch.ones(2, 3)
+    values[1, 2] = bad
+    dense = torch.ones(4, 3).index_copy_(0, torch.tensor([1, 3]), values)
+    b.grad = sparse_grad([1, 3], values, (4, 3)) if layout == "sparse" else dense
+    states = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in (a, b)}
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\].*NaN or Inf"):
+        opt.step()
+    assert torch.equal(a, torch.zeros(4, 3)) and torch.equal(b, torch.zeros(4, 3))
+    assert all(torch.equal(v, states[p][k]) for p in (a, b) for k, v in opt.state[p].items())
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_optimizer_takes_gradients_off_the_common_layouts(kind):
+    # Non-contiguous values, values and dense gradients that require grad, a strided dense
+    # gradient: the general path, with the same result as the common layouts.
+    ours, _, hyper = OPTIMIZERS[kind]
+    torch.manual_seed(0)
+    start = torch.randn(5, 3, dtype=torch.float64)
+    values, dense = torch.randn(2, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    variants = {
+        "common": (sparse_grad([1, 4], values, (5, 3)), dense),
+        "odd": (torch.sparse_coo_tensor(torch.tensor([[1, 4]]), values.T.contiguous().T, (5, 3), check_invariants=True),
+                dense.T.contiguous().T),
+        "requires_grad": (sparse_grad([1, 4], values.clone().requires_grad_(True), (5, 3)),
+                          dense.clone().requires_grad_(True)),
+    }
+    results = {}
+    for name, (gW, gV) in variants.items():
+        W, V = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+        opt = ours([W, V], **hyper)
+        for _ in range(2):
+            W.grad, V.grad = gW, gV
+            opt.step()
+        results[name] = (W.detach().clone(), V.detach().clone())
+    assert not variants["odd"][0]._values().is_contiguous() and not variants["odd"][1].is_contiguous()
+    for name in ("odd", "requires_grad"):
+        assert torch.equal(results[name][0], results["common"][0])
+        assert torch.equal(results[name][1], results["common"][1])
+
+
+def test_optimizer_checks_every_state_before_changing_anything():
+    a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(3, 2))
+    opt = optim.Adam([a, b])
+    a.grad, b.grad = torch.ones(3, 2), torch.ones(3, 2)
+    opt.step()
+    before = a.detach().clone()
+    opt.state[b]["exp_avg"] = torch.zeros(2, 2)  # a broken state for the second parameter
+    a.grad, b.grad = torch.ones(3, 2), torch.ones(3, 2)
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.step()
+    assert torch.equal(a, before) and float(opt.state[a]["step"]) == 1.0
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_step_counts_equal_torch(kind):
+    ours, theirs, hyper = OPTIMIZERS[kind]
+    if kind == "sgd":
+        return  # no step count
+    a, c = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    opt_a, opt_c = ours([a], **hyper), theirs([c], **hyper)
+    for _ in range(3):
+        a.grad, c.grad = torch.ones(3), torch.ones(3)
+        opt_a.step()
+        opt_c.step()
+    assert opt_a.state[a]["step"].dtype == opt_c.state[c]["step"].dtype
+    assert float(opt_a.state[a]["step"]) == float(opt_c.state[c]["step"]) == 3.0
+
+
+def test_layer_apply_is_the_function_and_refuses_functorch_transforms():
+    layer = MePropLinear(5, 4, k=2)
+    x = torch.randn(3, 5)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "_SparseGradLinearBackward"
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda x: layer(x).sum())(x)  # as torch.autograd.Function.apply refuses it
+
+
 @pytest.mark.parametrize("make", [optim.Adam, optim.SGD, optim.AdaGrad])
 def test_optimizer_refuses_a_parameter_listed_twice(make):
     a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(2))

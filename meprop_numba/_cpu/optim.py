@@ -108,3 +108,35 @@ def adagrad_rows(P, A, rows, values, lr, eps):
             gt = values[j, t]
             A[r, t] += gt * gt
             P[r, t] -= lr * gt / (np.sqrt(A[r, t]) + eps)
+
+
+@njit(**JIT_OPTIONS)
+def count_nonfinite(a, big):
+    """The number of NaN or +-Inf entries of the 1-D array `a`; `big` is its dtype's largest finite value.
+
+    ``abs(x) <= big`` is false exactly for NaN and +-Inf (the kernels' fast-math
+    flags keep NaN/Inf semantics), and the count vectorises.
+    """
+    bad = 0
+    for t in range(a.shape[0]):
+        bad += not abs(a[t]) <= big
+    return bad
+
+
+@njit(**JIT_OPTIONS)
+def row_gradient_status(rows, nrows, values, big):
+    """:func:`check_rows` of `rows`, then, if they are in order, 3 where `values` (2-D) holds NaN or +-Inf.
+
+    One call for the checks a row update needs before it changes anything:
+    0 valid; 1 a row outside ``[0, nrows)``; 2 unordered or repeated rows (the
+    values are not looked at: they are summed before being checked); 3 a
+    NaN or +-Inf value.
+    """
+    status = check_rows(rows, nrows)
+    if status != 0:
+        return status
+    bad = 0
+    for j in range(values.shape[0]):
+        for t in range(values.shape[1]):
+            bad += not abs(values[j, t]) <= big
+    return 3 if bad else 0

@@ -73,22 +73,32 @@ def _backward_tensors(x, weight, grad, k, unified, indices, need_dx, counter=Non
         if x2.shape[0] == 0:
             return _empty_backward(x, weight, need_dx)
         return _backward_cuda(x, x2, weight.detach(), grad.detach().reshape(-1, n), k, unified, indices, need_dx)
+    out = _host_backward(x, weight, grad, k, unified, indices, need_dx, counter)
+    if out is None:
+        return _empty_backward(x, weight, need_dx)
+    dx, rows, values, db = out
+    return dx, torch.from_numpy(rows), torch.from_numpy(values), torch.from_numpy(db)
+
+
+def _host_backward(x, weight, grad, k, unified, indices, need_dx, counter):
+    """The CPU part of :func:`_backward_tensors`: ``dx`` and NumPy ``rows, values, db``.
+
+    `dx` is a tensor of `x`'s shape, or None.  None for an empty batch.  `rows` is a writeable copy (the kernels' own is
+    read-only, and torch warns on such arrays).
+    """
+    n, m = weight.shape
     x2, g2 = _host_view(x, m), _host_view(grad, n)
     if x2.shape[0] == 0:
-        return _empty_backward(x, weight, need_dx)
+        return None
     idx = None if indices is None else indices.cpu().numpy()
-    w = weight.numpy(force=True)
+    dx, dW, db, kept = _backend.linear_backward_selected(x2, weight.numpy(force=True), g2, k, idx, unified, need_dx)
     if counter is not None:
-        dx, dW, db, kept = _backend.linear_backward_selected(x2, w, g2, k, idx, unified, need_dx)
         counter(kept, g2)
-    else:
-        dx, dW, db = _backend.linear_backward(x2, w, g2, k, indices=idx, unified=unified, need_dx=need_dx)
     if need_dx:
         dx = torch.from_numpy(dx)
         if x.dim() != 2:
             dx = dx.reshape(x.shape)
-    # dW.rows is read-only (torch warns on such arrays): the index tensor takes a copy of it.
-    return dx, torch.from_numpy(np.array(dW.rows)), torch.from_numpy(dW.values), torch.from_numpy(db)
+    return dx, np.array(dW.rows), dW.values, db
 
 
 def _host_view(t, width):
@@ -122,23 +132,59 @@ class _SparseGradLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, k, selection):
         ctx.save_for_backward(x, weight)
-        ctx.k, ctx.selection = k, selection
-        entry = selection_counters.get(id(weight))
-        ctx.counter = entry[1] if entry is not None and entry[0] is weight else None
+        counter = None
+        if selection_counters:
+            entry = selection_counters.get(id(weight))
+            counter = entry[1] if entry is not None and entry[0] is weight else None
+        ctx.settings = (k, selection, counter)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        indices = _random_indices(grad, weight.shape[0], ctx.k) if ctx.selection == "random" else None
-        dx, rows, values, db = _backward_tensors(x, weight, grad, ctx.k, ctx.selection == "unified", indices,
-                                                 need_dx, ctx.counter)
+        k, selection, counter = ctx.settings
+        if selection == "random" or x.is_cuda:
+            indices = _random_indices(grad, weight.shape[0], k) if selection == "random" else None
+            dx, rows, values, db = _backward_tensors(x, weight, grad, k, selection == "unified", indices, need_dx,
+                                                     counter)
+            dW = None
+            if need_dw:
+                dW = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape, is_coalesced=True,
+                                             check_invariants=False)
+            return dx, dW, (db if need_db else None), None, None
+        out = _host_backward(x, weight, grad, k, selection == "unified", None, need_dx, counter)
+        if out is None:
+            dx, rows, values, db = _empty_backward(x, weight, need_dx)
+            rows, values, db = rows.numpy(), values.numpy(), db.numpy()
+        else:
+            dx, rows, values, db = out
         dW = None
-        if need_dw:
-            dW = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape, is_coalesced=True,
-                                         check_invariants=False)
-        return dx, dW, (db if need_db else None), None, None
+        if need_dw:  # the kernels' rows are sorted and distinct: coalesced
+            dW = torch.sparse_coo_tensor(torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), weight.shape,
+                                         is_coalesced=True, check_invariants=False)
+        return dx, dW, (torch.from_numpy(db) if need_db else None), None, None
+
+
+def _apply_sparse_grad(x, weight, bias, k, selection):
+    """``_SparseGradLinear.apply(x, weight, bias, k, selection)``, without the Python layer of ``apply``.
+
+    ``torch.autograd.Function.apply`` is a Python classmethod (~6 us a call
+    here) that, outside functorch transforms, only unwraps dead functorch
+    wrappers and calls the C++ ``apply``; this does exactly that.  Under a
+    transform (``torch.func``) it is ``Function.apply`` itself.
+    """
+    if _FUNCTORCH_ACTIVE():
+        return _SparseGradLinear.apply(x, weight, bias, k, selection)
+    return _APPLY(_UNWRAP(x), _UNWRAP(weight), None if bias is None else _UNWRAP(bias), k, selection)
+
+
+try:  # private torch names (torch 2.x): without them, the public apply
+    _FUNCTORCH_ACTIVE = torch._C._are_functorch_transforms_active
+    _UNWRAP = torch._C._functorch.unwrap_if_dead
+    _APPLY = super(torch.autograd.Function, _SparseGradLinear).apply  # torch._C._FunctionBase.apply, bound
+except AttributeError:  # pragma: no cover - other torch versions
+    _apply_sparse_grad = _SparseGradLinear.apply  # noqa: F811
 
 
 # ------------------------------------------------------------- custom ops (torch.compile, dense gradients)
@@ -283,11 +329,11 @@ class MePropLinear(nn.Linear):
         """
         if self._k is None or not self.training or not torch.is_grad_enabled():
             return F.linear(input, self.weight, self.bias)
-        weight = self.weight
+        weight, bias = self.weight, self.bias
         _check_inputs(input, weight)
         if self.sparse_grad and not torch.compiler.is_compiling():
-            return _SparseGradLinear.apply(input, weight, self.bias, self._k, self.selection)
-        return linear_op(input, weight, self.bias, self._k, self.selection)
+            return _apply_sparse_grad(input, weight, bias, self._k, self.selection)
+        return linear_op(input, weight, bias, self._k, self.selection)
 
     def extra_repr(self):
         """Describe the layer: ``nn.Linear``'s description followed by the meProp settings.

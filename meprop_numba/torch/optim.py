@@ -41,6 +41,8 @@ K = _backend.optim_kernels
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 #: Smallest normal number per dtype: decaying state below it is flushed to zero.
 _TINY = {np.dtype(t): np.finfo(t).tiny for t in (np.float32, np.float64)}
+#: Largest finite number per dtype, as the NaN/Inf checks of the kernels take it.
+_BIG = {torch_dtype: np.finfo(t).max for torch_dtype, t in _NUMPY_DTYPES.items()}
 
 
 def _betas(betas):
@@ -100,20 +102,20 @@ def _grad_arrays(p, P, g, i, j):
     """``(rows, values)`` of a row-sparse gradient or ``(None, flat)`` of a dense one, after every check.
 
     `P` is the NumPy view of the checked CPU parameter `p` (``param_groups[i]['params'][j]``).
+    The general path: :func:`_gradient` takes the common layouts with fewer calls.
     """
     rows, values = _check_grad(p, g, i, j)
     if rows is None:
         flat = (values.detach() if values.requires_grad else values).numpy().reshape(-1)  # a copy only if strided
         _finite(flat, p, i, j)
         return None, flat
-    rows, values = rows.numpy(), values.numpy()
+    rows, values = rows.numpy(), values.detach().numpy()
     # One pass over the rows: the range of every entry, then the order.  The autograd engine
     # drops the coalesced flag of the gradients it stores, and a tensor built with
     # check_invariants=False may claim it falsely, so only unordered rows are coalesced.
     status = K.check_rows(rows, P.shape[0])
     if status == 1:
-        raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows.min()} to {rows.max()}, "
-                         f"outside [0, {P.shape[0]})")
+        _rows_outside(rows, P, p, i, j)
     if status == 2:
         g = _coalesced(g)
         rows, values = g._indices().numpy()[0], g._values().numpy()
@@ -121,6 +123,37 @@ def _grad_arrays(p, P, g, i, j):
         values = np.ascontiguousarray(values)
     _finite(values, p, i, j)
     return rows, values
+
+
+def _rows_outside(rows, P, p, i, j):
+    raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows.min()} to {rows.max()}, "
+                     f"outside [0, {P.shape[0]})")
+
+
+def _gradient(e, g, i, j):
+    """:func:`_grad_arrays` of the gradient `g` of the parameter of :class:`_ParamViews` `e`.
+
+    The layouts the layers and the autograd engine produce (a contiguous
+    row-sparse COO tensor or a dense tensor of the parameter's dtype, on
+    the CPU) are checked here by one compiled pass each (rows, then
+    NaN/Inf); anything else, and every failure, goes through
+    :func:`_grad_arrays`, which raises the error or takes the general path.
+    """
+    if g.dtype is e.dtype and g.is_cpu:
+        if g.is_sparse:
+            if e.width >= 0 and g.sparse_dim() == 1:
+                values = g._values()
+                if not values.requires_grad:
+                    V = values.numpy()
+                    if V.ndim == 2 and V.shape[1] == e.width and V.flags.c_contiguous:
+                        rows = g._indices().numpy()[0]
+                        if K.row_gradient_status(rows, e.nrows, V, e.big) == 0:
+                            return rows, V
+        elif g.layout is torch.strided and g.numel() == e.numel:
+            flat = (g.detach() if g.requires_grad else g).numpy().reshape(-1)  # a copy only if strided
+            if K.count_nonfinite(flat, e.big) == 0:
+                return None, flat
+    return _grad_arrays(e.param, e.array, g, i, j)
 
 
 def _finite(a, p, i, j):
@@ -155,12 +188,36 @@ def _hook_step(step):
     return wrapper
 
 
+class _ParamViews:
+    """The checked NumPy views of one CPU parameter and of its optimizer state, with what they came from.
+
+    Made (and the parameter checked) when the parameter is first stepped and
+    again whenever its storage, dtype, shape or strides change; the state
+    views are re-made whenever a state tensor is another object or its
+    storage moved (a view costs ~1 us, and a step of a small model holds
+    dozens of them).
+    """
+
+    __slots__ = ("param", "signature", "dtype", "array", "flat", "nrows", "width", "numel", "big",
+                 "state", "tensors", "pointers", "views", "flats")
+
+    def __init__(self, p, i, j):
+        _check_param(p, i, j, "cpu")
+        self.param, self.signature, self.dtype = p, (p.data_ptr(), p.dtype, p.shape, p.stride()), p.dtype
+        self.array = p.detach().numpy()
+        self.flat = self.array.reshape(-1)
+        self.nrows = p.shape[0] if p.dim() else 1
+        self.width = p.shape[1] if p.dim() == 2 else -1  # rows of a row-sparse gradient (2-D parameters only)
+        self.numel = p.numel()
+        self.big = _BIG[p.dtype]
+        self.state, self.tensors, self.pointers, self.views, self.flats = None, (), (), (), ()
+
+
 class _KernelOptimizer(torch.optim.Optimizer):
     """Shared step: check every gradient first, then update parameter by parameter.
 
-    NumPy views of each parameter and of its state tensors are cached while
-    those tensors stay the same objects (a view costs ~1 us, and a step of
-    a small model holds dozens of them).
+    NumPy views of each parameter and of its state tensors are cached
+    (:class:`_ParamViews`) while those tensors stay the same.
     """
 
     #: torch's names of the per-parameter state tensors, the ones shaped like the parameter first.
@@ -237,63 +294,70 @@ class _KernelOptimizer(torch.optim.Optimizer):
                     p.grad = None
 
     def _work(self):
-        """``(group, param, P, rows, grad)`` for every parameter with a gradient, all checked.
+        """``(group, views, rows, grad)`` for every parameter with a gradient, all checked.
 
-        `P` is the parameter's NumPy view, flat (1-D) where the gradient is dense.
+        `views` is the parameter's :class:`_ParamViews`; `rows` is None where
+        the gradient `grad` is dense (then flat, 1-D).  Every parameter,
+        gradient and existing state is checked here, before anything changes.
         """
+        cache = self.__dict__.get("_views")
+        if cache is None:
+            cache = self.__dict__["_views"] = {}
         work = []
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 g = p.grad
-                if g is not None:
-                    P, flat = self._param_view(p, i, j)
-                    rows, grad = _grad_arrays(p, P, g, i, j)
-                    work.append((group, p, P if rows is not None else flat, rows, grad))
+                if g is None:
+                    continue
+                e = cache.get(id(p))
+                # Identity alone is not enough: `p.data = ...` keeps the object and changes the tensor.
+                if e is None or e.param is not p or e.signature != (p.data_ptr(), p.dtype, p.shape, p.stride()):
+                    e = cache[id(p)] = _ParamViews(p, i, j)
+                rows, grad = _gradient(e, g, i, j)
+                state = self.state.get(p)  # not self.state[p]: a failed step makes no state
+                if e.state is not state or not e.tensors:
+                    self._check_state(e, state)
+                else:
+                    for name, tensor, pointer in zip(self._state_names, e.tensors, e.pointers):
+                        t = state.get(name)
+                        if t is not tensor or t.data_ptr() != pointer:  # replaced, or its storage moved
+                            self._check_state(e, state)
+                            break
+                work.append((group, e, rows, grad))
         return work
 
-    def _param_view(self, p, i, j):
-        """``(view, flat view)`` of `p` in NumPy, re-made and re-checked whenever its storage or layout changed."""
-        cache = self.__dict__.setdefault("_view_cache", {})
-        entry = cache.get(id(p))
-        # Identity alone is not enough: `p.data = ...` keeps the object and changes the tensor.
-        signature = (p.data_ptr(), p.dtype, p.shape, p.stride())
-        if entry is not None and entry[0] is p and entry[1] == signature:
-            return entry[2]
-        _check_param(p, i, j, "cpu")
-        P = p.detach().numpy()
-        cache[id(p)] = (p, signature, (P, P.reshape(-1)))
-        self.__dict__.get("_state_cache", {}).pop(id(p), None)  # its state is re-checked against it
-        return cache[id(p)][2]
+    def _check_state(self, e, state):
+        """Check `state` (if it holds any) against the parameter of `e` and store its NumPy views in `e`.
 
-    def _state_views(self, p, group, flat):
-        """NumPy views of `p`'s state tensors in ``_state_names`` order (1-D if `flat`), made on first use.
-
-        They are re-made (and the tensors re-checked against the parameter)
-        whenever a state tensor is another object or its storage moved.
+        A parameter without state yet keeps none (``e.tensors`` empty): its
+        state is made by :meth:`_state_views`, once every check has passed.
         """
-        state = self.state[p]
-        if not state:
-            self._init_state(state, p, group)
-        tensors = tuple([state[s] for s in self._state_names])
-        cache = self.__dict__.setdefault("_state_cache", {})
-        entry = cache.get(id(p))
-        if entry is not None and entry[0] is p:
-            for a, b, ptr in zip(entry[1], tensors, entry[2]):
-                if a is not b or b.data_ptr() != ptr:
-                    break
-            else:
-                return entry[3 + flat]
+        e.state, e.tensors, e.pointers, e.views, e.flats = state, (), (), (), ()
+        p = e.param
+        if not state or self._state_names[0] not in state or state[self._state_names[0]] is None:
+            return
         if "step" in state and not torch.is_tensor(state["step"]):
             state["step"] = torch.tensor(float(state["step"]))  # older torch checkpoints
-            tensors = tuple([state[s] for s in self._state_names])
+        tensors = tuple([state[s] for s in self._state_names])
         for s, t in zip(self._state_names[:self._param_shaped], tensors):
             if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device or not t.is_contiguous():
                 raise ValueError(f"optimizer state {s!r} is {t.dtype} {tuple(t.shape)} on {t.device}, "
                                  f"expected a contiguous {p.dtype} {tuple(p.shape)} like its parameter")
         views = tuple(t.numpy() for t in tensors)
-        cache[id(p)] = (p, tensors, tuple(t.data_ptr() for t in tensors), views,
-                        tuple(v.reshape(-1) for v in views))
-        return cache[id(p)][3 + flat]
+        e.tensors, e.pointers = tensors, tuple(t.data_ptr() for t in tensors)
+        e.views, e.flats = views, tuple(v.reshape(-1) for v in views)
+
+    def _state_views(self, e, group, flat):
+        """NumPy views of the state of `e`'s parameter in ``_state_names`` order (1-D if `flat`).
+
+        The state is made here on first use (after :meth:`_work`'s checks).
+        """
+        if not e.tensors:
+            state = self.state[e.param]
+            state.pop(self._state_names[0], None)  # torch's SGD stores None without momentum
+            self._init_state(state, e.param, group)
+            self._check_state(e, state)
+        return e.flats if flat else e.views
 
     def load_state_dict(self, state_dict):
         """Load a state from :meth:`state_dict` (or torch's optimizer of the same kind).
@@ -328,6 +392,19 @@ class _KernelOptimizer(torch.optim.Optimizer):
             return None
         with torch.enable_grad():
             return closure()
+
+
+def _advance(step):
+    """Add 1 to the one-element view `step` of a step-count tensor and return the new count as a float.
+
+    ``step += 1`` does the same through a NumPy ufunc (~0.9 us); the count is
+    stored in the array's own dtype and read back, exactly as that would.
+    """
+    if step.ndim:
+        step[0] = float(step[0]) + 1.0
+        return float(step[0])
+    step[()] = float(step) + 1.0
+    return float(step)
 
 
 def _zeros(p):
@@ -408,21 +485,20 @@ class Adam(_KernelOptimizer):
             _backend.cuda_step(self)
             return loss
         key = args = None
-        for group, p, P, rows, grad in self._work():
-            M, V, step = self._state_views(p, group, rows is None)
-            step += 1
-            t = float(step[0] if rows is None else step)
+        for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
+            M, V, step = self._state_views(e, group, rows is None)
+            t = _advance(step)
             b1, b2 = group["betas"]
-            if key != (t, group["lr"], b1, b2, group["eps"], P.dtype):  # parameters stepped together share them
-                key = (t, group["lr"], b1, b2, group["eps"], P.dtype)
+            if key != (t, group["lr"], b1, b2, group["eps"], e.dtype):  # parameters stepped together share them
+                key = (t, group["lr"], b1, b2, group["eps"], e.dtype)
                 c2 = math.sqrt(1.0 - b2**t)
-                cast = P.dtype.type
+                cast = e.array.dtype.type
                 args = (cast(group["lr"] * c2 / (1.0 - b1**t)), cast(b1), cast(b2), cast(group["eps"] * c2),
-                        _TINY[P.dtype])
+                        _TINY[e.array.dtype])
             if rows is None:
-                K.adam_flat(P, M, V, grad, *args)
+                K.adam_flat(e.flat, M, V, grad, *args)
             else:
-                K.adam_rows(P, M, V, rows, grad, *args)
+                K.adam_rows(e.array, M, V, rows, grad, *args)
         return loss
 
 
@@ -479,23 +555,21 @@ class SGD(_KernelOptimizer):
         if _backend.on_cuda(self.param_groups):
             _backend.cuda_step(self)
             return loss
-        for group, p, P, rows, grad in self._work():
-            cast = P.dtype.type
+        for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
+            cast = e.array.dtype.type
             lr, mu = cast(group["lr"]), group["momentum"]
             if mu == 0:
                 if rows is None:
-                    K.sgd_flat(P, grad, lr)
+                    K.sgd_flat(e.flat, grad, lr)
                 else:
-                    K.sgd_rows(P, rows, grad, lr)
+                    K.sgd_rows(e.array, rows, grad, lr)
                 continue
-            if self.state[p].get("momentum_buffer", 0) is None:
-                self.state[p].pop("momentum_buffer")  # torch stores None without momentum
-            (V,) = self._state_views(p, group, rows is None)
-            tiny = _TINY[P.dtype]
+            (V,) = self._state_views(e, group, rows is None)
+            tiny = _TINY[e.array.dtype]
             if rows is None:
-                K.momentum_flat(P, V, grad, lr, cast(mu), tiny)
+                K.momentum_flat(e.flat, V, grad, lr, cast(mu), tiny)
             else:
-                K.momentum_rows(P, V, rows, grad, lr, cast(mu), tiny)
+                K.momentum_rows(e.array, V, rows, grad, lr, cast(mu), tiny)
         return loss
 
 
@@ -563,13 +637,13 @@ class AdaGrad(_KernelOptimizer):
         if _backend.on_cuda(self.param_groups):
             _backend.cuda_step(self)
             return loss
-        for group, p, P, rows, grad in self._work():
-            S, step = self._state_views(p, group, rows is None)
-            step += 1
-            cast = P.dtype.type
-            lr = cast(group["lr"] / (1.0 + (float(step[0] if rows is None else step) - 1.0) * group["lr_decay"]))
+        for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
+            S, step = self._state_views(e, group, rows is None)
+            t = _advance(step)
+            cast = e.array.dtype.type
+            lr = cast(group["lr"] / (1.0 + (t - 1.0) * group["lr_decay"]))
             if rows is None:
-                K.adagrad_flat(P, S, grad, lr, cast(group["eps"]))
+                K.adagrad_flat(e.flat, S, grad, lr, cast(group["eps"]))
             else:
-                K.adagrad_rows(P, S, rows, grad, lr, cast(group["eps"]))
+                K.adagrad_rows(e.array, S, rows, grad, lr, cast(group["eps"]))
         return loss
