@@ -125,9 +125,11 @@ def count_nonfinite(a, big):
 
 @njit(**JIT_OPTIONS)
 def row_gradient_status(rows, nrows, values, big):
-    """:func:`check_rows` of `rows`, then, if they are in order, 3 where `values` (2-D) holds NaN or +-Inf.
+    """:func:`check_rows` of `rows`, then, if they are in order, 3 where `values` holds NaN or +-Inf.
 
-    One call for the checks a row update needs before it changes anything:
+    `values` is 2-D and C-contiguous (read as one flat array by
+    :func:`count_nonfinite`). One call for the checks a row update needs
+    before it changes anything:
     0 valid; 1 a row outside ``[0, nrows)``; 2 unordered or repeated rows (the
     values are not looked at: they are summed before being checked); 3 a
     NaN or +-Inf value.
@@ -135,8 +137,4 @@ def row_gradient_status(rows, nrows, values, big):
     status = check_rows(rows, nrows)
     if status != 0:
         return status
-    bad = 0
-    for j in range(values.shape[0]):
-        for t in range(values.shape[1]):
-            bad += not abs(values[j, t]) <= big
-    return 3 if bad else 0
+    return 3 if count_nonfinite(values.reshape(-1), big) else 0
