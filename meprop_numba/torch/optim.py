@@ -115,7 +115,8 @@ def _grad_arrays(p, P, g, i, j):
     # check_invariants=False may claim it falsely, so only unordered rows are coalesced.
     status = K.check_rows(rows, P.shape[0])
     if status == 1:
-        _rows_outside(rows, P, p, i, j)
+        raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows.min()} to {rows.max()}, "
+                         f"outside [0, {P.shape[0]})")
     if status == 2:
         g = _coalesced(g)
         rows, values = g._indices().numpy()[0], g._values().numpy()
@@ -123,11 +124,6 @@ def _grad_arrays(p, P, g, i, j):
         values = np.ascontiguousarray(values)
     _finite(values, p, i, j)
     return rows, values
-
-
-def _rows_outside(rows, P, p, i, j):
-    raise IndexError(f"the gradient of {_name(i, j, p)} has rows from {rows.min()} to {rows.max()}, "
-                     f"outside [0, {P.shape[0]})")
 
 
 def _gradient(e, g, i, j):
