@@ -1,9 +1,9 @@
 """The sparse backward pass of a linear layer."""
 import numpy as np
 
-from ._config import PARALLEL_MIN_BACKWARD, get_num_threads, launch
+from ._config import PARALLEL_MIN_BACKWARD, PARALLEL_MIN_TOPK, get_num_threads, launch
 from ._cpu import linear as _cpu_linear
-from ._cpu import topk as _cpu_topk
+from ._cpu.topk import magnitude_bits
 from ._validation import finite, flag, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
 from .sparse import RowSparse
 from .topk import _balanced_host, _topk_host
@@ -11,6 +11,8 @@ from .topk import _balanced_host, _topk_host
 #: Above this many multiply-adds per product a shared selection goes through
 #: BLAS (measured: at 50x20x500 BLAS takes 26 us, the loop kernel 90 us).
 _BLAS_MIN_WORK = 1 << 14
+#: Largest finite value per dtype, as the compiled NaN/Inf checks take it.
+_LARGEST = {np.dtype(t): np.finfo(t).max for t in (np.float32, np.float64)}
 
 
 def linear_backward(x, W, g, k=None, *, indices=None, unified=False, balanced=False, need_dx=True):
@@ -139,21 +141,48 @@ def _linear_backward(x, W, g, k, indices, unified, need_dx, balanced=False, work
         dx, rows, values, db = _cuda.linear_backward(x, W, g, k, indices, unified, need_dx=bool(need_dx),
                                                       workspace=workspace)
         return dx, RowSparse._trusted(rows, values, (n, m)), db, None
+    return _checked_backward(x, W, g, k, indices, unified, need_dx, balanced)
+
+
+def _checked_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
+    """:func:`_linear_backward` of host arrays that passed its checks, from the NaN/Inf checks on.
+
+    `x`, `W` and `g` are 2-D C-contiguous NumPy arrays of one float dtype
+    and matching shapes, `k` an int in ``[1, n]`` or None, `indices` None or
+    checked, the flags bools.  A caller that guarantees as much (the PyTorch
+    layer: its forward checks the dtypes, autograd the shapes) calls this
+    directly, without the Python checks.
+    """
+    n = W.shape[0]
+    if indices is None and k is not None and k < n and (unified or not balanced and _serial(g, k, x.shape[1])):
+        # the common training cases: checks, selection and products in one compiled call
+        big = _LARGEST[x.dtype]
+        if unified:
+            status, kept, dx, values, db = _cpu_linear.unified_backward(x, W, g, k, bool(need_dx), big)
+            rows = kept
+        else:
+            status, kept, dx, rows, values, db = _cpu_linear.topk_backward(x, W, g, *magnitude_bits(g), k,
+                                                                           bool(need_dx), big)
+        if status:  # raises, naming the array
+            finite(g, "g")
+            finite(x, "x")
+        return (dx if need_dx else None), RowSparse._trusted(rows, values, W.shape), db, kept
     finite(g, "g")
     finite(x, "x")
-
     if indices is None:
         if k is None or k == n:
             return _dense_backward(x, W, g, need_dx) + (None,)
-        if unified:
-            db, abs_sums = _cpu_topk.column_sums_and_abs_sums(g)
-            cols, g_sel = _cpu_topk.select_and_gather_columns(g, abs_sums, k)
-            return _shared_products(x, W, cols, g_sel, db, need_dx) + (cols,)
         indices = _balanced_host(g, k) if balanced else _topk_host(g, k, False)
     if indices.ndim == 1:
         cols = np.sort(indices)
         return _shared_backward(x, W, g, cols, need_dx) + (cols,)
     return _per_example_backward(x, W, g, indices, need_dx)
+
+
+def _serial(g, k, m):
+    """Whether a per-example top-k backward of this size runs on one thread (both steps stay serial)."""
+    B, n = g.shape
+    return (B * n < PARALLEL_MIN_TOPK and B * k * m < PARALLEL_MIN_BACKWARD) or get_num_threads() == 1
 
 
 def _per_example_backward(x, W, g, indices, need_dx):

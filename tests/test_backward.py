@@ -315,3 +315,58 @@ def test_need_dx_false_skips_only_the_input_gradient(kwargs):
     np.testing.assert_array_equal(dW.rows, dW2.rows)
     np.testing.assert_allclose(dW2.values, dW.values, rtol=1e-12)
     np.testing.assert_allclose(db2, db, rtol=1e-12)
+
+
+@settings(deadline=None, max_examples=examples(60))
+@given(data=st.data())
+def test_one_call_kernels_equal_the_separate_steps(data):
+    # The serial path runs checks, selection and products in one compiled call; the
+    # threaded path (and the explicit-indices one) runs them step by step.
+    from meprop_numba._cpu import linear as cpu_linear
+    from meprop_numba._cpu import topk as cpu_topk
+
+    dtype = data.draw(st.sampled_from(FLOAT_DTYPES))
+    batch, n, m = data.draw(st.integers(1, 12)), data.draw(st.integers(2, 70)), data.draw(st.integers(1, 90))
+    k = data.draw(st.integers(1, n - 1))
+    need_dx = data.draw(st.booleans())
+    x = data.draw(matrices(dtype, (batch, m), bound=1e2))
+    W = data.draw(matrices(dtype, (n, m), bound=1e2))
+    g = data.draw(matrices(dtype, (batch, n), ties=data.draw(st.booleans()), bound=1e2))
+    big = np.finfo(dtype).max
+
+    status, idx, dx, rows, values, db = cpu_linear.topk_backward(x, W, g, *cpu_topk.magnitude_bits(g), k, need_dx,
+                                                                 big)
+    ref_idx = np.empty((batch, k), dtype=np.int64)
+    bits, mask = cpu_topk.magnitude_bits(g)
+    cpu_topk.topk_rows(bits, k, mask, ref_idx)
+    ref = cpu_linear.per_example_backward(x, W, g, ref_idx, need_dx)
+    assert status == 0
+    np.testing.assert_array_equal(idx, ref_idx)
+    for got, want in zip((dx, rows, values, db), ref):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+    status, cols, dx, values, db = cpu_linear.unified_backward(x, W, g, k, need_dx, big)
+    ref_db, scores = cpu_topk.column_sums_and_abs_sums(g)
+    ref_cols, g_sel = cpu_topk.select_and_gather_columns(g, scores, k)
+    assert status == 0
+    np.testing.assert_array_equal(cols, ref_cols)
+    assert db.tobytes() == ref_db.tobytes()
+    rtol = RTOL[np.dtype(dtype)]
+    assert_close_scaled(values, g_sel.T @ x, np.abs(g_sel).T @ np.abs(x), rtol, "values")
+    assert dx.shape == ((batch, m) if need_dx else (0, m))
+    if need_dx:
+        assert_close_scaled(dx, g_sel @ W[ref_cols], np.abs(g_sel) @ np.abs(W[ref_cols]), rtol, "dx")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["x", "g", "both"])
+@pytest.mark.parametrize("unified", [False, True])
+def test_non_finite_input_is_named_by_the_one_call_kernels(bad, where, unified):
+    rng = np.random.default_rng(5)
+    x, W, g = rng.normal(size=(4, 6)), rng.normal(size=(7, 6)), rng.normal(size=(4, 7))
+    if where != "g":
+        x[2, 3] = bad
+    if where != "x":
+        g[1, 5] = bad
+    with pytest.raises(ValueError, match=f"^{'x' if where == 'x' else 'g'} contains NaN or Inf"):
+        mp.linear_backward(x, W, g, 3, unified=unified)

@@ -108,6 +108,33 @@ def test_gradients_equal_reference_for_any_shape(B, n, m, data):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("selection", ["topk", "unified"])
+def test_contiguous_and_other_gradient_layouts_give_the_same_bits(selection, dtype, monkeypatch):
+    # A C-contiguous output gradient goes to the kernels directly, any other layout
+    # (here a transposed one, and sum()'s expanded one) through linear_backward's checks.
+    from meprop_numba.torch import _backend
+
+    general = []
+    checked = _backend.linear_backward_selected
+    monkeypatch.setattr(_backend, "linear_backward_selected", lambda *a: general.append(1) or checked(*a))
+    gen = torch.Generator().manual_seed(3)
+    layer = MePropLinear(9, 12, k=4, selection=selection, dtype=dtype)
+    x = torch.randn(5, 9, generator=gen, dtype=dtype)
+    g = torch.randn(12, 5, generator=gen, dtype=dtype).t()
+    for other in (g, torch.ones(1, 1, dtype=dtype).expand(5, 12)):
+        direct = run_layer(layer, x, other.contiguous())
+        assert not general
+        through_checks = run_layer(layer, x, other)
+        assert general
+        general.clear()
+        for a, b in zip(direct, through_checks):
+            assert torch.equal(a, b)
+    for got, want in zip(run_layer(layer, x, g.contiguous()), masked_reference(x, layer.weight, layer.bias, g, 4,
+                                                                              selection)):
+        torch.testing.assert_close(got, want, rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
 def test_ties_go_to_the_lower_index():
     # Integer-valued gradients with many equal magnitudes: the rule, not torch.topk, decides.
     g = torch.tensor([[1.0, -2.0, 2.0, 1.0, -2.0], [3.0, 3.0, -3.0, 0.0, 3.0]], dtype=torch.float64)

@@ -9,7 +9,9 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS
+from .optim import count_nonfinite
 from .simd import row_tile_add1, row_tile_add4, row_tile_sum1, row_tile_sum4
+from .topk import column_sums_and_abs_sums, select_and_gather_columns, topk_rows
 
 
 @njit(**JIT_OPTIONS)
@@ -302,6 +304,52 @@ def per_example_backward(x, W, g, idx, need_dx):
     values = np.empty((rows.shape[0], m), dtype=x.dtype)
     _gather_rows(values, x, examples, cw, offsets, True)
     return dx, rows, values, _column_sums(g)
+
+
+@njit(**JIT_OPTIONS)
+def topk_backward(x, W, g, bits, mask, k, need_dx, big):
+    """Per-example top-k backward, its NaN/Inf checks included, in one call.
+
+    `bits` and `mask` are ``magnitude_bits(g)``; `big` is the dtype's
+    largest finite value.  Returns ``(status, idx, dx, rows, values, db)``:
+    status 1 if `g` holds NaN or Inf, 2 if `x` does (then nothing is
+    computed and the arrays are empty), else 0 with the top-k selection
+    `idx` and :func:`per_example_backward`'s results for it.
+    """
+    B, m = x.shape
+    status = 1 if count_nonfinite(g.reshape(-1), big) else (2 if count_nonfinite(x.reshape(-1), big) else 0)
+    if status:
+        empty = np.empty((0, m), dtype=x.dtype)
+        return status, np.empty((0, k), dtype=np.int64), empty, np.empty(0, dtype=np.int64), empty, g[0, :0].copy()
+    idx = np.empty((B, k), dtype=np.int64)
+    topk_rows(bits, k, mask, idx)
+    dx, rows, values, db = per_example_backward(x, W, g, idx, need_dx)
+    return 0, idx, dx, rows, values, db
+
+
+@njit(**JIT_OPTIONS)
+def unified_backward(x, W, g, k, need_dx, big):
+    """Backward of the k columns of `g` with the largest summed magnitude, its NaN/Inf checks included.
+
+    Returns ``(status, cols, dx, values, db)``: status as
+    :func:`topk_backward`; the sorted shared columns `cols`,
+    ``dx = g[:, cols] W[cols]`` (empty unless `need_dx`) and
+    ``values = g[:, cols]^T x`` (two BLAS products), ``db = sum_b g[b]``.
+    """
+    B, m = x.shape
+    status = 1 if count_nonfinite(g.reshape(-1), big) else (2 if count_nonfinite(x.reshape(-1), big) else 0)
+    if status:
+        empty = np.empty((0, m), dtype=x.dtype)
+        return status, np.empty(0, dtype=np.int64), empty, empty, g[0, :0].copy()
+    db, abs_sums = column_sums_and_abs_sums(g)
+    cols, g_sel = select_and_gather_columns(g, abs_sums, k)
+    dx = np.empty((0, m), dtype=x.dtype)
+    if need_dx:
+        W_sel = np.empty((k, m), dtype=W.dtype)
+        for j in range(k):
+            W_sel[j] = W[cols[j]]
+        dx = np.dot(g_sel, W_sel)
+    return 0, cols, dx, np.dot(g_sel.T, x), db
 
 
 @njit(**JIT_OPTIONS)

@@ -87,11 +87,16 @@ def _host_backward(x, weight, grad, k, unified, indices, need_dx, counter):
     read-only, and torch warns on such arrays).
     """
     n, m = weight.shape
-    x2, g2 = _host_view(x, m), _host_view(grad, n)
+    x2, g2, W = _host_view(x, m), _host_view(grad, n), weight.numpy(force=True)
     if x2.shape[0] == 0:
         return None
-    idx = None if indices is None else indices.cpu().numpy()
-    dx, dW, db, kept = _backend.linear_backward_selected(x2, weight.numpy(force=True), g2, k, idx, unified, need_dx)
+    if (indices is None and k is not None and k <= n and g2.dtype == x2.dtype and g2.shape[0] == x2.shape[0]
+            and x2.flags.c_contiguous and g2.flags.c_contiguous and W.flags.c_contiguous):
+        # the forward checked the dtypes of x and W, and `k` fits this weight: only NaN/Inf are left to check
+        dx, dW, db, kept = _backend.linear_backward_checked(x2, W, g2, k, None, unified, need_dx)
+    else:
+        idx = None if indices is None else indices.cpu().numpy()
+        dx, dW, db, kept = _backend.linear_backward_selected(x2, W, g2, k, idx, unified, need_dx)
     if counter is not None:
         counter(kept, g2)
     if need_dx:
