@@ -72,8 +72,9 @@ def instrument():
     sgl.backward = staticmethod(timed("backward/meProp layers", sgl.backward))
     linear._random_indices = timed("backward/meProp layers/random selection", linear._random_indices)
     linear._host_backward = timed("backward/meProp layers/torch wrapper", linear._host_backward)
-    linear._backend.linear_backward_selected = timed("backward/meProp layers/torch wrapper/linear_backward",
-                                                     linear._backend.linear_backward_selected)
+    for name in ("linear_backward_checked", "linear_backward_selected"):  # the direct and the general path
+        setattr(linear._backend, name, timed("backward/meProp layers/torch wrapper/linear_backward",
+                                             getattr(linear._backend, name)))
     torch_module = linear.torch
 
     class _Timed:  # the layer module's `torch`, with sparse_coo_tensor timed

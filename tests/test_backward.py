@@ -370,3 +370,14 @@ def test_non_finite_input_is_named_by_the_one_call_kernels(bad, where, unified):
         g[1, 5] = bad
     with pytest.raises(ValueError, match=f"^{'x' if where == 'x' else 'g'} contains NaN or Inf"):
         mp.linear_backward(x, W, g, 3, unified=unified)
+
+
+def test_unified_selection_takes_finite_values_whose_magnitude_sums_overflow():
+    # float64 column magnitudes summing past the largest double are still finite input
+    rng = np.random.default_rng(6)
+    x, W, g = 1e-10 * rng.normal(size=(3, 4)), 1e-10 * rng.normal(size=(6, 4)), rng.normal(size=(3, 6))
+    g[0, 2] = g[1, 2] = 1e308
+    dx, dW, db = mp.linear_backward(x, W, g, 2, unified=True)
+    assert 2 in dW.rows
+    np.testing.assert_allclose(dW.values[list(dW.rows).index(2)], g[:, 2] @ x, rtol=1e-12)
+    np.testing.assert_allclose(dx, g[:, dW.rows] @ W[dW.rows], rtol=1e-12)
