@@ -87,11 +87,19 @@ def instrument():
     base = optim._KernelOptimizer
     base._work = timed("optimizer/checks (gradients, parameters)", base._work)
     base._state_views = timed("optimizer/state views", base._state_views)
-    for name in ("row_gradient_status", "count_nonfinite"):
-        setattr(optim.K, name, timed("optimizer/checks (gradients, parameters)/NaN, Inf and rows",
-                                     getattr(optim.K, name)))
-    for name in ("adam_rows", "adam_flat"):
-        setattr(optim.K, name, timed("optimizer/update kernels", getattr(optim.K, name)))
+    kernels = optim.K
+    # A proxy, not the kernel module patched: kernels compiled later (row_gradient_status
+    # calls count_nonfinite) must still see the compiled functions.
+    timed_kernels = {name: timed("optimizer/checks (gradients, parameters)/NaN, Inf and rows", getattr(kernels, name))
+                     for name in ("row_gradient_status", "count_nonfinite")}
+    timed_kernels.update({name: timed("optimizer/update kernels", getattr(kernels, name))
+                          for name in ("adam_rows", "adam_flat")})
+
+    class _TimedKernels:
+        def __getattr__(self, name):
+            return timed_kernels.get(name) or getattr(kernels, name)
+
+    optim.K = _TimedKernels()
 
 
 def parse_args(argv=None):
