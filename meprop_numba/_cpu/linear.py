@@ -349,10 +349,7 @@ def unified_backward(x, W, g, k, need_dx, big):
     cols, g_sel = select_and_gather_columns(g, abs_sums, k)
     dx = np.empty((0, m), dtype=x.dtype)
     if need_dx:
-        W_sel = np.empty((k, m), dtype=W.dtype)
-        for j in range(k):
-            W_sel[j] = W[cols[j]]
-        dx = np.dot(g_sel, W_sel)
+        dx = np.dot(g_sel, W[cols])
     return 0, cols, dx, np.dot(g_sel.T, x), db
 
 
