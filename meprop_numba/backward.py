@@ -154,19 +154,9 @@ def _checked_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
     directly, without the Python checks.
     """
     n = W.shape[0]
-    if indices is None and k is not None and k < n and (unified or not balanced and _serial(g, k, x.shape[1])):
-        # the common training cases: checks, selection and products in one compiled call
-        big = _LARGEST[x.dtype]
-        if unified:
-            status, kept, dx, values, db = _cpu_linear.unified_backward(x, W, g, k, bool(need_dx), big)
-            rows = kept
-        else:
-            status, kept, dx, rows, values, db = _cpu_linear.topk_backward(x, W, g, *magnitude_bits(g), k,
-                                                                           bool(need_dx), big)
-        if status:  # raises, naming the array
-            finite(g, "g")
-            finite(x, "x")
-        return (dx if need_dx else None), RowSparse._trusted(rows, values, W.shape), db, kept
+    if indices is None and k is not None and _fused_case(g, k, unified, n, x.shape[1], balanced):
+        dx, rows, values, db, kept = _fused_backward(x, W, g, k, unified, need_dx)
+        return dx, RowSparse._trusted(rows, values, W.shape), db, kept
     finite(g, "g")
     finite(x, "x")
     if indices is None:
@@ -177,6 +167,41 @@ def _checked_backward(x, W, g, k, indices, unified, need_dx, balanced=False):
         cols = np.sort(indices)
         return _shared_backward(x, W, g, cols, need_dx) + (cols,)
     return _per_example_backward(x, W, g, indices, need_dx)
+
+
+def _fused_case(g, k, unified, n, m, balanced=False):
+    """Whether :func:`_fused_backward` takes this backward: the common training cases.
+
+    Unified selection, or per-example top-k (not balanced) small enough to run
+    on one thread, with ``k < n``.
+    """
+    return k < n and (unified or not balanced and _serial(g, k, m))
+
+
+def _fused_backward(x, W, g, k, unified, need_dx):
+    """The NaN/Inf checks, the selection and both products in one compiled call.
+
+    Takes what :func:`_checked_backward` takes, in a :func:`_fused_case`;
+    returns NumPy ``(dx or None, rows, values, db, kept)``: ``dW`` is
+    `values` in the sorted distinct `rows`, `kept` the selection (the
+    shared columns if `unified`, else per example ``(B, k)``).
+
+    Raises
+    ------
+    ValueError
+        If `g` (checked first) or `x` holds NaN or Inf.
+    """
+    big = _LARGEST[x.dtype]
+    if unified:
+        status, kept, dx, values, db = _cpu_linear.unified_backward(x, W, g, k, bool(need_dx), big)
+        rows = kept
+    else:
+        status, kept, dx, rows, values, db = _cpu_linear.topk_backward(x, W, g, *magnitude_bits(g), k,
+                                                                       bool(need_dx), big)
+    if status:  # raises, naming the array
+        finite(g, "g")
+        finite(x, "x")
+    return (dx if need_dx else None), rows, values, db, kept
 
 
 def _serial(g, k, m):

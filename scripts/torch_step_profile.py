@@ -16,7 +16,10 @@ parts of the one above; "rest" is what the wrapped parts leave of it:
   top-k and the sparse products), the COO gradient; the rest of the
   backward is the autograd engine and PyTorch's own backward ops (cross
   entropy, ReLU, the dense output layer);
-- optimizer: ``opt.step()``: the per-step checks of every gradient and
+- optimizer: ``opt.step()``: Adam's one-call step (the checks that its
+  table still holds, then one compiled call that checks every gradient and
+  updates every parameter); on its first step, and whenever the table is
+  refused, the general path: the per-step checks of every gradient and
   parameter, the state views, the update kernels.
 
 Each wrapped call adds its own cost (a Python call and two clock reads,
@@ -72,7 +75,8 @@ def instrument():
     sgl.backward = staticmethod(timed("backward/meProp layers", sgl.backward))
     linear._random_indices = timed("backward/meProp layers/random selection", linear._random_indices)
     linear._host_backward = timed("backward/meProp layers/torch wrapper", linear._host_backward)
-    for name in ("linear_backward_checked", "linear_backward_selected"):  # the direct and the general path
+    linear._fused_host_backward = timed("backward/meProp layers/torch wrapper", linear._fused_host_backward)
+    for name in ("fused_backward", "linear_backward_checked", "linear_backward_selected"):  # one call, direct, general
         setattr(linear._backend, name, timed("backward/meProp layers/torch wrapper/linear_backward",
                                              getattr(linear._backend, name)))
     torch_module = linear.torch
@@ -84,6 +88,7 @@ def instrument():
         sparse_coo_tensor = staticmethod(timed("backward/meProp layers/COO gradient", torch.sparse_coo_tensor))
 
     linear.torch = _Timed()
+    optim._AdamTable.step = timed("optimizer/one-call step", optim._AdamTable.step)
     base = optim._KernelOptimizer
     base._work = timed("optimizer/checks (gradients, parameters)", base._work)
     base._state_views = timed("optimizer/state views", base._state_views)
@@ -94,6 +99,7 @@ def instrument():
                      for name in ("row_gradient_status", "count_nonfinite")}
     timed_kernels.update({name: timed("optimizer/update kernels", getattr(kernels, name))
                           for name in ("adam_rows", "adam_flat")})
+    timed_kernels["adam_table"] = timed("optimizer/one-call step/kernel (checks, updates)", kernels.adam_table)
 
     class _TimedKernels:
         def __getattr__(self, name):

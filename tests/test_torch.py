@@ -115,18 +115,20 @@ def test_contiguous_and_other_gradient_layouts_give_the_same_bits(selection, dty
     # (here a transposed one, and sum()'s expanded one) through linear_backward's checks.
     from meprop_numba.torch import _backend
 
-    general = []
-    checked = _backend.linear_backward_selected
+    general, fused = [], []
+    checked, one_call = _backend.linear_backward_selected, _backend.fused_backward
     monkeypatch.setattr(_backend, "linear_backward_selected", lambda *a: general.append(1) or checked(*a))
+    monkeypatch.setattr(_backend, "fused_backward", lambda *a: fused.append(1) or one_call(*a))
     gen = torch.Generator().manual_seed(3)
     layer = MePropLinear(9, 12, k=4, selection=selection, dtype=dtype)
     x = torch.randn(5, 9, generator=gen, dtype=dtype)
     g = torch.randn(12, 5, generator=gen, dtype=dtype).t()
     for other in (g, torch.ones(1, 1, dtype=dtype).expand(5, 12)):
         direct = run_layer(layer, x, other.contiguous())
-        assert not general
+        assert fused and not general
+        fused.clear()
         through_checks = run_layer(layer, x, other)
-        assert general
+        assert general and not fused
         general.clear()
         for a, b in zip(direct, through_checks):
             assert torch.equal(a, b)
@@ -642,6 +644,111 @@ def test_optimizer_takes_gradients_off_the_common_layouts(kind):
     for name in ("odd", "requires_grad"):
         assert torch.equal(results[name][0], results["common"][0])
         assert torch.equal(results[name][1], results["common"][1])
+
+
+class _CountingKernels:
+    """The optimizer's kernel module with calls of `name` counted (a proxy: the module stays as it is)."""
+
+    def __init__(self, kernels, name):
+        self.kernels, self.name, self.calls = kernels, name, 0
+
+    def __getattr__(self, attr):
+        fn = getattr(self.kernels, attr)
+        if attr != self.name:
+            return fn
+
+        def counted(*args):
+            self.calls += 1
+            return fn(*args)
+
+        return counted
+
+
+def adam_steps(monkeypatch, dtype, one_call):
+    """Two param groups stepped 7 times by lazy Adam; one-call steps only if `one_call` (else the general path)."""
+    if not one_call:
+        monkeypatch.setattr(optim._AdamTable, "build", classmethod(lambda cls, opt: None))
+    torch.manual_seed(0)
+    model = mlp(dtype)
+    convert(model, k=3, selection="topk")
+    params = list(model.parameters())
+    opt = optim.Adam([{"params": params[:4]}, {"params": params[4:], "lr": 0.02, "betas": (0.8, 0.9)}], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
+    for t in range(7):
+        opt.zero_grad()
+        x, y = torch.randn(6, 20, dtype=dtype), torch.randint(0, 3, (6,))
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if t == 3:
+            model[2].bias.grad = None  # a parameter without a gradient in one step
+        if t == 5:  # rows in reverse order: the general path sums them
+            g = model[0].weight.grad
+            model[0].weight.grad = torch.sparse_coo_tensor(g._indices().flip(1), g._values().flip(0), g.shape,
+                                                             check_invariants=True)
+        opt.step()
+        scheduler.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_one_call_step_equals_the_general_path(dtype, monkeypatch):
+    counting = _CountingKernels(optim.K, "adam_table")
+    monkeypatch.setattr(optim, "K", counting)
+    fast, fast_opt = adam_steps(monkeypatch, dtype, one_call=True)
+    assert counting.calls >= 4  # steps 2-5 and 7 (after the reordered rows of step 6, the general path)
+    calls = counting.calls
+    general, general_opt = adam_steps(monkeypatch, dtype, one_call=False)
+    assert counting.calls == calls
+    for p, q in zip(fast.parameters(), general.parameters()):
+        assert torch.equal(p, q)
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(fast_opt.state[p][name], general_opt.state[q][name])
+
+
+@pytest.mark.parametrize("bad", ["nan", "rows", "unordered-nan"])
+def test_adam_one_call_step_checks_every_gradient_before_changing_anything(bad):
+    a, b = torch.nn.Parameter(torch.zeros(5, 3)), torch.nn.Parameter(torch.zeros(5, 3))
+    opt = optim.Adam([a, b], lr=0.1)
+    for _ in range(2):  # the second step is a one-call step
+        a.grad, b.grad = sparse_grad([0, 2], torch.ones(2, 3), (5, 3)), torch.ones(5, 3)
+        opt.step()
+    assert opt.__dict__.get("_table") is not None
+    before = {p: (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in (a, b)}
+    a.grad = torch.ones(5, 3)
+    if bad == "nan":
+        b.grad = sparse_grad([1, 4], torch.tensor([[1.0, 2.0, 3.0], [4.0, float("nan"), 6.0]]), (5, 3))
+        error, match = ValueError, r"param_groups\[0\]\['params'\]\[1\].*NaN or Inf"
+    elif bad == "rows":
+        b.grad = torch.sparse_coo_tensor(torch.tensor([[1, 5]]), torch.ones(2, 3), (5, 3), check_invariants=False)
+        error, match = IndexError, "outside"
+    else:
+        b.grad = sparse_grad([4, 1], torch.tensor([[1.0, 2.0, 3.0], [4.0, float("inf"), 6.0]]), (5, 3))
+        error, match = ValueError, "NaN or Inf"
+    with pytest.raises(error, match=match):
+        opt.step()
+    for p in (a, b):
+        assert torch.equal(p, before[p][0])
+        assert all(torch.equal(v, before[p][1][k]) for k, v in opt.state[p].items())
+    b.grad = torch.ones(5, 3)
+    opt.step()
+    assert float(opt.state[a]["step"]) == float(opt.state[b]["step"]) == 3.0
+
+
+def test_adam_one_call_step_follows_a_loaded_or_replaced_state():
+    torch.manual_seed(0)
+    start = torch.randn(4, 3, dtype=torch.float64)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt, ref = optim.Adam([ours], lr=0.1), torch.optim.Adam([theirs], lr=0.1)
+    for t in range(6):
+        g = torch.randn(4, 3, dtype=torch.float64)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        if t == 2:  # a new state object: the table must not write into the old one
+            opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+        if t == 4:  # one state tensor replaced in place of the dict entry
+            opt.state[ours]["exp_avg"] = ref.state[theirs]["exp_avg"].clone()
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-12, atol=1e-14)
+    assert float(opt.state[ours]["step"]) == 6.0
 
 
 def test_optimizer_checks_every_state_before_changing_anything():

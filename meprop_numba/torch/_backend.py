@@ -7,6 +7,7 @@ from .._cpu import optim as optim_kernels  # noqa: F401  (the in-place optimizer
 from .._validation import finite, integer_k, positive_float, unit_interval  # noqa: F401
 from ..backward import linear_backward  # noqa: F401
 from ..backward import _checked_backward as linear_backward_checked  # noqa: F401
+from ..backward import _fused_backward as fused_backward, _fused_case as fused_case  # noqa: F401
 from ..backward import _linear_backward as linear_backward_selected  # noqa: F401
 
 

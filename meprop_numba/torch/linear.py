@@ -106,6 +106,24 @@ def _host_backward(x, weight, grad, k, unified, indices, need_dx, counter):
     return dx, np.array(dW.rows), dW.values, db
 
 
+def _fused_host_backward(x, weight, grad, k, unified, need_dx):
+    """:func:`_host_backward` of the common training case in one kernel call, or None if not that case.
+
+    The case: a 2-D batch, C-contiguous NumPy views of `x`, `grad` and
+    `weight` of one dtype, and a selection the one-call kernels take
+    (``_backend.fused_case``).  Returns ``(dx or None, rows, values, db)``,
+    `dx` a tensor, the rest NumPy.
+    """
+    xs, g, W = x.numpy(force=True), grad.numpy(force=True), weight.numpy(force=True)
+    if (xs.ndim != 2 or g.ndim != 2 or not xs.shape[0] or g.dtype != xs.dtype or not xs.flags.c_contiguous
+            or not g.flags.c_contiguous or not W.flags.c_contiguous
+            or not _backend.fused_case(g, k, unified, W.shape[0], W.shape[1])):
+        return None
+    # the forward checked the dtypes of x and W, autograd the shapes: only NaN/Inf are left to check
+    dx, rows, values, db, _ = _backend.fused_backward(xs, W, g, k, unified, need_dx)
+    return (None if dx is None else torch.from_numpy(dx)), rows, values, db
+
+
 def _host_view(t, width):
     """The CPU tensor `t` as a 2-D NumPy view ``(-1, width)`` (a copy only where a reshape needs one)."""
     a = t.numpy(force=True)  # detaches in one call; shares memory with a CPU tensor (copies only conj/neg views)
@@ -149,26 +167,33 @@ class _SparseGradLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         k, selection, counter = ctx.settings
+        if counter is None and selection != "random" and x.is_cpu:
+            out = _fused_host_backward(x, weight, grad, k, selection == "unified", need_dx)
+            if out is not None:
+                dx, rows, values, db = out
+                return (dx, _row_sparse(torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), weight.shape,
+                                        need_dw),
+                        (torch.from_numpy(db) if need_db else None), None, None)
         if selection == "random" or x.is_cuda:
             indices = _random_indices(grad, weight.shape[0], k) if selection == "random" else None
             dx, rows, values, db = _backward_tensors(x, weight, grad, k, selection == "unified", indices, need_dx,
                                                      counter)
-            dW = None
-            if need_dw:
-                dW = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape, is_coalesced=True,
-                                             check_invariants=False)
-            return dx, dW, (db if need_db else None), None, None
+            return dx, _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw), (db if need_db else None), None, None
         out = _host_backward(x, weight, grad, k, selection == "unified", None, need_dx, counter)
         if out is None:
             dx, rows, values, db = _empty_backward(x, weight, need_dx)
-            rows, values, db = rows.numpy(), values.numpy(), db.numpy()
         else:
             dx, rows, values, db = out
-        dW = None
-        if need_dw:  # the kernels' rows are sorted and distinct: coalesced
-            dW = torch.sparse_coo_tensor(torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), weight.shape,
-                                         is_coalesced=True, check_invariants=False)
-        return dx, dW, (torch.from_numpy(db) if need_db else None), None, None
+            rows, values, db = torch.from_numpy(rows), torch.from_numpy(values), torch.from_numpy(db)
+        return dx, _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw), (db if need_db else None), None, None
+
+
+def _row_sparse(indices, values, shape, needed=True):
+    """The weight gradient: `values` in the sorted distinct rows `indices` (``(1, nnz)``) as COO, or None if not `needed`."""
+    if not needed:
+        return None
+    # the kernels' rows are sorted and distinct: coalesced
+    return torch.sparse_coo_tensor(indices, values, shape, is_coalesced=True, check_invariants=False)
 
 
 def _apply_sparse_grad(x, weight, bias, k, selection):

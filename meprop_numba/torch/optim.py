@@ -463,7 +463,6 @@ class Adam(_KernelOptimizer):
     def _init_state(state, p, group):
         state.update(step=_step_tensor(), exp_avg=_zeros(p), exp_avg_sq=_zeros(p))
 
-    @torch.no_grad()
     def step(self, closure=None):
         """Update every parameter that has a gradient, in place.
 
@@ -477,9 +476,24 @@ class Adam(_KernelOptimizer):
         The closure's loss, or None.
         """
         loss = self._closure_loss(closure)
+        table = self.__dict__.get("_table")
+        if table is not None:
+            status = table.step(self)
+            if status == 0:
+                return loss
+            self._table = None
+            if status > 0:  # a gradient the table's checks refused: the general path decides
+                self._table_misses = min(self.__dict__.get("_table_misses", 0) + 1, 10)
+                self._table_wait = 2 ** self._table_misses
+        self._general_step()
+        return loss
+
+    @torch.no_grad()
+    def _general_step(self):
+        """:meth:`step` parameter by parameter, then (while the state allows) a new :class:`_AdamTable`."""
         if _backend.on_cuda(self.param_groups):
             _backend.cuda_step(self)
-            return loss
+            return
         key = args = None
         for group, e, rows, grad in reversed(self._work()):  # the last checked first: its gradient is in cache
             M, V, step = self._state_views(e, group, rows is None)
@@ -495,7 +509,115 @@ class Adam(_KernelOptimizer):
                 K.adam_flat(e.flat, M, V, grad, *args)
             else:
                 K.adam_rows(e.array, M, V, rows, grad, *args)
-        return loss
+        wait = self.__dict__.get("_table_wait", 0)
+        if wait:
+            self._table_wait = wait - 1
+        else:
+            self._table = _AdamTable.build(self)
+
+
+#: A 0-length array of each kernel dtype: the type witness of ``adam_table``.
+_LIKE = {torch_dtype: np.empty(0, t) for torch_dtype, t in _NUMPY_DTYPES.items()}
+
+
+class _AdamTable:
+    """:class:`Adam`'s step in one compiled call, for parameters and state that stay the same tensors.
+
+    Built after a step of the general path when every parameter is a CPU
+    tensor of one kernel dtype and every state a float32 step count with
+    two moments; it holds, per parameter, the checked NumPy views and state
+    tensors that step used.  :meth:`step` checks that each parameter, its
+    state and the param groups are still those objects and storages, and
+    each gradient a layout the general path would take without copying,
+    then passes their addresses to ``adam_table``, which checks every
+    gradient (rows, NaN/Inf) before it updates any parameter.  Anything
+    else is the general path's, with its errors.
+    """
+
+    __slots__ = ("state", "groups", "dtype", "like", "big", "tiny")
+
+    @classmethod
+    def build(cls, optimizer):
+        """The table of `optimizer`'s current parameters and state, or None where the general path must stay."""
+        views = optimizer.__dict__.get("_views", {})
+        state = optimizer.state
+        groups = []
+        dtype = None
+        for group in optimizer.param_groups:
+            entries = []
+            for p in group["params"]:
+                if dtype is None:
+                    dtype = p.dtype
+                if p.dtype is not dtype or not p.is_cpu:
+                    return None
+                e = views.get(id(p))
+                st = state.get(p)
+                if (e is None or e.param is not p or not e.tensors or e.state is not st
+                        or e.signature != (p.data_ptr(), p.dtype, p.shape, p.stride())):
+                    entries.append(None)  # no state yet (or not checked since it changed): a gradient ends the table
+                    continue
+                m, v, s = e.tensors
+                if s.dtype is not torch.float32 or not s.is_cpu or s.numel() != 1 or not s.is_contiguous():
+                    return None
+                entries.append((p, e.signature, st, m, v, s, e.pointers, e.width, e.numel,
+                                (e.nrows, e.width if e.width > 0 else 1, e.numel,
+                                 e.array.ctypes.data, e.views[0].ctypes.data, e.views[1].ctypes.data, s.data_ptr())))
+            groups.append(entries)
+        if dtype not in _LIKE:
+            return None
+        table = cls()
+        table.state, table.groups, table.dtype = state, groups, dtype
+        table.like, table.big, table.tiny = _LIKE[dtype], _BIG[dtype], _TINY[_LIKE[dtype].dtype]
+        return table
+
+    def step(self, optimizer):
+        """Step `optimizer` (the one built from): 0 done; -1 something changed, nothing done; 1 + j a gradient refused."""
+        groups = optimizer.param_groups
+        if optimizer.state is not self.state or len(groups) != len(self.groups):
+            return -1
+        state, dtype = self.state, self.dtype
+        table, hyper, keep = [], [], []
+        for gi, (group, entries) in enumerate(zip(groups, self.groups)):
+            params, betas, lr, eps = group["params"], group["betas"], group["lr"], group["eps"]
+            if (len(params) != len(entries) or type(betas) not in (tuple, list) or len(betas) != 2
+                    or not all(isinstance(value, float) for value in (lr, eps, *betas))):
+                return -1  # a tensor or float32 hyperparameter rounds otherwise: the general path's
+            hyper.append((lr, betas[0], betas[1], eps))
+            for p, entry in zip(params, entries):
+                g = p.grad
+                if entry is None:
+                    if g is None:
+                        continue
+                    return -1
+                if entry[0] is not p:
+                    return -1
+                if g is None:
+                    continue
+                _, signature, st, m, v, s, pointers, width, numel, head = entry
+                if ((p.data_ptr(), p.dtype, p.shape, p.stride()) != signature or state.get(p) is not st
+                        or st.get("exp_avg") is not m or st.get("exp_avg_sq") is not v or st.get("step") is not s
+                        or (m.data_ptr(), v.data_ptr(), s.data_ptr()) != pointers):
+                    return -1
+                if g.is_sparse:
+                    values, rows = g._values(), g._indices()
+                    if (values.dtype is not dtype or rows.dtype is not torch.int64 or not values.is_cpu
+                            or values.dim() != 2 or values.shape[1] != width or rows.shape[0] != 1
+                            or rows.shape[1] != values.shape[0] or not values.is_contiguous()
+                            or not rows.is_contiguous()):
+                        return -1
+                    table.append((1, *head[:2], values.shape[0], *head[3:], values.data_ptr(), rows.data_ptr(), gi))
+                    keep.append((values, rows))
+                elif (g.layout is torch.strided and g.dtype is dtype and g.is_cpu and g.is_contiguous()
+                      and g.numel() == numel):
+                    table.append((0, *head, g.data_ptr(), 0, gi))
+                    keep.append(g)
+                else:
+                    return -1
+        if not table:
+            return 0
+        # `keep` holds every gradient tensor addressed until the call returns
+        return K.adam_table(np.array(table, dtype=np.int64), np.array(hyper, dtype=np.float64), self.like,
+                            self.big, self.tiny)
 
 
 class SGD(_KernelOptimizer):
