@@ -631,6 +631,7 @@ def test_optimizer_takes_gradients_off_the_common_layouts(kind):
                 dense.T.contiguous().T),
         "requires_grad": (sparse_grad([1, 4], values.clone().requires_grad_(True), (5, 3)),
                           dense.clone().requires_grad_(True)),
+        "negative_bit": (sparse_grad([1, 4], values, (5, 3)), (-dense)._neg_view()),  # COO resolves the bit
     }
     results = {}
     for name, (gW, gV) in variants.items():
@@ -641,7 +642,8 @@ def test_optimizer_takes_gradients_off_the_common_layouts(kind):
             opt.step()
         results[name] = (W.detach().clone(), V.detach().clone())
     assert not variants["odd"][0]._values().is_contiguous() and not variants["odd"][1].is_contiguous()
-    for name in ("odd", "requires_grad"):
+    assert variants["negative_bit"][1].is_neg()
+    for name in ("odd", "requires_grad", "negative_bit"):
         assert torch.equal(results[name][0], results["common"][0])
         assert torch.equal(results[name][1], results["common"][1])
 

@@ -106,10 +106,10 @@ def _grad_arrays(p, P, g, i, j):
     """
     rows, values = _check_grad(p, g, i, j)
     if rows is None:
-        flat = (values.detach() if values.requires_grad else values).numpy().reshape(-1)  # a copy only if strided
+        flat = values.numpy(force=True).reshape(-1)  # a copy only if strided or a negative-bit view
         _finite(flat, p, i, j)
         return None, flat
-    rows, values = rows.numpy(), values.detach().numpy()
+    rows, values = rows.numpy(), values.numpy(force=True)
     # One pass over the rows: the range of every entry, then the order.  The autograd engine
     # drops the coalesced flag of the gradients it stores, and a tensor built with
     # check_invariants=False may claim it falsely, so only unordered rows are coalesced.
@@ -139,13 +139,13 @@ def _gradient(e, g, i, j):
         if g.is_sparse:
             if e.width >= 0 and g.sparse_dim() == 1:
                 values = g._values()
-                if not values.requires_grad:
+                if not values.requires_grad and not values.is_neg():
                     V = values.numpy()
                     if V.ndim == 2 and V.shape[1] == e.width and V.flags.c_contiguous:
                         rows = g._indices().numpy()[0]
                         if K.row_gradient_status(rows, e.nrows, V, e.big) == 0:
                             return rows, V
-        elif g.layout is torch.strided and g.numel() == e.numel:
+        elif g.layout is torch.strided and g.numel() == e.numel and not g.is_neg():
             flat = (g.detach() if g.requires_grad else g).numpy().reshape(-1)  # a copy only if strided
             if K.count_nonfinite(flat, e.big) == 0:
                 return None, flat
@@ -534,7 +534,7 @@ class _AdamTable:
     else is the general path's, with its errors.
     """
 
-    __slots__ = ("state", "groups", "dtype", "like", "big", "tiny")
+    __slots__ = ("state", "groups", "dtype", "like", "big", "tiny", "hyper", "hyper_array")
 
     @classmethod
     def build(cls, optimizer):
@@ -568,6 +568,7 @@ class _AdamTable:
         table = cls()
         table.state, table.groups, table.dtype = state, groups, dtype
         table.like, table.big, table.tiny = _LIKE[dtype], _BIG[dtype], _TINY[_LIKE[dtype].dtype]
+        table.hyper = table.hyper_array = None
         return table
 
     def step(self, optimizer):
@@ -579,10 +580,13 @@ class _AdamTable:
         table, hyper, keep = [], [], []
         for gi, (group, entries) in enumerate(zip(groups, self.groups)):
             params, betas, lr, eps = group["params"], group["betas"], group["lr"], group["eps"]
-            if (len(params) != len(entries) or type(betas) not in (tuple, list) or len(betas) != 2
-                    or not all(isinstance(value, float) for value in (lr, eps, *betas))):
+            if len(params) != len(entries) or type(betas) not in (tuple, list) or len(betas) != 2:
+                return -1
+            b1, b2 = betas
+            if not (isinstance(lr, float) and isinstance(eps, float) and isinstance(b1, float)
+                    and isinstance(b2, float)):
                 return -1  # a tensor or float32 hyperparameter rounds otherwise: the general path's
-            hyper.append((lr, betas[0], betas[1], eps))
+            hyper.append((lr, b1, b2, eps))
             for p, entry in zip(params, entries):
                 g = p.grad
                 if entry is None:
@@ -603,21 +607,22 @@ class _AdamTable:
                     if (values.dtype is not dtype or rows.dtype is not torch.int64 or not values.is_cpu
                             or values.dim() != 2 or values.shape[1] != width or rows.shape[0] != 1
                             or rows.shape[1] != values.shape[0] or not values.is_contiguous()
-                            or not rows.is_contiguous()):
+                            or not rows.is_contiguous() or values.is_neg()):
                         return -1
                     table.append((1, *head[:2], values.shape[0], *head[3:], values.data_ptr(), rows.data_ptr(), gi))
                     keep.append((values, rows))
                 elif (g.layout is torch.strided and g.dtype is dtype and g.is_cpu and g.is_contiguous()
-                      and g.numel() == numel):
+                      and g.numel() == numel and not g.is_neg()):  # a negative-bit view's memory is -g
                     table.append((0, *head, g.data_ptr(), 0, gi))
                     keep.append(g)
                 else:
                     return -1
         if not table:
             return 0
+        if hyper != self.hyper:  # schedulers change the rates now and then
+            self.hyper, self.hyper_array = hyper, np.array(hyper, dtype=np.float64)
         # `keep` holds every gradient tensor addressed until the call returns
-        return K.adam_table(np.array(table, dtype=np.int64), np.array(hyper, dtype=np.float64), self.like,
-                            self.big, self.tiny)
+        return K.adam_table(np.array(table, dtype=np.int64), self.hyper_array, self.like, self.big, self.tiny)
 
 
 class SGD(_KernelOptimizer):
