@@ -171,25 +171,26 @@ class _SparseGradLinear(torch.autograd.Function):
             out = _fused_host_backward(x, weight, grad, k, selection == "unified", need_dx)
             if out is not None:
                 dx, rows, values, db = out
-                return (dx, _row_sparse(torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), weight.shape,
-                                        need_dw),
-                        (torch.from_numpy(db) if need_db else None), None, None)
+                dW = _row_sparse(torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), weight.shape, need_dw)
+                return dx, dW, (torch.from_numpy(db) if need_db else None), None, None
         if selection == "random" or x.is_cuda:
             indices = _random_indices(grad, weight.shape[0], k) if selection == "random" else None
             dx, rows, values, db = _backward_tensors(x, weight, grad, k, selection == "unified", indices, need_dx,
                                                      counter)
-            return dx, _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw), (db if need_db else None), None, None
+            dW = _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw)
+            return dx, dW, (db if need_db else None), None, None
         out = _host_backward(x, weight, grad, k, selection == "unified", None, need_dx, counter)
         if out is None:
             dx, rows, values, db = _empty_backward(x, weight, need_dx)
         else:
             dx, rows, values, db = out
             rows, values, db = torch.from_numpy(rows), torch.from_numpy(values), torch.from_numpy(db)
-        return dx, _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw), (db if need_db else None), None, None
+        dW = _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw)
+        return dx, dW, (db if need_db else None), None, None
 
 
 def _row_sparse(indices, values, shape, needed=True):
-    """The weight gradient: `values` in the sorted distinct rows `indices` (``(1, nnz)``) as COO, or None if not `needed`."""
+    """The weight gradient: `values` in the sorted distinct rows `indices` ``(1, nnz)``, COO; None unless `needed`."""
     if not needed:
         return None
     # the kernels' rows are sorted and distinct: coalesced

@@ -572,7 +572,7 @@ class _AdamTable:
         return table
 
     def step(self, optimizer):
-        """Step `optimizer` (the one built from): 0 done; -1 something changed, nothing done; 1 + j a gradient refused."""
+        """Step `optimizer` (its own): 0 done; -1 nothing done, something changed; 1 + j gradient j refused."""
         groups = optimizer.param_groups
         if optimizer.state is not self.state or len(groups) != len(self.groups):
             return -1
