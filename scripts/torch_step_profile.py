@@ -75,7 +75,6 @@ def instrument():
     sgl.backward = staticmethod(timed("backward/meProp layers", sgl.backward))
     linear._random_indices = timed("backward/meProp layers/random selection", linear._random_indices)
     linear._host_backward = timed("backward/meProp layers/torch wrapper", linear._host_backward)
-    linear._fused_host_backward = timed("backward/meProp layers/torch wrapper", linear._fused_host_backward)
     for name in ("fused_backward", "linear_backward_checked", "linear_backward_selected"):  # one call, direct, general
         setattr(linear._backend, name, timed("backward/meProp layers/torch wrapper/linear_backward",
                                              getattr(linear._backend, name)))

@@ -160,7 +160,6 @@ def _pointer(typingctx, address, like):
 #: Columns of the table :func:`adam_table` takes, one row per parameter.
 (TABLE_KIND, TABLE_NROWS, TABLE_WIDTH, TABLE_COUNT, TABLE_PARAM, TABLE_EXP_AVG, TABLE_EXP_AVG_SQ, TABLE_STEP,
  TABLE_VALUES, TABLE_ROWS, TABLE_GROUP) = range(11)
-TABLE_COLUMNS = 11
 
 
 @njit(**_EXACT_OPTIONS)
@@ -193,7 +192,7 @@ def _table_entry_status(entry, like, big):
 def adam_table(table, hyper, like, big, tiny):
     """One Adam step of every parameter listed in `table`, all gradients checked before any change.
 
-    `table` is int64 ``(n, TABLE_COLUMNS)``: per parameter its kind (0 a
+    `table` is int64 ``(n, 11)`` (columns ``TABLE_*``): per parameter its kind (0 a
     dense gradient of ``count`` elements, 1 a row-sparse one of ``count``
     rows of ``width``), its rows, width, the addresses of the contiguous
     parameter, ``exp_avg`` and ``exp_avg_sq`` (all of `like`'s dtype), of

@@ -83,8 +83,8 @@ def _backward_tensors(x, weight, grad, k, unified, indices, need_dx, counter=Non
 def _host_backward(x, weight, grad, k, unified, indices, need_dx, counter):
     """The CPU part of :func:`_backward_tensors`: ``dx`` and NumPy ``rows, values, db``.
 
-    `dx` is a tensor of `x`'s shape, or None.  None for an empty batch.  `rows` is a writeable copy (the kernels' own is
-    read-only, and torch warns on such arrays).
+    `dx` is a tensor of `x`'s shape, or None.  None for an empty batch.  `rows` is writeable (torch warns on
+    read-only arrays).
     """
     n, m = weight.shape
     x2, g2, W = _host_view(x, m), _host_view(grad, n), weight.numpy(force=True)
@@ -93,35 +93,22 @@ def _host_backward(x, weight, grad, k, unified, indices, need_dx, counter):
     if (indices is None and k is not None and k <= n and g2.dtype == x2.dtype and g2.shape[0] == x2.shape[0]
             and x2.flags.c_contiguous and g2.flags.c_contiguous and W.flags.c_contiguous):
         # the forward checked the dtypes of x and W, and `k` fits this weight: only NaN/Inf are left to check
-        dx, dW, db, kept = _backend.linear_backward_checked(x2, W, g2, k, None, unified, need_dx)
+        if _backend.fused_case(g2, k, unified, n, m):  # the common training cases, in one kernel call
+            dx, rows, values, db, kept = _backend.fused_backward(x2, W, g2, k, unified, need_dx)
+        else:
+            dx, dW, db, kept = _backend.linear_backward_checked(x2, W, g2, k, None, unified, need_dx)
+            rows, values = np.array(dW.rows), dW.values  # a copy: RowSparse's rows are read-only
     else:
         idx = None if indices is None else indices.cpu().numpy()
         dx, dW, db, kept = _backend.linear_backward_selected(x2, W, g2, k, idx, unified, need_dx)
+        rows, values = np.array(dW.rows), dW.values
     if counter is not None:
         counter(kept, g2)
     if need_dx:
         dx = torch.from_numpy(dx)
         if x.dim() != 2:
             dx = dx.reshape(x.shape)
-    return dx, np.array(dW.rows), dW.values, db
-
-
-def _fused_host_backward(x, weight, grad, k, unified, need_dx):
-    """:func:`_host_backward` of the common training case in one kernel call, or None if not that case.
-
-    The case: a 2-D batch, C-contiguous NumPy views of `x`, `grad` and
-    `weight` of one dtype, and a selection the one-call kernels take
-    (``_backend.fused_case``).  Returns ``(dx or None, rows, values, db)``,
-    `dx` a tensor, the rest NumPy.
-    """
-    xs, g, W = x.numpy(force=True), grad.numpy(force=True), weight.numpy(force=True)
-    if (xs.ndim != 2 or g.ndim != 2 or not xs.shape[0] or g.dtype != xs.dtype or not xs.flags.c_contiguous
-            or not g.flags.c_contiguous or not W.flags.c_contiguous
-            or not _backend.fused_case(g, k, unified, W.shape[0], W.shape[1])):
-        return None
-    # the forward checked the dtypes of x and W, autograd the shapes: only NaN/Inf are left to check
-    dx, rows, values, db, _ = _backend.fused_backward(xs, W, g, k, unified, need_dx)
-    return (None if dx is None else torch.from_numpy(dx)), rows, values, db
+    return dx, rows, values, db
 
 
 def _host_view(t, width):
@@ -167,12 +154,6 @@ class _SparseGradLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         k, selection, counter = ctx.settings
-        if counter is None and selection != "random" and x.is_cpu:
-            out = _fused_host_backward(x, weight, grad, k, selection == "unified", need_dx)
-            if out is not None:
-                dx, rows, values, db = out
-                dW = _row_sparse(torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), weight.shape, need_dw)
-                return dx, dW, (torch.from_numpy(db) if need_db else None), None, None
         if selection == "random" or x.is_cuda:
             indices = _random_indices(grad, weight.shape[0], k) if selection == "random" else None
             dx, rows, values, db = _backward_tensors(x, weight, grad, k, selection == "unified", indices, need_dx,
@@ -182,11 +163,11 @@ class _SparseGradLinear(torch.autograd.Function):
         out = _host_backward(x, weight, grad, k, selection == "unified", None, need_dx, counter)
         if out is None:
             dx, rows, values, db = _empty_backward(x, weight, need_dx)
+            indices = rows.unsqueeze(0)
         else:
             dx, rows, values, db = out
-            rows, values, db = torch.from_numpy(rows), torch.from_numpy(values), torch.from_numpy(db)
-        dW = _row_sparse(rows.unsqueeze(0), values, weight.shape, need_dw)
-        return dx, dW, (db if need_db else None), None, None
+            indices, values, db = torch.from_numpy(rows.reshape(1, -1)), torch.from_numpy(values), torch.from_numpy(db)
+        return dx, _row_sparse(indices, values, weight.shape, need_dw), (db if need_db else None), None, None
 
 
 def _row_sparse(indices, values, shape, needed=True):

@@ -556,12 +556,12 @@ class _AdamTable:
                         or e.signature != (p.data_ptr(), p.dtype, p.shape, p.stride())):
                     entries.append(None)  # no state yet (or not checked since it changed): a gradient ends the table
                     continue
-                m, v, s = e.tensors
+                s = e.tensors[2]
                 if s.dtype is not torch.float32 or not s.is_cpu or s.numel() != 1 or not s.is_contiguous():
                     return None
-                entries.append((p, e.signature, st, m, v, s, e.pointers, e.width, e.numel,
-                                (e.nrows, e.width if e.width > 0 else 1, e.numel,
-                                 e.array.ctypes.data, e.views[0].ctypes.data, e.views[1].ctypes.data, s.data_ptr())))
+                # the table's views stay e's: a general step, which may re-make them, drops the table first
+                entries.append((e, (e.nrows, e.width if e.width > 0 else 1, e.numel, e.array.ctypes.data,
+                                    e.views[0].ctypes.data, e.views[1].ctypes.data, s.data_ptr())))
             groups.append(entries)
         if dtype not in _LIKE:
             return None
@@ -593,26 +593,27 @@ class _AdamTable:
                     if g is None:
                         continue
                     return -1
-                if entry[0] is not p:
+                e, head = entry
+                if e.param is not p:
                     return -1
                 if g is None:
                     continue
-                _, signature, st, m, v, s, pointers, width, numel, head = entry
-                if ((p.data_ptr(), p.dtype, p.shape, p.stride()) != signature or state.get(p) is not st
+                st, (m, v, s) = e.state, e.tensors
+                if ((p.data_ptr(), p.dtype, p.shape, p.stride()) != e.signature or state.get(p) is not st
                         or st.get("exp_avg") is not m or st.get("exp_avg_sq") is not v or st.get("step") is not s
-                        or (m.data_ptr(), v.data_ptr(), s.data_ptr()) != pointers):
+                        or (m.data_ptr(), v.data_ptr(), s.data_ptr()) != e.pointers):
                     return -1
                 if g.is_sparse:
                     values, rows = g._values(), g._indices()
                     if (values.dtype is not dtype or rows.dtype is not torch.int64 or not values.is_cpu
-                            or values.dim() != 2 or values.shape[1] != width or rows.shape[0] != 1
+                            or values.dim() != 2 or values.shape[1] != e.width or rows.shape[0] != 1
                             or rows.shape[1] != values.shape[0] or not values.is_contiguous()
                             or not rows.is_contiguous() or values.is_neg()):
                         return -1
                     table.append((1, *head[:2], values.shape[0], *head[3:], values.data_ptr(), rows.data_ptr(), gi))
                     keep.append((values, rows))
                 elif (g.layout is torch.strided and g.dtype is dtype and g.is_cpu and g.is_contiguous()
-                      and g.numel() == numel and not g.is_neg()):  # a negative-bit view's memory is -g
+                      and g.numel() == e.numel and not g.is_neg()):  # a negative-bit view's memory is -g
                     table.append((0, *head, g.data_ptr(), 0, gi))
                     keep.append(g)
                 else:
