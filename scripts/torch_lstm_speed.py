@@ -19,12 +19,18 @@ Optimizers (``--optimizer``):
   ``sparse=True`` on both sides and ``MePropLSTM(sparse_grad=True)``, so the
   meProp side updates only the touched rows;
 - ``adam``: ``torch.optim.Adam`` with dense gradients everywhere (a dense
-  update of every LSTM weight each sentence on both sides).
+  update of every LSTM weight each sentence on both sides);
+- ``lazy-adam``: what a user of this package would pick against a dense
+  ``torch.optim.Adam`` model: on the meProp side a sparse embedding,
+  ``MePropLSTM(sparse_grad=True)`` and :class:`meprop_numba.torch.optim.Adam`
+  (only the touched rows and their moments updated); on the dense side
+  ``torch.optim.Adam`` with dense gradients, as with ``adam``.
 
 Usage::
 
     python scripts/torch_lstm_speed.py --pos-dir ../shared/data/ud-english-ewt
     python scripts/torch_lstm_speed.py --sentences 500 --optimizer adam
+    python scripts/torch_lstm_speed.py --sentences 500 --optimizer lazy-adam
 
 Thread counts are pinned (BLAS, numba, PyTorch) from ``--threads`` before
 numpy is imported; the script re-executes itself once to do so.
@@ -48,7 +54,7 @@ def _parse(argv):
     p.add_argument("--hidden", type=int, default=500)
     p.add_argument("--embed", type=int, default=190,
                    help="embedding size (default 190, the paper's LSTM input width 50 + 7 x 20)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "lazy-adam"), default="sgd")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -96,15 +102,16 @@ def main(argv=None):
     from torch import nn
 
     import meprop_numba.torch.lstm as mlstm
-    from meprop_numba.torch import MePropLSTM
+    from meprop_numba.torch import MePropLSTM, optim
 
     torch.set_num_threads(args.threads)
     pairs, vocab, n_tags, source = _sentences(args)
     tokens = sum(len(w) for w, _ in pairs)
-    sparse = args.optimizer == "sgd"
+    sparse = args.optimizer == "sgd"  # sparse gradients on both sides
+    sparse_meprop = sparse or args.optimizer == "lazy-adam"
 
     class Tagger(nn.Module):
-        def __init__(self, lstm):
+        def __init__(self, lstm, sparse):
             super().__init__()
             self.embed = nn.Embedding(vocab, args.embed, sparse=sparse)
             self.lstm = lstm
@@ -115,8 +122,8 @@ def main(argv=None):
             return self.out(hs[0])
 
     torch.manual_seed(args.seed)
-    dense = Tagger(nn.LSTM(args.embed, args.hidden, batch_first=True))
-    meprop = Tagger(MePropLSTM.from_lstm(dense.lstm, k=args.k, sparse_grad=sparse))
+    dense = Tagger(nn.LSTM(args.embed, args.hidden, batch_first=True), sparse)
+    meprop = Tagger(MePropLSTM.from_lstm(dense.lstm, k=args.k, sparse_grad=sparse_meprop), sparse_meprop)
     meprop.embed.load_state_dict(dense.embed.state_dict())
     meprop.out.load_state_dict(dense.out.state_dict())
     batches = [(torch.from_numpy(w), torch.from_numpy(t)) for w, t in pairs]
@@ -125,9 +132,11 @@ def main(argv=None):
     _timed(mlstm, "_forward", inner, "kernels forward")
     _timed(mlstm, "_backward", inner, "kernels backward")
 
-    def stepper(model):
+    def stepper(model, lazy=False):
         if sparse:
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        elif lazy:
+            opt = optim.Adam(model.parameters(), lr=1e-3)
         else:
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         times = {"epoch": 0.0, "forward+loss": 0.0, "backward": 0.0, "optimizer": 0.0}
@@ -150,7 +159,7 @@ def main(argv=None):
 
         return step, times
 
-    step_m, t_m = stepper(meprop)
+    step_m, t_m = stepper(meprop, lazy=args.optimizer == "lazy-adam")
     step_d, t_d = stepper(dense)
     print(f"{len(pairs)} sentences ({tokens} tokens) from {source}; embedding {args.embed}, "
           f"LSTM {args.hidden}, {n_tags} tags, batch 1 sentence, float32, {args.threads} "

@@ -1,6 +1,7 @@
 """Speed of meprop_numba.torch against plain PyTorch, on one CPU thread, in one run.
 
-Cases (float32, timings taken in turns, medians of the rounds):
+Cases (float32, timings taken in turns; times are medians of the rounds, ratios the medians of
+the per-round ratios, with their range in brackets):
 
 1. 784-500-500-10 MLP, a whole training step (zero_grad, forward, cross
    entropy, backward, optimizer step): ``convert(model, k=20)`` + lazy
@@ -58,7 +59,7 @@ CLOCK = time.perf_counter
 
 
 def in_turns(fns, repeat, rounds):
-    """Median seconds per call of each function, timed round-robin (load hits both alike)."""
+    """Seconds per call of each function in each round, timed round-robin (load hits both alike)."""
     times = [[] for _ in fns]
     for fn in fns:
         for _ in range(max(3, repeat // 5)):
@@ -69,7 +70,7 @@ def in_turns(fns, repeat, rounds):
             for _ in range(repeat):
                 fn()
             times[j].append((CLOCK() - start) / repeat)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def mlp(seed=0):
@@ -155,7 +156,7 @@ def one_layer(meprop, B=256, n=4096, k=64, sets=4):
 
 
 def time_backward(fns_pairs, rounds):
-    """Median backward seconds: each backward needs a fresh graph, built untimed just before."""
+    """Backward seconds of each pair in each round: each backward needs a fresh graph, built untimed just before."""
     times = [[] for _ in fns_pairs]
     for _ in range(rounds):
         for j, (forward, backward) in enumerate(fns_pairs):
@@ -163,7 +164,14 @@ def time_backward(fns_pairs, rounds):
             start = CLOCK()
             backward()
             times[j].append(CLOCK() - start)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def ratio(dense, ours):
+    """The median of the per-round ratios dense / ours, with their range: rounds timed together
+    share the machine's state, so their ratio moves less than either time does."""
+    ratios = [d / o for d, o in zip(dense, ours)]
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 class _Empty(torch.autograd.Function):
@@ -184,7 +192,7 @@ def overheads(repeat):
     a = t.numpy()
 
     def us(fn):
-        return 1e6 * in_turns([fn], repeat, 3)[0]
+        return 1e6 * statistics.median(in_turns([fn], repeat, 3)[0])
 
     rows.append(("autograd.Function forward + backward (empty)", us(lambda: _Empty.apply(x).backward(t))))
     rows.append(("Tensor.numpy() + torch.from_numpy()", us(lambda: torch.from_numpy(t.numpy()))))
@@ -196,7 +204,8 @@ def overheads(repeat):
     rows.append(("scatter the same rows into a dense 500x784",
                  us(lambda: values.new_zeros((500, 784)).index_copy_(0, rows_idx, values))))
     gen = torch.Generator().manual_seed(0)
-    xb, W, g = torch.rand(10, 500, generator=gen), torch.randn(500, 500, generator=gen), torch.randn(10, 500, generator=gen)
+    xb, W = torch.rand(10, 500, generator=gen), torch.randn(500, 500, generator=gen)
+    g = torch.randn(10, 500, generator=gen)
     xn, Wn, gn = xb.numpy(), W.numpy(), g.numpy()
     kernel = us(lambda: mp.linear_backward(xn, Wn, gn, 20))
     wrapped = us(lambda: _backward_tensors(xb, W, g, 20, False, None, True))
@@ -243,8 +252,8 @@ def main(argv=None):
     mp.set_num_threads(1)
     repeat = 20 if args.quick else 100
     load = os.getloadavg()
-    print(f"torch {torch.__version__}, 1 thread (torch, BLAS, numba), float32, {args.clock} clock; load average at start "
-          f"{load[0]:.1f} on {os.cpu_count()} cores\n")
+    print(f"torch {torch.__version__}, 1 thread (torch, BLAS, numba), float32, {args.clock} clock; "
+          f"load average at start {load[0]:.1f} on {os.cpu_count()} cores\n")
     print("| case | PyTorch dense | meprop_numba.torch | ratio | ceiling (dense / forward) | target |")
     print("| --- | --- | --- | --- | --- | --- |")
     if "mlp" in args.only:
@@ -252,20 +261,22 @@ def main(argv=None):
             batches = minibatches(batch)
             (dense, _), (ours, forward) = (training_step(False, selection, batches),
                                            training_step(True, selection, batches))
-            dense, ours, fwd = in_turns([dense, ours, forward], repeat, args.rounds)
+            times = in_turns([dense, ours, forward], repeat, args.rounds)
+            dense, ours, fwd = map(statistics.median, times)
             print(f"| 784-500-500-10 training step, {selection} k=20, batch {batch} | {1e3 * dense:.2f} ms "
-                  f"| {1e3 * ours:.2f} ms | {dense / ours:.2f}x | {dense / fwd:.2f}x ({1e3 * fwd:.2f} ms) "
+                  f"| {1e3 * ours:.2f} ms | {ratio(*times[:2])} | {ratio(times[0], times[2])} ({1e3 * fwd:.2f} ms) "
                   "| >= 3x |", flush=True)
     if "layer" in args.only:
         d_fwd, d_bwd, d_full, _ = one_layer(False)
         o_fwd, o_bwd, o_full, o_forward_only = one_layer(True)
-        dense, ours = time_backward([(d_fwd, d_bwd), (o_fwd, o_bwd)],
-                                    max(10, args.rounds * (2 if args.quick else 6)))
+        times = time_backward([(d_fwd, d_bwd), (o_fwd, o_bwd)], max(10, args.rounds * (2 if args.quick else 6)))
+        dense, ours = map(statistics.median, times)
         print(f"| 256x4096->4096 backward, unified k=64 | {1e3 * dense:.2f} ms | {1e3 * ours:.2f} ms "
-              f"| {dense / ours:.1f}x | | >= 20x |", flush=True)
-        dense, ours, fwd = in_turns([d_full, o_full, o_forward_only], max(2, repeat // 20), args.rounds)
+              f"| {ratio(*times)} | | >= 20x |", flush=True)
+        times = in_turns([d_full, o_full, o_forward_only], max(2, repeat // 20), args.rounds)
+        dense, ours, fwd = map(statistics.median, times)
         print(f"| 256x4096->4096 forward + backward + Adam step | {1e3 * dense:.2f} ms | {1e3 * ours:.2f} ms "
-              f"| {dense / ours:.2f}x | {dense / fwd:.2f}x ({1e3 * fwd:.2f} ms) | >= 5x |", flush=True)
+              f"| {ratio(*times[:2])} | {ratio(times[0], times[2])} ({1e3 * fwd:.2f} ms) | >= 5x |", flush=True)
     if "overheads" in args.only:
         print("\n| per call | us |")
         print("| --- | --- |")
