@@ -158,6 +158,9 @@ def one_layer(meprop, B=256, n=4096, k=64, sets=4):
 def time_backward(fns_pairs, rounds):
     """Backward seconds of each pair in each round: each backward needs a fresh graph, built untimed just before."""
     times = [[] for _ in fns_pairs]
+    for forward, backward in fns_pairs:  # warm-up: the first call loads the compiled kernels
+        forward()
+        backward()
     for _ in range(rounds):
         for j, (forward, backward) in enumerate(fns_pairs):
             forward()
