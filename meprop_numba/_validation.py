@@ -13,6 +13,11 @@ import numpy as np
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INF = float("inf")
+#: Largest finite value per float dtype: the compiled NaN/Inf checks test ``abs(x) <= LARGEST[dtype]``,
+#: false exactly for NaN and +-Inf.
+LARGEST = {dt: np.finfo(dt).max for dt in _FLOAT_DTYPES}
+#: Smallest normal number per float dtype: decaying optimizer state below it is flushed to zero.
+SMALLEST_NORMAL = {dt: np.finfo(dt).tiny for dt in _FLOAT_DTYPES}
 
 
 def is_cuda_array(a):

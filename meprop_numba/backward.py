@@ -4,15 +4,14 @@ import numpy as np
 from ._config import PARALLEL_MIN_BACKWARD, PARALLEL_MIN_TOPK, get_num_threads, launch
 from ._cpu import linear as _cpu_linear
 from ._cpu.topk import magnitude_bits
-from ._validation import finite, flag, float_array, index_array, integer_k, is_cuda_array, same_dtype, shape_dtype
+from ._validation import (LARGEST, finite, flag, float_array, index_array, integer_k, is_cuda_array, same_dtype,
+                          shape_dtype)
 from .sparse import RowSparse
 from .topk import _balanced_host, _topk_host
 
 #: Above this many multiply-adds per product a shared selection goes through
 #: BLAS (measured: at 50x20x500 BLAS takes 26 us, the loop kernel 90 us).
 _BLAS_MIN_WORK = 1 << 14
-#: Largest finite value per dtype, as the compiled NaN/Inf checks take it.
-_LARGEST = {np.dtype(t): np.finfo(t).max for t in (np.float32, np.float64)}
 
 
 def linear_backward(x, W, g, k=None, *, indices=None, unified=False, balanced=False, need_dx=True):
@@ -191,7 +190,7 @@ def _fused_backward(x, W, g, k, unified, need_dx):
     ValueError
         If `g` (checked first) or `x` holds NaN or Inf.
     """
-    big = _LARGEST[x.dtype]
+    big = LARGEST[x.dtype]
     if unified:
         status, kept, dx, values, db = _cpu_linear.unified_backward(x, W, g, k, bool(need_dx), big)
         rows = kept

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._cpu import optim as K
-from ._validation import (finite, flag, float_array, is_cuda_array, kept_indices, positive_float, shape_dtype,
-                          unit_interval)
+from ._validation import (LARGEST, SMALLEST_NORMAL, finite, flag, float_array, is_cuda_array, kept_indices,
+                          positive_float, shape_dtype, unit_interval)
 from .sparse import RowSparse
 
 _INF = float("inf")
@@ -83,7 +83,7 @@ class Optimizer:
         self._params = tuple(params)
         self._checked = (None, None)  # (hyper-parameters last validated, their cast values)
         self._layout = tuple(shape_dtype(p) for p in params)
-        self._casts = tuple((dt, dt.type, float(np.finfo(dt).max), dt.type(np.finfo(dt).tiny))
+        self._casts = tuple((dt, dt.type, float(LARGEST[dt]), SMALLEST_NORMAL[dt])
                             for dt in dict.fromkeys(dt for _, dt in self._layout))
         self._cast_hyper(1)
         self.step_count = 0

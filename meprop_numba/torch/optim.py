@@ -39,10 +39,9 @@ from . import _backend
 
 K = _backend.optim_kernels
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-#: Smallest normal number per dtype: decaying state below it is flushed to zero.
-_TINY = {np.dtype(t): np.finfo(t).tiny for t in (np.float32, np.float64)}
-#: Largest finite number per dtype, as the NaN/Inf checks of the kernels take it.
-_BIG = {torch_dtype: np.finfo(t).max for torch_dtype, t in _NUMPY_DTYPES.items()}
+_TINY = _backend.SMALLEST_NORMAL
+#: The kernels' NaN/Inf bound (``_backend.LARGEST``) keyed by torch dtype.
+_BIG = {torch_dtype: _backend.LARGEST[np.dtype(t)] for torch_dtype, t in _NUMPY_DTYPES.items()}
 
 
 def _betas(betas):
